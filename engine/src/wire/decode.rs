@@ -243,6 +243,7 @@ impl Decoder {
         self.frame.is_none() && self.message.is_none()
     }
 
+    #[inline]
     fn decode_next(
         &mut self,
         buf: &mut BytesMut,
@@ -273,6 +274,7 @@ impl Decoder {
 
     /// Applies the rules that need the decoder's state or the config to a
     /// freshly parsed header, and sets up the frame's payload processing.
+    #[inline]
     fn start_frame(
         &mut self,
         header: &FrameHeader,
@@ -323,6 +325,7 @@ impl Decoder {
 
     /// Turns a complete frame into a message, or absorbs it into the open
     /// fragmented message.
+    #[inline]
     fn finish_frame(
         &mut self,
         frame: &PartialFrame,
@@ -373,6 +376,7 @@ impl Decoder {
 
     /// Wraps a whole data message, checking that text ended on a code point
     /// boundary.
+    #[inline]
     fn data_message(
         &self,
         opcode: OpCode,

@@ -73,6 +73,7 @@ impl FrameHeader {
     /// in a non-minimal encoding (herald is strict: section 5.2 says the
     /// minimal number of bytes MUST be used) or a 64-bit length with its top
     /// bit set.
+    #[inline]
     pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>, ProtocolError> {
         let [first, second, ..] = *buf else {
             return Ok(None);

@@ -74,9 +74,13 @@ pub fn apply_mask_scalar(buf: &mut [u8], key: [u8; 4], offset: usize) {
 
 /// The key as seen from payload position `offset`.
 #[inline]
-fn rotate_key(mut key: [u8; 4], offset: usize) -> [u8; 4] {
-    key.rotate_left(offset & 3);
-    key
+fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
+    [
+        key[offset & 3],
+        key[(offset + 1) & 3],
+        key[(offset + 2) & 3],
+        key[(offset + 3) & 3],
+    ]
 }
 
 #[inline(always)]
