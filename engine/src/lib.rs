@@ -40,3 +40,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod wire;
+
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -94,3 +94,8 @@ pub fn read_messages(
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;

@@ -243,6 +243,13 @@ impl Decoder {
         self.frame.is_none() && self.message.is_none()
     }
 
+    /// The bytes allocated to assemble the open fragmented message: the
+    /// fuzzers check that it never exceeds the message limit.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn assembly_capacity(&self) -> usize {
+        self.message.as_ref().map_or(0, |m| m.assembled.capacity())
+    }
+
     #[inline]
     fn decode_next(
         &mut self,

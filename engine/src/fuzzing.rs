@@ -1,0 +1,189 @@
+//! Fuzzing entry points with their oracles.
+//!
+//! The targets in `fuzz/fuzz_targets/` are one-line shims over these
+//! functions, so the oracles live next to the code they check, compile with
+//! the crate, and run in its unit tests on a few inputs even where no
+//! fuzzer is installed. Compiled only for tests and under `cfg(fuzzing)`
+//! (set by cargo-fuzz).
+//!
+//! Each function interprets its input bytes itself (no `arbitrary`
+//! dependency): the first bytes choose limits and chunk sizes, the rest is
+//! the payload or a script of messages.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::wire::{
+    CloseCode, CloseFrame, Decoder, DecoderConfig, Message, OpCode, ProtocolError, Utf8Bytes,
+    client_frame,
+};
+
+/// Decodes arbitrary bytes one-shot and in chunks and checks that:
+/// nothing panics, both give the same messages and the same error, and the
+/// decoder never holds more than its limits allow.
+pub fn decode_in_chunks(data: &[u8]) {
+    let [limits, seed, wire @ ..] = data else {
+        return;
+    };
+    let config = DecoderConfig::default()
+        .max_frame_size(64 << (limits & 0x7))
+        .max_message_size(128 << (limits >> 4 & 0x7))
+        .accept_rsv_bits(if limits & 0x8 != 0 { 0b100 } else { 0 });
+    let one_shot = decode_with_chunks(wire, &config, &mut std::iter::repeat(wire.len().max(1)));
+    let mut chunks = chunk_sizes(*seed);
+    let chunked = decode_with_chunks(wire, &config, &mut chunks);
+    assert_eq!(one_shot, chunked, "chunking changed the outcome");
+}
+
+/// Builds messages from a script, encodes them as a client would (masked,
+/// fragmented), decodes them in chunks and checks that they come back
+/// unchanged.
+pub fn round_trip(data: &[u8]) {
+    let Some((&seed, mut script)) = data.split_first() else {
+        return;
+    };
+    let mut wire = BytesMut::new();
+    let mut expected = Vec::new();
+    while let Some((message, rest)) = next_scripted_message(script, &mut wire) {
+        expected.push(message);
+        script = rest;
+    }
+    let config = DecoderConfig::default();
+    let (messages, error) = decode_with_chunks(&wire, &config, &mut chunk_sizes(seed));
+    assert_eq!(error, None, "a valid stream failed to decode");
+    assert_eq!(messages, expected, "messages changed in the round trip");
+}
+
+/// Chunk sizes from 1 to 64, from a small linear congruential sequence.
+fn chunk_sizes(seed: u8) -> impl Iterator<Item = usize> {
+    let mut state = u32::from(seed) | 1;
+    std::iter::repeat_with(move || {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        ((state >> 16) % 64) as usize + 1
+    })
+}
+
+fn decode_with_chunks(
+    wire: &[u8],
+    config: &DecoderConfig,
+    chunks: &mut dyn Iterator<Item = usize>,
+) -> (Vec<Message>, Option<ProtocolError>) {
+    let mut decoder = Decoder::new();
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    let mut at = 0;
+    loop {
+        loop {
+            let result = decoder.decode(&mut buf, config);
+            assert!(decoder.assembly_capacity() <= config.message_limit());
+            match result {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => break,
+                Err(err) => return (messages, Some(err)),
+            }
+        }
+        if at == wire.len() {
+            return (messages, None);
+        }
+        let end = (at + chunks.next().unwrap_or(1)).min(wire.len());
+        buf.extend_from_slice(&wire[at..end]);
+        at = end;
+    }
+}
+
+/// Reads one message from the script, appends its client frames to `wire`
+/// and returns what the decoder should yield for it.
+fn next_scripted_message<'a>(script: &'a [u8], wire: &mut BytesMut) -> Option<(Message, &'a [u8])> {
+    let [kind, len, fragments, k0, k1, k2, k3, rest @ ..] = script else {
+        return None;
+    };
+    let key = [*k0, *k1, *k2, *k3];
+    let len = usize::from(*len).min(rest.len());
+    let (payload, rest) = rest.split_at(len);
+    let message = match kind % 5 {
+        0 => {
+            let text = String::from_utf8_lossy(payload).into_owned();
+            encode_fragmented(wire, OpCode::Text, text.as_bytes(), *fragments, key);
+            Message::Text(Utf8Bytes::from(text))
+        }
+        1 => {
+            encode_fragmented(wire, OpCode::Binary, payload, *fragments, key);
+            Message::Binary(Bytes::copy_from_slice(payload))
+        }
+        2 => {
+            let payload = &payload[..payload.len().min(125)];
+            client_frame(wire, true, OpCode::Ping, key, payload);
+            Message::Ping(Bytes::copy_from_slice(payload))
+        }
+        3 => {
+            let payload = &payload[..payload.len().min(125)];
+            client_frame(wire, true, OpCode::Pong, key, payload);
+            Message::Pong(Bytes::copy_from_slice(payload))
+        }
+        _ => {
+            let code = 3000 + u16::from(*fragments) * 7;
+            let reason = String::from_utf8_lossy(&payload[..payload.len().min(40)]).into_owned();
+            let mut body = code.to_be_bytes().to_vec();
+            body.extend_from_slice(reason.as_bytes());
+            if body.len() > 125 {
+                return None;
+            }
+            client_frame(wire, true, OpCode::Close, key, &body);
+            Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: Utf8Bytes::from(reason),
+            }))
+        }
+    };
+    Some((message, rest))
+}
+
+/// Splits `payload` into `1 + fragments % 4` frames at even cuts.
+fn encode_fragmented(
+    wire: &mut BytesMut,
+    opcode: OpCode,
+    payload: &[u8],
+    fragments: u8,
+    key: [u8; 4],
+) {
+    let count = 1 + usize::from(fragments % 4);
+    let step = payload.len().div_ceil(count).max(1);
+    let mut pieces: Vec<&[u8]> = payload.chunks(step).collect();
+    if pieces.is_empty() {
+        pieces.push(&[]);
+    }
+    let last = pieces.len() - 1;
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let frame_opcode = if i == 0 { opcode } else { OpCode::Continuation };
+        client_frame(wire, i == last, frame_opcode, key, piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_oracle_holds_on_sample_inputs() {
+        decode_in_chunks(&[]);
+        decode_in_chunks(&[
+            0x33, 7, 0x81, 0x85, 1, 2, 3, 4, 0x49, 0x67, 0x6f, 0x68, 0x6e,
+        ]);
+        let noise: Vec<u8> = (0..2000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for start in 0..64 {
+            decode_in_chunks(&noise[start..]);
+        }
+    }
+
+    #[test]
+    fn round_trip_oracle_holds_on_sample_scripts() {
+        round_trip(&[]);
+        let mut script = vec![9u8];
+        for kind in 0..5u8 {
+            script.extend_from_slice(&[kind, 20, kind, 1, 2, 3, 4]);
+            script.extend((0..20).map(|i| b'a' + i));
+        }
+        round_trip(&script);
+    }
+}

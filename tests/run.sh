@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# herald's whole test suite, as CI runs it (`.ci/run` calls this script).
+#
+# Installs what the tests need, then runs, in order: formatting, clippy with
+# warnings as errors, the docs with warnings as errors, every unit,
+# integration and doc test in the workspace, and a short smoke run of each
+# fuzz target. Set HERALD_FUZZ_SECONDS to change the per-target fuzz time
+# (default 20; 0 skips fuzzing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "docs (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "tests"
+cargo test --workspace --locked
+
+fuzz_seconds="${HERALD_FUZZ_SECONDS:-20}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  step "fuzz smoke run (${fuzz_seconds}s per target)"
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "the nightly toolchain is required for fuzzing (rustup toolchain install nightly)" >&2
+    exit 1
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --quiet
+  fi
+  (
+    cd fuzz
+    for target in $(cargo +nightly fuzz list); do
+      mkdir -p "corpus/$target"
+      log="$(mktemp)"
+      if ! cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$fuzz_seconds" -rss_limit_mb=1024 -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        echo "fuzz target $target failed; the crashing input is under fuzz/artifacts/$target" >&2
+        exit 1
+      fi
+      echo "$target: $(grep -E '^Done [0-9]+ runs' "$log" || echo 'finished')"
+      rm -f "$log"
+    done
+  )
+fi
+
+step "all checks passed"
