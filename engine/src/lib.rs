@@ -41,6 +41,21 @@
 
 pub mod wire;
 
+mod config;
+mod conn;
+mod handler;
+mod handshake;
+mod reactor;
+mod stats;
+mod timer;
+mod write_queue;
+
+pub use config::{ServerConfig, SlowConsumerPolicy};
+pub use handler::{Accept, Conn, Handler, Reject, SendError};
+pub use handshake::{HEALTH_PATH, HandshakeError, Request};
+pub use reactor::{ConnHandle, Server, ServerBuilder, ServerHandle};
+pub use stats::ServerStats;
+
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;

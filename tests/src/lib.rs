@@ -99,3 +99,133 @@ pub fn read_messages(
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeExamples;
+
+/// Test helpers for a running server.
+pub mod server {
+    use std::{
+        io::{self, Read, Write},
+        net::{SocketAddr, TcpStream},
+        time::{Duration, Instant},
+    };
+
+    use herald::wire::{FrameHeader, OpCode};
+    use tungstenite::{WebSocket, stream::MaybeTlsStream};
+
+    use super::READ_TIMEOUT;
+
+    /// A tungstenite client connected to `ws://{addr}{path}`.
+    pub fn connect(addr: SocketAddr, path: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+        let (ws, _response) =
+            tungstenite::connect(format!("ws://{addr}{path}")).expect("WebSocket handshake");
+        if let MaybeTlsStream::Plain(stream) = ws.get_ref() {
+            stream
+                .set_read_timeout(Some(READ_TIMEOUT))
+                .expect("set timeout");
+        }
+        ws
+    }
+
+    /// A raw TCP connection with the test read timeout.
+    pub fn raw(addr: SocketAddr) -> TcpStream {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set timeout");
+        stream
+    }
+
+    /// A minimal valid upgrade request for `path`.
+    pub fn upgrade_request(path: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    }
+
+    /// Sends `request` and reads the whole response until the server
+    /// closes; returns the status code and the full response text.
+    pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+        let mut stream = raw(addr);
+        stream.write_all(request).expect("send request");
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        (status_of(&text), text)
+    }
+
+    /// The status code of an HTTP response's status line (0 if none).
+    pub fn status_of(response: &str) -> u16 {
+        response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Reads an HTTP response head (through the blank line) from `stream`.
+    pub fn read_head(stream: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("response head");
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    /// Upgrades a raw connection and returns it, for tests that speak
+    /// frames by hand.
+    pub fn raw_upgraded(addr: SocketAddr, path: &str) -> TcpStream {
+        let mut stream = raw(addr);
+        stream
+            .write_all(upgrade_request(path).as_bytes())
+            .expect("send upgrade");
+        let head = read_head(&mut stream);
+        assert_eq!(status_of(&head), 101, "{head}");
+        stream
+    }
+
+    /// Reads one unmasked server frame: its opcode and payload.
+    pub fn read_server_frame(stream: &mut TcpStream) -> io::Result<(OpCode, Vec<u8>)> {
+        let mut header = Vec::new();
+        loop {
+            let mut byte = [0u8];
+            stream.read_exact(&mut byte)?;
+            header.push(byte[0]);
+            match FrameHeader::parse(&header) {
+                Ok(Some((parsed, _))) => {
+                    let mut payload = vec![0u8; parsed.payload_len as usize];
+                    stream.read_exact(&mut payload)?;
+                    return Ok((parsed.opcode, payload));
+                }
+                Ok(None) => {}
+                Err(err) => return Err(io::Error::new(io::ErrorKind::InvalidData, err)),
+            }
+        }
+    }
+
+    /// Reads server frames until a close frame; returns its code, if any.
+    pub fn read_until_close(stream: &mut TcpStream) -> io::Result<Option<u16>> {
+        loop {
+            let (opcode, payload) = read_server_frame(stream)?;
+            if opcode == OpCode::Close {
+                return Ok(
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
+                );
+            }
+        }
+    }
+
+    /// Waits until `condition` holds, checking every few milliseconds, for
+    /// at most `limit`. Returns whether it held.
+    pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        condition()
+    }
+}

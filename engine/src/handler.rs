@@ -1,0 +1,281 @@
+//! The low-level, per-connection API, after Azu's channel: one callback per
+//! WebSocket event, called on the connection's own loop thread.
+//!
+//! Callbacks must not block: a loop serves thousands of connections. Work
+//! that blocks belongs on another thread, which answers through a
+//! [`ConnHandle`].
+
+use bytes::Bytes;
+
+use crate::{
+    Request,
+    conn::Outbox,
+    reactor::{ConnHandle, LoopContext},
+    wire::{CloseCode, Utf8Bytes, binary_frame, text_frame},
+};
+
+/// The application's side of a WebSocket endpoint.
+///
+/// Every method but [`on_connect`](Self::on_connect) has a default that
+/// does nothing; pings are answered with pongs by the server itself, before
+/// [`on_ping`](Self::on_ping) is called.
+///
+/// # Examples
+///
+/// An echo server:
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use herald::{Accept, Conn, Handler, Reject, Request, Server, wire::Utf8Bytes};
+///
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     type State = ();
+///
+///     fn on_connect(&self, _request: &Request) -> Result<Accept<()>, Reject> {
+///         Ok(Accept::new(()))
+///     }
+///
+///     fn on_message(&self, conn: &mut Conn<'_, ()>, text: Utf8Bytes) {
+///         let _ = conn.send_text(&text);
+///     }
+///
+///     fn on_binary(&self, conn: &mut Conn<'_, ()>, data: Bytes) {
+///         let _ = conn.send_binary(&data);
+///     }
+/// }
+///
+/// let server = Server::builder().bind("127.0.0.1:9001".parse()?).start(Echo)?;
+/// server.join();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Per-connection state, created by `on_connect` and owned by the
+    /// connection's loop.
+    type State: Send + 'static;
+
+    /// Decides whether to accept an upgrade request: authorize it (query
+    /// parameters, headers, cookies, peer), create the connection's state,
+    /// and optionally choose a subprotocol among
+    /// [`Request::subprotocols`].
+    fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject>;
+
+    /// The handshake is complete; the connection is open.
+    fn on_open(&self, conn: &mut Conn<'_, Self::State>) {
+        let _ = conn;
+    }
+
+    /// A text message.
+    fn on_message(&self, conn: &mut Conn<'_, Self::State>, text: Utf8Bytes) {
+        let _ = (conn, text);
+    }
+
+    /// A binary message.
+    fn on_binary(&self, conn: &mut Conn<'_, Self::State>, data: Bytes) {
+        let _ = (conn, data);
+    }
+
+    /// A ping (already answered with a pong).
+    fn on_ping(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes) {
+        let _ = (conn, payload);
+    }
+
+    /// A pong, solicited by the server's heartbeat or not.
+    fn on_pong(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes) {
+        let _ = (conn, payload);
+    }
+
+    /// The connection has ended, once per opened connection: with the code
+    /// the client sent (1005 if its close frame had none), the code the
+    /// server closed with, or 1006 if the TCP connection ended without a
+    /// close handshake. Sends from here are discarded.
+    fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str) {
+        let _ = (conn, code, reason);
+    }
+}
+
+/// Accepts an upgrade: the connection's state and, optionally, the chosen
+/// subprotocol.
+#[derive(Debug)]
+pub struct Accept<S> {
+    pub(crate) state: S,
+    pub(crate) subprotocol: Option<String>,
+}
+
+impl<S> Accept<S> {
+    /// Accepts with `state`.
+    pub fn new(state: S) -> Self {
+        Self {
+            state,
+            subprotocol: None,
+        }
+    }
+
+    /// Echoes `protocol` in `Sec-WebSocket-Protocol`; it should be one the
+    /// client offered.
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.subprotocol = Some(protocol.into());
+        self
+    }
+}
+
+/// Refuses an upgrade with an HTTP status.
+///
+/// # Examples
+///
+/// ```
+/// use herald::Reject;
+///
+/// assert_eq!(Reject::unauthorized().status(), 401);
+/// assert_eq!(Reject::with_status(999).status(), 400); // not an error status
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    status: u16,
+}
+
+impl Reject {
+    /// 401: missing or bad credentials.
+    pub const fn unauthorized() -> Self {
+        Self { status: 401 }
+    }
+
+    /// 403: authenticated, but not allowed.
+    pub const fn forbidden() -> Self {
+        Self { status: 403 }
+    }
+
+    /// Any 4xx or 5xx status; anything else becomes 400.
+    pub const fn with_status(status: u16) -> Self {
+        let status = if status >= 400 && status <= 599 {
+            status
+        } else {
+            400
+        };
+        Self { status }
+    }
+
+    /// The status sent.
+    pub const fn status(&self) -> u16 {
+        self.status
+    }
+}
+
+/// Why a send did not queue its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closing or closed; nothing more can be sent.
+    #[error("connection is closing")]
+    Closed,
+    /// This send took the connection past its queue limit and the
+    /// slow-consumer policy closed it.
+    #[error("connection closed as a slow consumer")]
+    SlowConsumer,
+    /// The server has shut down.
+    #[error("server has shut down")]
+    ServerStopped,
+}
+
+/// One connection, as a callback sees it: its state, and ways to send to
+/// it and close it.
+///
+/// Sends are queued and written at the end of the loop turn, together with
+/// everything else queued for the same socket.
+pub struct Conn<'a, S> {
+    pub(crate) state: &'a mut S,
+    pub(crate) outbox: &'a mut Outbox,
+    pub(crate) key: usize,
+    pub(crate) generation: u32,
+    pub(crate) ctx: &'a mut LoopContext,
+}
+
+impl<S> Conn<'_, S> {
+    /// The connection's state.
+    pub fn state(&mut self) -> &mut S {
+        self.state
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.send_frame(text_frame(text))
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send_frame(binary_frame(data))
+    }
+
+    /// Sends a frame encoded beforehand (see [`crate::wire`]), for instance
+    /// one shared by many connections.
+    pub fn send_frame(&mut self, frame: Bytes) -> Result<(), SendError> {
+        let result = self
+            .outbox
+            .enqueue(frame, &self.ctx.config, &self.ctx.stats);
+        self.ctx.mark_dirty(self.key, self.outbox);
+        result
+    }
+
+    /// Starts the close handshake with `code` and `reason` (at most 123
+    /// bytes; longer reasons are cut at a character boundary). A code that
+    /// may not be sent becomes 1000.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.outbox.queue_close(code, reason);
+        self.ctx.mark_dirty(self.key, self.outbox);
+    }
+
+    /// Whether the connection is closing (a close frame has been queued).
+    pub fn is_closing(&self) -> bool {
+        self.outbox.is_closing()
+    }
+
+    /// A handle to this connection for other threads.
+    pub fn handle(&self) -> ConnHandle {
+        self.ctx.handle_for(self.key, self.generation)
+    }
+}
+
+impl<S> std::fmt::Debug for Conn<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("key", &self.key)
+            .field("generation", &self.generation)
+            .field("queued_bytes", &self.outbox.queued_bytes())
+            .finish()
+    }
+}
+
+/// A shared handler: keep an `Arc` to read the application's own state
+/// from other threads while the server runs.
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    type State = H::State;
+
+    fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject> {
+        (**self).on_connect(request)
+    }
+
+    fn on_open(&self, conn: &mut Conn<'_, Self::State>) {
+        (**self).on_open(conn);
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_, Self::State>, text: Utf8Bytes) {
+        (**self).on_message(conn, text);
+    }
+
+    fn on_binary(&self, conn: &mut Conn<'_, Self::State>, data: Bytes) {
+        (**self).on_binary(conn, data);
+    }
+
+    fn on_ping(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes) {
+        (**self).on_ping(conn, payload);
+    }
+
+    fn on_pong(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes) {
+        (**self).on_pong(conn, payload);
+    }
+
+    fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str) {
+        (**self).on_close(conn, code, reason);
+    }
+}

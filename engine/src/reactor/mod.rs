@@ -1,0 +1,346 @@
+//! The reactor: the only code that touches `mio`, sockets, threads and the
+//! clock.
+//!
+//! # Threads
+//!
+//! A server runs one event loop per core, each on its own thread (pinned to
+//! a core unless told otherwise). Each loop owns a `SO_REUSEPORT` listener,
+//! its connections in a slab, a timer wheel, a pool of read buffers and a
+//! mailbox; no socket is ever touched by two threads. Other threads reach a
+//! loop only through its mailbox ([`ConnHandle`], [`ServerHandle`]).
+//!
+//! ```text
+//!              clients
+//!   ┌─────────────┼──────────────┐
+//!   ▼ (kernel spreads accepts)   ▼
+//! ┌──────────────────┐   ┌──────────────────┐
+//! │ loop 0 (core 0)  │   │ loop 1 (core 1)  │   ...
+//! │ listener         │   │ listener         │
+//! │ slab of conns    │   │ slab of conns    │
+//! │ timer wheel      │   │ timer wheel      │
+//! │ mailbox ◄────────┼───┼── ConnHandle / ServerHandle (any thread)
+//! └──────────────────┘   └──────────────────┘
+//! ```
+//!
+//! # A loop turn
+//!
+//! 1. **Poll** for readiness, with a timeout up to the next timer tick
+//!    (100 ms) when any deadline is pending, zero when reads were cut short
+//!    last turn.
+//! 2. **Events**, in the order the kernel reports them: accept every pending
+//!    connection (backing off on `EMFILE`/`ENFILE`); drain the mailbox;
+//!    read each readable socket until `WouldBlock` or a per-turn budget
+//!    (the rest is read next turn, so one fast sender cannot starve the
+//!    others), decoding and dispatching to the handler as bytes arrive.
+//!    Handlers only queue frames; nothing is written yet.
+//! 3. **Timers**: advance the wheel to now; handshakes that took too long
+//!    are dropped, silent connections are pinged or closed, close
+//!    handshakes that stalled are cut off.
+//! 4. **Flush**: every connection that had frames queued this turn (or
+//!    became writable) is written once, with `writev`, until its queue is
+//!    empty or the socket would block. Connections whose close is complete
+//!    are dropped here, after their last bytes went out.
+//!
+//! Ordering rules: a frame queued in phase 2 or 3 leaves in phase 4 of the
+//! same turn; a connection is removed only in phases 2-4 and never while a
+//! handler for it runs; a stale event or command (for a slot that was
+//! freed and reused) is recognised by the generation in its token.
+
+mod listener;
+mod mailbox;
+mod sys;
+mod worker;
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+pub use mailbox::ConnHandle;
+pub(crate) use mailbox::{Command, Mailbox};
+
+use crate::{
+    Handler,
+    config::{ServerConfig, SlowConsumerPolicy},
+    conn::Outbox,
+    stats::{LoopStats, ServerStats},
+    wire::DecoderConfig,
+};
+
+/// What a loop shares with the callbacks it runs (through
+/// [`Conn`](crate::Conn)).
+#[derive(Debug)]
+pub(crate) struct LoopContext {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) stats: Arc<LoopStats>,
+    pub(crate) mailbox: Arc<Mailbox>,
+    /// Connections with frames queued this turn, to flush at its end.
+    pub(crate) dirty: Vec<usize>,
+}
+
+impl LoopContext {
+    /// Puts a connection on this turn's flush list, once.
+    #[inline]
+    pub(crate) fn mark_dirty(&mut self, key: usize, outbox: &mut Outbox) {
+        if !outbox.dirty {
+            outbox.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    pub(crate) fn handle_for(&self, key: usize, generation: u32) -> ConnHandle {
+        ConnHandle {
+            mailbox: Arc::clone(&self.mailbox),
+            key,
+            generation,
+        }
+    }
+}
+
+/// Configures and starts a [`Server`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use herald::{Server, SlowConsumerPolicy};
+/// # use herald::{Accept, Handler, Reject, Request};
+/// # struct App;
+/// # impl Handler for App {
+/// #     type State = ();
+/// #     fn on_connect(&self, _: &Request) -> Result<Accept<()>, Reject> { Ok(Accept::new(())) }
+/// # }
+///
+/// let server = Server::builder()
+///     .bind("0.0.0.0:4000".parse()?)
+///     .loops(4)
+///     .endpoint("/socket/websocket")
+///     .ping_interval(Duration::from_secs(25))
+///     .slow_consumer(SlowConsumerPolicy::DropOldest)
+///     .start(App)?;
+/// println!("listening on {}", server.local_addr());
+/// server.join();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct ServerBuilder {
+    config: ServerConfig,
+}
+
+macro_rules! setters {
+    ($( $(#[$doc:meta])* $name:ident: $ty:ty ),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl ServerBuilder {
+    setters! {
+        /// Where to listen (default `127.0.0.1:9001`; port 0 picks a free one).
+        addr: SocketAddr,
+        /// How many event loops (default: the available cores).
+        loops: usize,
+        /// Whether to pin each loop to a core (default `true`).
+        pin_cores: bool,
+        /// Connections past which new ones get 503 (default 1,000,000).
+        max_connections: usize,
+        /// The largest request head (default 8 KiB; larger gets 431).
+        max_head_bytes: usize,
+        /// Time allowed for the request head (default 10 s).
+        handshake_timeout: Duration,
+        /// How often to ping each connection (default 30 s).
+        ping_interval: Duration,
+        /// Silence after which a connection is closed (default 60 s).
+        idle_timeout: Duration,
+        /// How long to wait for the peer's side of a close (default 5 s).
+        close_timeout: Duration,
+        /// Limits on client frames and messages (default 1 MiB each).
+        decoder: DecoderConfig,
+        /// Outbound bytes a connection may have queued (default 4 MiB).
+        max_queued_bytes: usize,
+        /// What to do past that limit (default: close with 1013).
+        slow_consumer: SlowConsumerPolicy,
+        /// How long a graceful shutdown waits for clients (default 5 s).
+        shutdown_timeout: Duration,
+        /// Bytes per `recv` (default 16 KiB).
+        read_chunk: usize,
+    }
+
+    /// Where to listen; same as [`addr`](Self::addr).
+    pub fn bind(self, addr: SocketAddr) -> Self {
+        self.addr(addr)
+    }
+
+    /// Serves WebSocket upgrades at `path` (exact match, no query). With
+    /// no endpoint declared, every path is served; once one is, other paths
+    /// get 404.
+    pub fn endpoint(mut self, path: impl Into<String>) -> Self {
+        self.config.endpoints.push(path.into());
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Binds the listeners and starts the loops.
+    ///
+    /// Fails if the address cannot be bound, or a loop cannot create its
+    /// poller.
+    pub fn start<H: Handler>(self, handler: H) -> io::Result<Server> {
+        let mut config = self.config;
+        config.loops = config.loops.max(1);
+        config.read_chunk = config.read_chunk.max(512);
+        let config = Arc::new(config);
+        let listeners = listener::bind_listeners(config.addr, config.loops)?;
+        let local_addr = listeners[0].local_addr()?;
+        let open = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let cores = if config.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut mailboxes = Vec::new();
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let worker = worker::Worker::new(
+                listener,
+                Arc::clone(&config),
+                Arc::clone(&handler),
+                Arc::clone(&open),
+            )?;
+            mailboxes.push(worker.mailbox());
+            stats.push(worker.stats());
+            let core = cores.get(index % cores.len().max(1)).copied();
+            let thread = std::thread::Builder::new()
+                .name(format!("herald-loop-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker.run();
+                })?;
+            threads.push(thread);
+        }
+        Ok(Server {
+            handle: ServerHandle {
+                mailboxes: mailboxes.into(),
+                stats: stats.into(),
+                local_addr,
+                open,
+            },
+            threads,
+        })
+    }
+}
+
+/// A running server. Dropping it does not stop it: call
+/// [`shutdown`](Self::shutdown), or [`join`](Self::join) to serve until a
+/// [`ServerHandle`] shuts it down.
+#[derive(Debug)]
+pub struct Server {
+    handle: ServerHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// A builder with the default configuration.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The address the server listens on (with the port picked, if 0 was
+    /// asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Shuts down gracefully: stops accepting, sends close 1001 to every
+    /// client, waits for them up to the shutdown timeout, stops the loops,
+    /// and returns once every loop thread has exited.
+    pub fn shutdown(self) {
+        self.handle.shutdown();
+        self.join();
+    }
+
+    /// Waits until the server has shut down (through a [`ServerHandle`]).
+    pub fn join(self) {
+        for thread in self.threads {
+            // A loop thread that panicked has already dropped its sockets;
+            // there is nothing more to clean up here.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A cheap, cloneable, `Send + Sync` handle to a running server.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    mailboxes: Arc<[Arc<Mailbox>]>,
+    stats: Arc<[Arc<LoopStats>]>,
+    local_addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+}
+
+impl ServerHandle {
+    /// Starts a graceful shutdown (see [`Server::shutdown`]) and returns at
+    /// once.
+    pub fn shutdown(&self) {
+        for mailbox in self.mailboxes.iter() {
+            // A loop that has already stopped has nothing left to shut down.
+            let _ = mailbox.post(Command::Shutdown);
+        }
+    }
+
+    /// The listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections currently held, handshaking or open.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The counters, summed over the loops.
+    pub fn stats(&self) -> ServerStats {
+        let mut total = ServerStats::default();
+        for loop_stats in self.stats.iter() {
+            total.add(loop_stats);
+        }
+        total
+    }
+
+    /// The counters of each loop, in loop order: shows how connections
+    /// were spread.
+    pub fn stats_per_loop(&self) -> Vec<ServerStats> {
+        self.stats
+            .iter()
+            .map(|loop_stats| {
+                let mut stats = ServerStats::default();
+                stats.add(loop_stats);
+                stats
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,257 @@
+//! A connection's outbound queue: shared frames, written with `writev`.
+//!
+//! A broadcast's frame is one `Bytes` shared by every subscriber; each
+//! queue holds a clone (a refcount, no copy). Everything queued for a
+//! socket during a loop turn leaves in one `write_vectored` call of up to
+//! [`MAX_IOVECS`] frames, repeated only if the kernel took all of it and
+//! more is queued.
+//!
+//! Backpressure policies need to drop frames; a frame the kernel has taken
+//! part of is never dropped (the peer would see half a frame), only whole
+//! unsent ones.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice, Write},
+};
+
+use bytes::Bytes;
+
+/// The most frames one `writev` call carries (Linux allows 1024).
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// Frames waiting to be written to one socket.
+#[derive(Debug, Default)]
+pub(crate) struct WriteQueue {
+    frames: VecDeque<Bytes>,
+    /// How much of the front frame the kernel has already taken.
+    front_sent: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Everything was written.
+    All,
+    /// The socket's send buffer is full; wait for it to become writable.
+    Blocked,
+}
+
+impl WriteQueue {
+    /// Queues a frame.
+    #[inline]
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes queued and not yet written.
+    #[inline]
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing is waiting.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Writes as much as `writer` takes, in vectored writes of up to
+    /// [`MAX_IOVECS`] frames.
+    pub(crate) fn flush_to(&mut self, writer: &mut impl Write) -> io::Result<Flushed> {
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = self.fill_slices(&mut slices);
+            let written = match writer.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            // Until WouldBlock or empty, as edge-triggered readiness needs.
+            self.consume(written);
+        }
+        self.release_if_large();
+        Ok(Flushed::All)
+    }
+
+    fn fill_slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+            let start = if count == 0 { self.front_sent } else { 0 };
+            *slot = IoSlice::new(&frame[start..]);
+            count += 1;
+        }
+        count
+    }
+
+    /// Removes `written` bytes from the front.
+    fn consume(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.front_sent;
+            if written < left {
+                self.front_sent += written;
+                return;
+            }
+            written -= left;
+            self.front_sent = 0;
+            self.frames.pop_front();
+        }
+    }
+
+    /// Drops whole unsent frames from the front until at most `cap` bytes
+    /// are queued (keeping a partly written front frame). Returns how many
+    /// frames were dropped.
+    pub(crate) fn drop_oldest_until(&mut self, cap: usize) -> usize {
+        let keep_front = usize::from(self.front_sent > 0);
+        let mut dropped = 0;
+        while self.queued > cap && self.frames.len() > keep_front {
+            let Some(frame) = self.frames.remove(keep_front) else {
+                break;
+            };
+            self.queued -= frame.len();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drops every unsent frame (keeping a partly written front frame, so
+    /// that a close frame queued next still parses). Returns how many.
+    pub(crate) fn drop_unsent(&mut self) -> usize {
+        self.drop_oldest_until(0)
+    }
+
+    /// Gives back the ring's memory after a burst, so an idle connection
+    /// does not keep a large queue allocated.
+    fn release_if_large(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `budget` bytes in total, then blocks,
+    /// and counts its calls.
+    struct Throttled {
+        out: Vec<u8>,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Throttled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.budget - taken);
+                self.out.extend_from_slice(&buf[..n]);
+                taken += n;
+            }
+            self.budget -= taken;
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn writer(budget: usize) -> Throttled {
+        Throttled {
+            out: Vec::new(),
+            budget,
+            calls: 0,
+        }
+    }
+
+    #[test]
+    fn everything_queued_in_a_turn_leaves_in_one_writev() {
+        let mut queue = WriteQueue::default();
+        for i in 0..10u8 {
+            queue.push(Bytes::from(vec![i; 100]));
+        }
+        let mut w = writer(usize::MAX);
+        assert_eq!(queue.flush_to(&mut w).unwrap(), Flushed::All);
+        assert_eq!(w.calls, 1);
+        assert_eq!(w.out.len(), 1000);
+        assert!(queue.is_empty());
+        assert_eq!(queue.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut queue = WriteQueue::default();
+        queue.push(Bytes::from_static(b"hello "));
+        queue.push(Bytes::from_static(b"world"));
+        let mut w = writer(4);
+        assert_eq!(queue.flush_to(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(queue.queued_bytes(), 7);
+        w.budget = 100;
+        assert_eq!(queue.flush_to(&mut w).unwrap(), Flushed::All);
+        assert_eq!(w.out, b"hello world");
+    }
+
+    #[test]
+    fn more_than_max_iovecs_frames_take_several_writes() {
+        let mut queue = WriteQueue::default();
+        for _ in 0..(MAX_IOVECS * 2 + 3) {
+            queue.push(Bytes::from_static(b"ab"));
+        }
+        let mut w = writer(usize::MAX);
+        assert_eq!(queue.flush_to(&mut w).unwrap(), Flushed::All);
+        assert_eq!(w.calls, 3);
+        assert_eq!(w.out.len(), (MAX_IOVECS * 2 + 3) * 2);
+    }
+
+    #[test]
+    fn dropping_oldest_keeps_a_partly_written_frame() {
+        let mut queue = WriteQueue::default();
+        for i in 0..5u8 {
+            queue.push(Bytes::from(vec![i; 10]));
+        }
+        let mut w = writer(3);
+        assert_eq!(queue.flush_to(&mut w).unwrap(), Flushed::Blocked);
+        // 47 bytes queued; keep at most 20: frames 1, 2 and 3 go.
+        assert_eq!(queue.drop_oldest_until(20), 3);
+        assert_eq!(queue.queued_bytes(), 17);
+        w.budget = 100;
+        queue.flush_to(&mut w).unwrap();
+        let mut expected = vec![0u8; 10];
+        expected.extend_from_slice(&[4; 10]);
+        assert_eq!(w.out, expected);
+    }
+
+    #[test]
+    fn drop_unsent_leaves_only_the_partial_front() {
+        let mut queue = WriteQueue::default();
+        queue.push(Bytes::from_static(b"0123456789"));
+        queue.push(Bytes::from_static(b"abc"));
+        let mut w = writer(5);
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(queue.drop_unsent(), 1);
+        assert_eq!(queue.queued_bytes(), 5);
+        let mut empty = WriteQueue::default();
+        empty.push(Bytes::from_static(b"x"));
+        assert_eq!(empty.drop_unsent(), 1);
+        assert!(empty.is_empty());
+    }
+}

@@ -1,0 +1,527 @@
+//! The event-loop server over real sockets: handshake statuses, echo,
+//! heartbeats, close codes, protocol errors, backpressure, shutdown, and
+//! many connections. The client is tungstenite where a conforming client is
+//! wanted, and a raw socket where the test must misbehave.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use herald::{
+    Accept, Conn, ConnHandle, Handler, Reject, Request, Server, ServerBuilder, SlowConsumerPolicy,
+    wire::{CloseCode, DecoderConfig, OpCode, Utf8Bytes, client_frame},
+};
+use herald_tests::server::{
+    connect, http_exchange, raw, raw_upgraded, read_head, read_server_frame, read_until_close,
+    status_of, upgrade_request, wait_until,
+};
+use tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode as TCloseCode},
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Echoes messages, with a few commands for the tests.
+#[derive(Default)]
+struct TestApp {
+    closes: Mutex<Vec<u16>>,
+    handles: Mutex<Vec<ConnHandle>>,
+}
+
+struct Session {
+    summary: String,
+}
+
+impl Handler for TestApp {
+    type State = Session;
+
+    fn on_connect(&self, request: &Request) -> Result<Accept<Session>, Reject> {
+        if request.path() == "/reject" {
+            return Err(Reject::unauthorized());
+        }
+        let summary = format!(
+            "path={} user={} cookie={} host={} peer_ip={}",
+            request.path(),
+            request.query_param("user").unwrap_or_default(),
+            request.cookie("session").unwrap_or(""),
+            request.header_str("host").unwrap_or(""),
+            request.peer_addr().ip(),
+        );
+        let accept = Accept::new(Session { summary });
+        Ok(match request.subprotocols().find(|p| *p == "chat") {
+            Some(protocol) => accept.subprotocol(protocol),
+            None => accept,
+        })
+    }
+
+    fn on_open(&self, conn: &mut Conn<'_, Session>) {
+        self.handles.lock().unwrap().push(conn.handle());
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_, Session>, text: Utf8Bytes) {
+        match text.as_str() {
+            "whoami" => {
+                let summary = conn.state().summary.clone();
+                let _ = conn.send_text(&summary);
+            }
+            "panic" => panic!("the application failed"),
+            command if command.starts_with("close:") => {
+                let code: u16 = command[6..].parse().unwrap();
+                conn.close(CloseCode::from(code), "asked to");
+            }
+            _ => {
+                let _ = conn.send_text(&text);
+            }
+        }
+    }
+
+    fn on_binary(&self, conn: &mut Conn<'_, Session>, data: Bytes) {
+        let _ = conn.send_binary(&data);
+    }
+
+    fn on_close(&self, _conn: &mut Conn<'_, Session>, code: CloseCode, _reason: &str) {
+        self.closes.lock().unwrap().push(code.as_u16());
+    }
+}
+
+fn builder() -> ServerBuilder {
+    Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .loops(2)
+        .pin_cores(false)
+        .endpoint("/ws")
+        .endpoint("/reject")
+        // Most tests end with clients still connected and not reading:
+        // do not wait the default 5 s for their close replies.
+        .shutdown_timeout(Duration::from_millis(300))
+}
+
+fn start(builder: ServerBuilder) -> (Server, Arc<TestApp>) {
+    let app = Arc::new(TestApp::default());
+    let server = builder.start(Arc::clone(&app)).expect("server starts");
+    (server, app)
+}
+
+// ---- Handshake ----------------------------------------------------------------
+
+#[test]
+fn handshake_succeeds_and_the_application_sees_the_request() {
+    let (server, _app) = start(builder());
+    let request = tungstenite::http::Request::builder()
+        .uri(format!("ws://{}/ws?user=ada", server.local_addr()))
+        .header("Host", "herald.test")
+        .header("Cookie", "session=s3cret; theme=dark")
+        .header("Sec-WebSocket-Protocol", "mqtt, chat")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (mut ws, response) = tungstenite::connect(request).expect("handshake");
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+    ws.send(Message::text("whoami")).unwrap();
+    assert_eq!(
+        ws.read().unwrap(),
+        Message::text("path=/ws user=ada cookie=s3cret host=herald.test peer_ip=127.0.0.1")
+    );
+    server.shutdown();
+}
+
+#[test]
+fn handshake_rejections_get_the_right_status() {
+    let (server, _app) = start(builder());
+    let addr = server.local_addr();
+    let good = upgrade_request("/ws");
+    let cases: Vec<(String, u16)> = vec![
+        (
+            good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            400,
+        ),
+        (good.replace("Upgrade: websocket\r\n", ""), 400),
+        (upgrade_request("/elsewhere"), 404),
+        (good.replacen("GET", "POST", 1), 405),
+        (good.replace("Version: 13", "Version: 8"), 426),
+        (
+            good.replace(
+                "Host: test\r\n",
+                &format!("Host: test\r\nX-Big: {}\r\n", "a".repeat(9000)),
+            ),
+            431,
+        ),
+        (upgrade_request("/reject"), 401),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n".to_owned(),
+            200,
+        ),
+        ("\x16\x03\x01 not http at all\r\n\r\n".to_owned(), 400),
+    ];
+    for (request, expected) in cases {
+        let (status, response) = http_exchange(addr, request.as_bytes());
+        assert_eq!(
+            status, expected,
+            "request:\n{request}\nresponse:\n{response}"
+        );
+        if expected == 426 {
+            assert!(
+                response.contains("Sec-WebSocket-Version: 13\r\n"),
+                "{response}"
+            );
+        }
+    }
+    server.shutdown();
+}
+
+#[test]
+fn connections_past_the_limit_get_503() {
+    let (server, _app) = start(builder().loops(1).max_connections(2));
+    let addr = server.local_addr();
+    let _first = connect(addr, "/ws");
+    let _second = connect(addr, "/ws");
+    let (status, _) = http_exchange(addr, upgrade_request("/ws").as_bytes());
+    assert_eq!(status, 503);
+    server.shutdown();
+}
+
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    let (server, _app) = start(builder().handshake_timeout(Duration::from_millis(200)));
+    let mut stream = raw(server.local_addr());
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: slow\r\n")
+        .unwrap();
+    // The server closes without answering: EOF, not the 10 s read timeout.
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut stream, &mut rest);
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    server.shutdown();
+}
+
+// ---- Messages -------------------------------------------------------------------
+
+#[test]
+fn text_binary_and_fragmented_messages_echo() {
+    let (server, _app) = start(builder());
+    let mut ws = connect(server.local_addr(), "/ws");
+    ws.send(Message::text("héllo")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("héllo"));
+    let big = vec![7u8; 300_000];
+    ws.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(big));
+    // Three fragments, reassembled by the server and echoed whole.
+    use tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode as TOp},
+    };
+    ws.write(Message::Frame(Frame::message(
+        b"frag".to_vec(),
+        TOp::Data(Data::Text),
+        false,
+    )))
+    .unwrap();
+    ws.write(Message::Frame(Frame::message(
+        b"men".to_vec(),
+        TOp::Data(Data::Continue),
+        false,
+    )))
+    .unwrap();
+    ws.write(Message::Frame(Frame::message(
+        b"ted".to_vec(),
+        TOp::Data(Data::Continue),
+        true,
+    )))
+    .unwrap();
+    ws.flush().unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("fragmented"));
+    server.shutdown();
+}
+
+#[test]
+fn early_frames_behind_the_request_head_are_processed() {
+    let (server, _app) = start(builder());
+    let mut stream = raw(server.local_addr());
+    let mut bytes = BytesMut::from(upgrade_request("/ws").as_bytes());
+    client_frame(&mut bytes, true, OpCode::Text, [1, 2, 3, 4], b"eager");
+    stream.write_all(&bytes).unwrap();
+    assert_eq!(status_of(&read_head(&mut stream)), 101);
+    assert_eq!(
+        read_server_frame(&mut stream).unwrap(),
+        (OpCode::Text, b"eager".to_vec())
+    );
+    server.shutdown();
+}
+
+// ---- Heartbeats -----------------------------------------------------------------
+
+#[test]
+fn client_pings_get_pongs() {
+    let (server, _app) = start(builder());
+    let mut ws = connect(server.local_addr(), "/ws");
+    ws.send(Message::Ping(Bytes::from_static(b"still there?")))
+        .unwrap();
+    assert_eq!(
+        ws.read().unwrap(),
+        Message::Pong(Bytes::from_static(b"still there?"))
+    );
+    server.shutdown();
+}
+
+#[test]
+fn the_server_pings_and_a_silent_client_is_closed_after_the_idle_timeout() {
+    let (server, app) = start(
+        builder()
+            .ping_interval(Duration::from_millis(100))
+            .idle_timeout(Duration::from_millis(400)),
+    );
+    let mut stream = raw_upgraded(server.local_addr(), "/ws");
+    // The client reads but never answers: pings, then a close with 1001.
+    let (opcode, payload) = read_server_frame(&mut stream).unwrap();
+    assert_eq!((opcode, payload.len()), (OpCode::Ping, 0));
+    assert_eq!(read_until_close(&mut stream).unwrap(), Some(1001));
+    assert!(wait_until(WAIT, || server.handle().stats().idle_timeouts == 1));
+    assert_eq!(app.closes.lock().unwrap().as_slice(), [1001]);
+    server.shutdown();
+}
+
+#[test]
+fn a_client_answering_pings_stays_connected() {
+    let (server, _app) = start(
+        builder()
+            .ping_interval(Duration::from_millis(100))
+            .idle_timeout(Duration::from_millis(400)),
+    );
+    let mut ws = connect(server.local_addr(), "/ws");
+    // tungstenite answers each ping with a pong as it reads; after several
+    // idle timeouts' worth of pings the connection still echoes.
+    let mut pings = 0;
+    while pings < 8 {
+        if let Message::Ping(_) = ws.read().unwrap() {
+            pings += 1;
+            ws.flush().unwrap();
+        }
+    }
+    ws.send(Message::text("alive")).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Ping(_) => ws.flush().unwrap(),
+            other => break assert_eq!(other, Message::text("alive")),
+        }
+    }
+    assert_eq!(server.handle().stats().idle_timeouts, 0);
+    server.shutdown();
+}
+
+// ---- Close codes ----------------------------------------------------------------
+
+#[test]
+fn a_client_close_is_answered_with_the_same_code() {
+    let (server, app) = start(builder());
+    let mut ws = connect(server.local_addr(), "/ws");
+    ws.close(Some(CloseFrame {
+        code: TCloseCode::Library(4001),
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 4001),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
+    // Then the server closes the TCP connection.
+    assert!(matches!(
+        ws.read(),
+        Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
+    ));
+    assert!(wait_until(WAIT, || server.handle().connections() == 0));
+    assert_eq!(app.closes.lock().unwrap().as_slice(), [4001]);
+    server.shutdown();
+}
+
+#[test]
+fn the_application_can_close_with_its_own_code() {
+    let (server, _app) = start(builder());
+    let mut ws = connect(server.local_addr(), "/ws");
+    ws.send(Message::text("close:4100")).unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 4100),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    server.shutdown();
+}
+
+#[test]
+fn protocol_errors_are_answered_with_their_close_codes() {
+    let (server, _app) = start(builder().decoder(DecoderConfig::default().max_frame_size(1024)));
+    let addr = server.local_addr();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        // Unmasked frame: 1002.
+        (b"\x81\x02hi".to_vec(), 1002),
+        // Reserved opcode: 1002.
+        (b"\x83\x80\x00\x00\x00\x00".to_vec(), 1002),
+        // Invalid UTF-8: 1007.
+        (
+            {
+                let mut frame = BytesMut::new();
+                client_frame(&mut frame, true, OpCode::Text, [9, 9, 9, 9], b"\xff\xfe");
+                frame.to_vec()
+            },
+            1007,
+        ),
+        // Over the frame limit, header only: 1009.
+        (vec![0x82, 0xFE, 0x08, 0x00, 1, 2, 3, 4], 1009),
+    ];
+    for (bytes, expected) in cases {
+        let mut stream = raw_upgraded(addr, "/ws");
+        stream.write_all(&bytes).unwrap();
+        assert_eq!(read_until_close(&mut stream).unwrap(), Some(expected));
+        // The server then ends the TCP connection.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
+    }
+    // Other connections never noticed.
+    let mut ws = connect(addr, "/ws");
+    ws.send(Message::text("fine")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("fine"));
+    assert_eq!(server.handle().stats().protocol_errors, 4);
+    server.shutdown();
+}
+
+#[test]
+fn a_panicking_handler_closes_only_its_connection_with_1011() {
+    let (server, _app) = start(builder().loops(1));
+    let mut bystander = connect(server.local_addr(), "/ws");
+    let mut ws = connect(server.local_addr(), "/ws");
+    ws.send(Message::text("panic")).unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1011),
+        other => panic!("expected 1011, got {other:?}"),
+    }
+    bystander.send(Message::text("unaffected")).unwrap();
+    assert_eq!(bystander.read().unwrap(), Message::text("unaffected"));
+    assert_eq!(server.handle().stats().handler_panics, 1);
+    server.shutdown();
+}
+
+// ---- Backpressure ---------------------------------------------------------------
+
+#[test]
+fn a_slow_consumer_is_closed_while_others_keep_receiving() {
+    let (server, app) = start(builder().loops(1).max_queued_bytes(256 * 1024));
+    let addr = server.local_addr();
+    // The slow client completes its handshake and then never reads.
+    let slow = raw_upgraded(addr, "/ws");
+    let mut fast = connect(addr, "/ws");
+    assert!(wait_until(WAIT, || app.handles.lock().unwrap().len() == 2));
+    let handles = app.handles.lock().unwrap().clone();
+    let text = "x".repeat(16 * 1024);
+    // In lockstep with the fast client: each message goes to both, and the
+    // fast client reads it before the next. 2000 messages (32 MiB) are far
+    // past the slow client's socket buffers and its 256 KiB queue cap.
+    for i in 0..2000 {
+        for handle in &handles {
+            let _ = handle.send_text(&text);
+        }
+        match fast.read() {
+            Ok(Message::Text(t)) => assert_eq!(t.len(), 16 * 1024, "message {i}"),
+            other => panic!("fast client lost message {i}: {other:?}"),
+        }
+    }
+    let stats = server.handle().stats();
+    assert_eq!(stats.slow_consumer_closes, 1);
+    assert!(stats.frames_dropped > 0);
+    assert!(app.closes.lock().unwrap().contains(&1013));
+    drop(slow);
+    server.shutdown();
+}
+
+#[test]
+fn drop_oldest_policy_keeps_a_slow_consumer_connected_and_counts_drops() {
+    let (server, app) = start(
+        builder()
+            .loops(1)
+            .max_queued_bytes(64 * 1024)
+            .slow_consumer(SlowConsumerPolicy::DropOldest),
+    );
+    let _slow = raw_upgraded(server.local_addr(), "/ws");
+    assert!(wait_until(WAIT, || app.handles.lock().unwrap().len() == 1));
+    let handle = app.handles.lock().unwrap()[0].clone();
+    let text = "y".repeat(8 * 1024);
+    for _ in 0..2000 {
+        handle.send_text(&text).unwrap();
+    }
+    assert!(wait_until(WAIT, || server.handle().stats().frames_dropped > 0));
+    assert_eq!(server.handle().stats().slow_consumer_closes, 0);
+    assert_eq!(server.handle().connections(), 1);
+    server.shutdown();
+}
+
+// ---- Shutdown and scale ---------------------------------------------------------
+
+#[test]
+fn graceful_shutdown_sends_1001_to_every_client() {
+    let (server, _app) = start(builder());
+    let addr = server.local_addr();
+    let mut clients: Vec<_> = (0..4).map(|_| connect(addr, "/ws")).collect();
+    let shutdown = thread::spawn(move || server.shutdown());
+    for ws in &mut clients {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected 1001, got {other:?}"),
+        }
+        // tungstenite answers the close as it reads on.
+        let _ = ws.read();
+    }
+    shutdown.join().unwrap();
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn thousands_of_connections_spread_over_the_loops() {
+    let (server, _app) = start(builder().loops(2));
+    let addr = server.local_addr();
+    let mut clients = Vec::new();
+    for _ in 0..2000 {
+        clients.push(raw_upgraded(addr, "/ws"));
+    }
+    for (i, stream) in clients.iter_mut().enumerate() {
+        let mut frame = BytesMut::new();
+        client_frame(
+            &mut frame,
+            true,
+            OpCode::Text,
+            [1, 2, 3, 4],
+            format!("n{i}").as_bytes(),
+        );
+        stream.write_all(&frame).unwrap();
+    }
+    for (i, stream) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            read_server_frame(stream).unwrap(),
+            (OpCode::Text, format!("n{i}").into_bytes())
+        );
+    }
+    let per_loop = server.handle().stats_per_loop();
+    assert_eq!(
+        per_loop.iter().map(|s| s.connections_opened).sum::<u64>(),
+        2000
+    );
+    for stats in &per_loop {
+        assert!(
+            stats.connections_opened > 200,
+            "uneven spread: {per_loop:?}"
+        );
+    }
+    assert_eq!(server.handle().connections(), 2000);
+    drop(clients);
+    assert!(wait_until(WAIT, || server.handle().connections() == 0));
+    server.shutdown();
+}
