@@ -1,8 +1,12 @@
-//! Fixtures shared by herald's benchmarks.
+//! herald's benchmarks: the pieces of the `herald-bench` load generator
+//! ([`client`], [`proc_stats`]) and the fixtures of the criterion benches.
 //!
 //! The criterion benches in `benches/` measure the hot-path pieces in memory;
 //! they build their inputs here so every bench feeds the decoder exactly
 //! what a client would send.
+
+pub mod client;
+pub mod proc_stats;
 
 use bytes::BytesMut;
 use herald::wire::{OpCode, client_frame};

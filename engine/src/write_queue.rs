@@ -9,6 +9,11 @@
 //! Backpressure policies need to drop frames; a frame the kernel has taken
 //! part of is never dropped (the peer would see half a frame), only whole
 //! unsent ones.
+//!
+//! The first frame is held inline: a connection that has at most one frame
+//! waiting (the 101 response, a heartbeat ping, most broadcasts to a
+//! keeping-up client) never allocates a ring, and an idle connection holds
+//! no heap memory for its queue.
 
 use std::{
     collections::VecDeque,
@@ -23,7 +28,10 @@ pub(crate) const MAX_IOVECS: usize = 64;
 /// Frames waiting to be written to one socket.
 #[derive(Debug, Default)]
 pub(crate) struct WriteQueue {
-    frames: VecDeque<Bytes>,
+    /// The oldest frame; `None` only when the queue is empty.
+    head: Option<Bytes>,
+    /// The frames after `head`.
+    tail: VecDeque<Bytes>,
     /// How much of the front frame the kernel has already taken.
     front_sent: usize,
     /// Bytes queued and not yet written.
@@ -44,7 +52,22 @@ impl WriteQueue {
     #[inline]
     pub(crate) fn push(&mut self, frame: Bytes) {
         self.queued += frame.len();
-        self.frames.push_back(frame);
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.tail.push_back(frame);
+        }
+    }
+
+    /// The frames in order.
+    fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.head.iter().chain(&self.tail)
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let front = self.head.take();
+        self.head = self.tail.pop_front();
+        front
     }
 
     /// Bytes queued and not yet written.
@@ -56,13 +79,13 @@ impl WriteQueue {
     /// Whether nothing is waiting.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.head.is_none()
     }
 
     /// Writes as much as `writer` takes, in vectored writes of up to
     /// [`MAX_IOVECS`] frames.
     pub(crate) fn flush_to(&mut self, writer: &mut impl Write) -> io::Result<Flushed> {
-        while !self.frames.is_empty() {
+        while !self.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let count = self.fill_slices(&mut slices);
             let written = match writer.write_vectored(&slices[..count]) {
@@ -81,7 +104,7 @@ impl WriteQueue {
 
     fn fill_slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+        for (slot, frame) in slices.iter_mut().zip(self.frames()) {
             let start = if count == 0 { self.front_sent } else { 0 };
             *slot = IoSlice::new(&frame[start..]);
             count += 1;
@@ -93,7 +116,7 @@ impl WriteQueue {
     fn consume(&mut self, mut written: usize) {
         self.queued -= written;
         while written > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = &self.head else {
                 break;
             };
             let left = front.len() - self.front_sent;
@@ -103,7 +126,7 @@ impl WriteQueue {
             }
             written -= left;
             self.front_sent = 0;
-            self.frames.pop_front();
+            self.pop_front();
         }
     }
 
@@ -111,10 +134,15 @@ impl WriteQueue {
     /// are queued (keeping a partly written front frame). Returns how many
     /// frames were dropped.
     pub(crate) fn drop_oldest_until(&mut self, cap: usize) -> usize {
-        let keep_front = usize::from(self.front_sent > 0);
+        let keep_front = self.front_sent > 0;
         let mut dropped = 0;
-        while self.queued > cap && self.frames.len() > keep_front {
-            let Some(frame) = self.frames.remove(keep_front) else {
+        while self.queued > cap {
+            let frame = if keep_front {
+                self.tail.pop_front()
+            } else {
+                self.pop_front()
+            };
+            let Some(frame) = frame else {
                 break;
             };
             self.queued -= frame.len();
@@ -129,11 +157,18 @@ impl WriteQueue {
         self.drop_oldest_until(0)
     }
 
-    /// Gives back the ring's memory after a burst, so an idle connection
-    /// does not keep a large queue allocated.
+    /// Gives back the ring's memory after a large burst.
     fn release_if_large(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
-            self.frames = VecDeque::new();
+        if self.tail.is_empty() && self.tail.capacity() > 16 {
+            self.tail = VecDeque::new();
+        }
+    }
+
+    /// Gives back all the ring's memory if nothing is queued: for
+    /// connections that have gone quiet (called from the heartbeat).
+    pub(crate) fn release_if_idle(&mut self) {
+        if self.tail.is_empty() && self.tail.capacity() > 0 {
+            self.tail = VecDeque::new();
         }
     }
 }
@@ -195,6 +230,22 @@ mod tests {
         assert_eq!(w.out.len(), 1000);
         assert!(queue.is_empty());
         assert_eq!(queue.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_single_queued_frame_needs_no_ring() {
+        let mut queue = WriteQueue::default();
+        queue.push(Bytes::from_static(b"only"));
+        assert_eq!(queue.tail.capacity(), 0);
+        let mut w = writer(usize::MAX);
+        queue.flush_to(&mut w).unwrap();
+        queue.push(Bytes::from_static(b"a"));
+        queue.push(Bytes::from_static(b"b"));
+        assert!(queue.tail.capacity() > 0);
+        queue.flush_to(&mut w).unwrap();
+        queue.release_if_idle();
+        assert_eq!(queue.tail.capacity(), 0);
+        assert_eq!(w.out, b"onlyab");
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! A minimal, single-threaded WebSocket client for load generation: many
+//! connections on one `mio` poll, each a small state machine.
+//!
+//! It speaks just enough of the protocol to drive a server hard and cheaply:
+//! the upgrade request, masked client frames, and unmasked server frames.
+
+use std::{
+    io::{self, ErrorKind, Read, Write},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use herald::wire::{FrameHeader, OpCode, client_frame};
+use mio::{Events, Interest, Poll, Token, net::TcpStream};
+
+/// Where a client connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP connect in progress.
+    Connecting,
+    /// Upgrade request sent, waiting for `101`.
+    Upgrading,
+    /// Open.
+    Open,
+    /// Failed or closed.
+    Dead,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Its stage.
+    pub stage: Stage,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// When the last message was sent (for round-trip timing).
+    pub sent_at: Option<Instant>,
+}
+
+/// A server frame as the client saw it.
+#[derive(Debug)]
+pub struct Received {
+    /// The opcode.
+    pub opcode: OpCode,
+    /// The payload length.
+    pub len: usize,
+}
+
+impl Client {
+    /// Starts a non-blocking connect and registers the socket.
+    pub fn connect(poll: &Poll, addr: SocketAddr, token: Token) -> io::Result<Self> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        poll.registry()
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Self {
+            stream,
+            stage: Stage::Connecting,
+            read_buf: BytesMut::with_capacity(4096),
+            write_buf: BytesMut::new(),
+            sent_at: None,
+        })
+    }
+
+    /// Queues a masked frame and tries to write it.
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        client_frame(
+            &mut self.write_buf,
+            true,
+            opcode,
+            [0x12, 0x34, 0x56, 0x78],
+            payload,
+        );
+        self.sent_at = Some(Instant::now());
+        self.flush()
+    }
+
+    /// Writes what is queued until done or `WouldBlock`.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.write_buf.is_empty() {
+            match self.stream.write(&self.write_buf) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.write_buf.advance(n),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a readiness event: finishes the connect, sends the upgrade,
+    /// reads the response or frames. Calls `on_frame` for every complete
+    /// server frame.
+    pub fn on_ready(
+        &mut self,
+        path: &str,
+        mut on_frame: impl FnMut(&mut Self, Received),
+    ) -> io::Result<()> {
+        if self.stage == Stage::Connecting {
+            if let Some(err) = self.stream.take_error()? {
+                return Err(err);
+            }
+            match self.stream.peer_addr() {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::NotConnected => return Ok(()),
+                Err(err) => return Err(err),
+            }
+            self.stage = Stage::Upgrading;
+            self.write_buf.extend_from_slice(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        self.flush()?;
+        self.read_available()?;
+        if self.stage == Stage::Upgrading {
+            let Some(end) = find_head_end(&self.read_buf) else {
+                return Ok(());
+            };
+            if !self.read_buf.starts_with(b"HTTP/1.1 101") {
+                return Err(io::Error::other(
+                    String::from_utf8_lossy(&self.read_buf[..end]).into_owned(),
+                ));
+            }
+            self.read_buf.advance(end);
+            self.stage = Stage::Open;
+            on_frame(
+                self,
+                Received {
+                    opcode: OpCode::Continuation,
+                    len: 0,
+                },
+            );
+        }
+        while self.stage == Stage::Open {
+            let Some((header, header_len)) = FrameHeader::parse(&self.read_buf)
+                .map_err(|err| io::Error::new(ErrorKind::InvalidData, err))?
+            else {
+                break;
+            };
+            let len = header.payload_len as usize;
+            if self.read_buf.len() < header_len + len {
+                break;
+            }
+            self.read_buf.advance(header_len + len);
+            if header.opcode == OpCode::Ping {
+                self.send(OpCode::Pong, &[])?;
+                continue;
+            }
+            on_frame(
+                self,
+                Received {
+                    opcode: header.opcode,
+                    len,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn read_available(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.stage = Stage::Dead;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.read_buf.extend_from_slice(&chunk[..n]);
+                    // A short read emptied the socket; the next arrival
+                    // raises a new edge (a FIN too: its read returns 0).
+                    if n < chunk.len() {
+                        return Ok(());
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// Runs `poll` until `deadline`, handing every event to `on_event`, and
+/// returns early after a batch of events when `on_event` has asked to stop
+/// (every event of the batch is still handled: readiness is edge-triggered
+/// and would not be reported again).
+pub fn drive(
+    poll: &mut Poll,
+    deadline: Instant,
+    mut on_event: impl FnMut(Token) -> bool,
+) -> io::Result<()> {
+    let mut events = Events::with_capacity(1024);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match poll.poll(&mut events, Some(left.min(Duration::from_millis(50)))) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+        let mut keep_going = true;
+        for event in events.iter() {
+            keep_going &= on_event(event.token());
+        }
+        if !keep_going {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! `herald-bench`: drives a WebSocket server over loopback and reports what
+//! it sustained.
+//!
+//! Scenarios (run the server in its own process, pinned to its own cores;
+//! see the README's Performance section):
+//!
+//! - `echo`: round trips per second and their latency, each connection
+//!   sending its next message when the previous one came back;
+//! - `connect`: completed WebSocket handshakes per second;
+//! - `idle`: server memory per idle connection (needs `--server-pid`).
+//!
+//! With `--server-pid`, the server's CPU time and RSS are read from
+//! `/proc`, so a run shows whether the server or the client was the
+//! bottleneck.
+
+use std::{
+    io,
+    net::SocketAddr,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use herald::wire::OpCode;
+use herald_bench::{
+    client::{Client, Stage, drive},
+    proc_stats::{ProcessSample, raise_fd_limit},
+};
+use mio::{Poll, Token};
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for herald and other WebSocket servers")]
+struct Options {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:9001", global = true)]
+    addr: SocketAddr,
+    /// WebSocket path.
+    #[arg(long, default_value = "/", global = true)]
+    path: String,
+    /// The server's process id, to report its CPU time and memory.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Round trips per second: each connection sends, waits for the echo,
+    /// sends again.
+    Echo {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Measured seconds (after all connections are open).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Handshakes per second.
+    Connect {
+        /// Connections to open (kept open until the end).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connection attempts in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// Server memory per idle connection.
+    Idle {
+        /// Idle connections to open.
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+        /// Connection attempts in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let result = match options.scenario {
+        Scenario::Echo {
+            connections,
+            payload,
+            seconds,
+        } => echo(&options, connections, payload, Duration::from_secs(seconds)),
+        Scenario::Connect {
+            connections,
+            concurrency,
+        } => connect(&options, connections, concurrency).map(|_| ()),
+        Scenario::Idle {
+            connections,
+            concurrency,
+        } => idle(&options, connections, concurrency),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herald-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Clamps a connection count to what this process's descriptor limit
+/// allows, saying so.
+fn connections_within_fd_limit(wanted: usize) -> usize {
+    let limit = raise_fd_limit();
+    let usable = limit.saturating_sub(32) as usize;
+    if wanted > usable {
+        eprintln!(
+            "note: the file-descriptor limit here is {limit}; running {usable} connections instead of {wanted}"
+        );
+        return usable;
+    }
+    wanted
+}
+
+/// Opens `count` connections, at most `concurrency` handshakes at a time.
+/// Returns the open clients and how long opening them took.
+fn open_connections(
+    options: &Options,
+    poll: &mut Poll,
+    count: usize,
+    concurrency: usize,
+) -> io::Result<(Vec<Client>, Duration)> {
+    let mut clients: Vec<Client> = Vec::with_capacity(count);
+    let (mut open, mut in_flight) = (0usize, 0usize);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while open < count {
+        while in_flight < concurrency && clients.len() < count {
+            let token = Token(clients.len());
+            clients.push(Client::connect(poll, options.addr, token)?);
+            in_flight += 1;
+        }
+        let mut failure = None;
+        drive(poll, Instant::now() + Duration::from_millis(100), |token| {
+            let client = &mut clients[token.0];
+            let before = client.stage;
+            if let Err(err) = client.on_ready(&options.path, |_, _| {}) {
+                failure = Some(err);
+            }
+            if before != Stage::Open && client.stage == Stage::Open {
+                open += 1;
+                in_flight -= 1;
+            }
+            // Back to the caller to start more once the window has room.
+            in_flight == concurrency
+        })?;
+        if let Some(err) = failure {
+            return Err(io::Error::other(format!("connection {open} failed: {err}")));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "only {open} of {count} connections opened in 120 s"
+            )));
+        }
+    }
+    Ok((clients, start.elapsed()))
+}
+
+fn echo(
+    options: &Options,
+    connections: usize,
+    payload: usize,
+    duration: Duration,
+) -> io::Result<()> {
+    let connections = connections_within_fd_limit(connections);
+    let mut poll = Poll::new()?;
+    let (mut clients, _) = open_connections(options, &mut poll, connections, 256)?;
+    let message = vec![b'x'; payload];
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
+    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let client_before = ProcessSample::read_self()?;
+    let start = Instant::now();
+    for client in &mut clients {
+        client.send(OpCode::Text, &message)?;
+    }
+    let mut round_trips = 0u64;
+    let mut failure = None;
+    drive(&mut poll, start + duration, |token| {
+        let result = clients[token.0].on_ready(&options.path, |client, frame| {
+            if frame.opcode == OpCode::Text {
+                if let Some(sent) = client.sent_at {
+                    let _ = latency.record(sent.elapsed().as_micros() as u64);
+                }
+                round_trips += 1;
+                if let Err(err) = client.send(OpCode::Text, &message) {
+                    failure = Some(err);
+                }
+            }
+        });
+        if let Err(err) = result {
+            failure = Some(err);
+        }
+        failure.is_none()
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let elapsed = start.elapsed();
+    let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
+    println!("scenario      echo");
+    println!("connections   {connections}");
+    println!("payload       {payload} B");
+    println!(
+        "round trips   {:.0} /s",
+        round_trips as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency       p50 {} µs, p99 {} µs, max {} µs",
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99),
+        latency.max()
+    );
+    println!(
+        "client CPU    {:.2} s in {:.2} s",
+        client_cpu.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
+        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+        println!(
+            "server CPU    {:.2} s, {:.0} ns per round trip",
+            server_cpu.as_secs_f64(),
+            server_cpu.as_nanos() as f64 / round_trips.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn connect(options: &Options, connections: usize, concurrency: usize) -> io::Result<Vec<Client>> {
+    let connections = connections_within_fd_limit(connections);
+    let mut poll = Poll::new()?;
+    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let (clients, took) = open_connections(options, &mut poll, connections, concurrency)?;
+    println!("scenario      connect");
+    println!("connections   {connections} (at most {concurrency} connecting at once)");
+    println!(
+        "handshakes    {:.0} /s ({} in {:.2} s)",
+        connections as f64 / took.as_secs_f64(),
+        connections,
+        took.as_secs_f64()
+    );
+    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
+        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+        println!(
+            "server CPU    {:.2} s, {:.1} µs per connection",
+            server_cpu.as_secs_f64(),
+            server_cpu.as_secs_f64() * 1e6 / connections as f64
+        );
+    }
+    Ok(clients)
+}
+
+fn idle(options: &Options, connections: usize, concurrency: usize) -> io::Result<()> {
+    let Some(pid) = options.server_pid else {
+        return Err(io::Error::other(
+            "idle needs --server-pid to read the server's memory",
+        ));
+    };
+    let before = ProcessSample::read(pid)?;
+    let clients = connect(options, connections, concurrency)?;
+    // Let the server finish flushing its 101 responses.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ProcessSample::read(pid)?;
+    let grown = after.rss_bytes.saturating_sub(before.rss_bytes);
+    println!("scenario      idle");
+    println!(
+        "server RSS    {:.1} MiB -> {:.1} MiB",
+        before.rss_bytes as f64 / (1 << 20) as f64,
+        after.rss_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "per conn      {:.0} B of user-space RSS ({} connections)",
+        grown as f64 / clients.len() as f64,
+        clients.len()
+    );
+    Ok(())
+}
