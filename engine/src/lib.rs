@@ -4,20 +4,84 @@
 //! application broadcasts to a topic from anywhere, and every subscriber gets
 //! the message, at millions of deliveries per second on one box.
 //!
-//! This release contains the foundation every other layer stands on:
+//! This release has two layers; the channels layer (Phoenix V2 and Amber
+//! wire protocols), the broker adapters and the standalone server build on
+//! them next.
 //!
-//! - [`wire`]: the RFC 6455 frame codec. An incremental, zero-copy decoder
-//!   for client frames that rejects hostile input with the right close code,
-//!   and encoders that build a server frame once as [`bytes::Bytes`] so any
-//!   number of connections can share it.
+//! - [`wire`]: the RFC 6455 frame codec, sans I/O. An incremental,
+//!   zero-copy decoder for client frames that rejects hostile input with the
+//!   right close code, and encoders that build a server frame once as
+//!   [`bytes::Bytes`] so any number of connections can share it.
+//! - The event-loop server: [`Server`], configured by [`ServerBuilder`], runs
+//!   one `mio` loop per core; the application implements [`Handler`] (after
+//!   Azu's channel: `on_connect`, `on_message`, `on_binary`, `on_ping`,
+//!   `on_pong`, `on_close`) and sends through [`Conn`] inside callbacks or a
+//!   [`ConnHandle`] from any thread.
 //!
-//! The per-core event loops, the channels layer (Phoenix V2 and Amber wire
-//! protocols), the broker adapters and the standalone server are built on it
-//! in later releases; see the repository's README for the plan.
+//! # Architecture
+//!
+//! ```text
+//!   any thread                        loop threads (one per core, pinned)
+//!  ─────────────                     ──────────────────────────────────────
+//!  ConnHandle ──┐  mailbox + waker   ┌─ loop 0: SO_REUSEPORT listener
+//!  ServerHandle ┼──────────────────► │   slab of connections (≈300 B idle)
+//!               │                    │   timer wheel (100 ms ticks)
+//!               │                    │   read-buffer pool
+//!               └──────────────────► └─ loop 1: ... (no socket is shared)
+//!
+//!  per connection:  recv ─► wire::Decoder ─► Handler callbacks
+//!                   Handler sends ─► write queue of shared Bytes ─► one writev per turn
+//! ```
+//!
+//! A loop turn polls, handles events (accepts, mailbox commands, reads that
+//! dispatch to the handler), expires timers (handshake timeout, heartbeat
+//! pings, idle and close timeouts), then flushes every connection that had
+//! frames queued during the turn with one vectored write
+//! (`engine/src/reactor/mod.rs` documents the phases and their ordering
+//! rules).
 //!
 //! # Example
 //!
-//! Decode what a client sent and build the frame of a broadcast once:
+//! A server that echoes messages and refuses clients without a token:
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use herald::{Accept, Conn, Handler, Reject, Request, Server, wire::Utf8Bytes};
+//!
+//! struct Echo;
+//!
+//! struct Client {
+//!     user: String,
+//! }
+//!
+//! impl Handler for Echo {
+//!     type State = Client;
+//!
+//!     fn on_connect(&self, request: &Request) -> Result<Accept<Client>, Reject> {
+//!         let user = request.query_param("token").ok_or(Reject::unauthorized())?;
+//!         Ok(Accept::new(Client { user: user.into_owned() }))
+//!     }
+//!
+//!     fn on_message(&self, conn: &mut Conn<'_, Client>, text: Utf8Bytes) {
+//!         let reply = format!("{} said {}", conn.state().user, text);
+//!         let _ = conn.send_text(&reply);
+//!     }
+//!
+//!     fn on_binary(&self, conn: &mut Conn<'_, Client>, data: Bytes) {
+//!         let _ = conn.send_binary(&data);
+//!     }
+//! }
+//!
+//! let server = Server::builder()
+//!     .bind("127.0.0.1:9001".parse()?)
+//!     .endpoint("/ws")
+//!     .start(Echo)?;
+//! println!("listening on ws://{}/ws", server.local_addr());
+//! server.join();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Decoding and encoding frames without a server:
 //!
 //! ```
 //! use bytes::BytesMut;
