@@ -256,11 +256,6 @@ impl Decoder {
         buf: &mut BytesMut,
         config: &DecoderConfig,
     ) -> Result<Option<Message>, ProtocolError> {
-        if self.frame.is_none() {
-            if let Some(message) = self.decode_whole_frame(buf, config)? {
-                return Ok(Some(message));
-            }
-        }
         loop {
             let mut frame = match self.frame.take() {
                 Some(frame) => frame,
@@ -282,53 +277,6 @@ impl Decoder {
                 return Ok(Some(message));
             }
         }
-    }
-
-    /// The fast path: a whole, final, unextended frame that is already in
-    /// the buffer and opens no fragmented message (nearly every frame a
-    /// channel client sends). Returns `Ok(None)` to hand anything else to
-    /// the general path, which then finds the same errors, if any, in the
-    /// same order: this path only ever fails on invalid UTF-8, which the
-    /// general path would report for the same frame.
-    #[inline]
-    fn decode_whole_frame(
-        &mut self,
-        buf: &mut BytesMut,
-        config: &DecoderConfig,
-    ) -> Result<Option<Message>, ProtocolError> {
-        let Ok(Some((header, header_len))) = FrameHeader::parse(buf) else {
-            return Ok(None);
-        };
-        let (Some(key), true, 0) = (header.mask, header.fin, header.rsv) else {
-            return Ok(None);
-        };
-        let limit = config.max_frame_size.min(config.max_message_size);
-        let len = match usize::try_from(header.payload_len) {
-            Ok(len) if len <= limit && len <= buf.len() - header_len => len,
-            _ => return Ok(None),
-        };
-        let is_data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
-        if (is_data && self.message.is_some())
-            || matches!(header.opcode, OpCode::Close | OpCode::Continuation)
-        {
-            return Ok(None);
-        }
-        let payload = &mut buf[header_len..header_len + len];
-        apply_mask(payload, key, 0);
-        if header.opcode == OpCode::Text {
-            let mut utf8 = Utf8Validator::new();
-            utf8.feed(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
-            utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-        }
-        let mut payload = buf.split_to(header_len + len).freeze();
-        payload.advance(header_len);
-        Ok(Some(match header.opcode {
-            // SAFETY: validated as UTF-8 just above.
-            OpCode::Text => Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(payload) }),
-            OpCode::Binary => Message::Binary(payload),
-            OpCode::Ping => Message::Ping(payload),
-            _ => Message::Pong(payload),
-        }))
     }
 
     /// Applies the rules that need the decoder's state or the config to a
