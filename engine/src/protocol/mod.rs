@@ -1,0 +1,27 @@
+//! Application wire protocols, sans I/O: how channel messages look inside
+//! WebSocket text (and binary) frames.
+//!
+//! - [`phoenix`]: Phoenix Channels V2 JSON and binary (the `phoenix` npm
+//!   package).
+//! - [`amber`]: Amber's channel JSON (amber.js).
+//!
+//! Decoders borrow from the received frame and keep payloads as raw JSON;
+//! encoders produce finished WebSocket frames as `Bytes`, so a broadcast is
+//! serialized once per protocol and shared by every subscriber.
+
+pub mod amber;
+pub mod phoenix;
+
+/// A client message that could not be understood. Neither protocol closes
+/// the connection for it: the message is dropped and counted (Phoenix itself
+/// would close the socket; herald keeps it, as PROTOCOLS.md records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not the protocol's message shape.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// A binary V2 field (ref, topic, event) longer than 255 bytes.
+    #[error("binary field of {0} bytes exceeds 255")]
+    FieldTooLong(usize),
+}
