@@ -7,10 +7,13 @@
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
 use crate::{
     Request,
     conn::Outbox,
-    reactor::{ConnHandle, LoopContext},
+    pubsub::conn_id,
+    reactor::{ConnHandle, LoopContext, Publish, RawSubscription},
     wire::{CloseCode, Utf8Bytes, binary_frame, text_frame},
 };
 
@@ -186,6 +189,8 @@ pub enum SendError {
 pub struct Conn<'a, S> {
     pub(crate) state: &'a mut S,
     pub(crate) outbox: &'a mut Outbox,
+    /// The topics this connection is subscribed to.
+    pub(crate) topics: &'a mut Vec<Arc<str>>,
     pub(crate) key: usize,
     pub(crate) generation: u32,
     pub(crate) ctx: &'a mut LoopContext,
@@ -234,6 +239,54 @@ impl<S> Conn<'_, S> {
     pub fn handle(&self) -> ConnHandle {
         self.ctx.handle_for(self.key, self.generation)
     }
+
+    /// Subscribes this connection to `topic`: frames published to it (by
+    /// [`publish`](Self::publish) on any connection, or
+    /// [`ServerHandle::publish`](crate::ServerHandle::publish) from any
+    /// thread) are sent to it as they are. Returns `false` if it was already
+    /// subscribed. Subscriptions end with the connection.
+    ///
+    /// This is the plain-WebSocket pub/sub of uWebSockets; the channels
+    /// layer builds Phoenix and Amber topics on the same index.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        if self.topics.iter().any(|t| &**t == topic) {
+            return false;
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        let id = conn_id(self.key, self.generation);
+        self.ctx.topics.subscribe(&topic, id, RawSubscription);
+        self.topics.push(topic);
+        true
+    }
+
+    /// Unsubscribes this connection from `topic`. Returns `false` if it was
+    /// not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        let Some(position) = self.topics.iter().position(|t| &**t == topic) else {
+            return false;
+        };
+        self.topics.swap_remove(position);
+        self.ctx
+            .topics
+            .unsubscribe(topic, conn_id(self.key, self.generation));
+        true
+    }
+
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.topics.iter().map(|topic| &**topic)
+    }
+
+    /// Sends `frame`, encoded once by the caller, to every subscriber of
+    /// `topic` on every loop, except this connection. Delivered when the
+    /// callback returns, within the same loop turn.
+    pub fn publish(&mut self, topic: &str, frame: Bytes) {
+        self.ctx.publishes.push(Publish {
+            topic: Arc::from(topic),
+            frame,
+            exclude: Some(conn_id(self.key, self.generation)),
+        });
+    }
 }
 
 impl<S> std::fmt::Debug for Conn<'_, S> {
@@ -248,7 +301,7 @@ impl<S> std::fmt::Debug for Conn<'_, S> {
 
 /// A shared handler: keep an `Arc` to read the application's own state
 /// from other threads while the server runs.
-impl<H: Handler> Handler for std::sync::Arc<H> {
+impl<H: Handler> Handler for Arc<H> {
     type State = H::State;
 
     fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject> {

@@ -104,6 +104,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod protocol;
+pub mod pubsub;
 pub mod wire;
 
 mod config;

@@ -49,6 +49,8 @@ counters! {
     handshakes_refused,
     /// Messages received from clients (text, binary, ping, pong, close).
     messages_received,
+    /// Frames queued for subscribers by publishes (one per subscriber).
+    published_deliveries,
     /// Bytes handed to the kernel by `writev`.
     bytes_written,
     /// Connections closed because a frame broke RFC 6455.

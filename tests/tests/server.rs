@@ -70,6 +70,21 @@ impl Handler for TestApp {
                 let _ = conn.send_text(&summary);
             }
             "panic" => panic!("the application failed"),
+            command if command.starts_with("sub:") => {
+                let topic = &command[4..];
+                conn.subscribe(topic);
+                let _ = conn.send_text(&format!("subscribed:{topic}"));
+            }
+            command if command.starts_with("unsub:") => {
+                let topic = &command[6..];
+                conn.unsubscribe(topic);
+                let _ = conn.send_text(&format!("unsubscribed:{topic}"));
+            }
+            command if command.starts_with("pub:") => {
+                if let Some((topic, text)) = command[4..].split_once(':') {
+                    conn.publish(topic, herald::wire::text_frame(text));
+                }
+            }
             command if command.starts_with("close:") => {
                 let code: u16 = command[6..].parse().unwrap();
                 conn.close(CloseCode::from(code), "asked to");
@@ -523,5 +538,95 @@ fn thousands_of_connections_spread_over_the_loops() {
     assert_eq!(server.handle().connections(), 2000);
     drop(clients);
     assert!(wait_until(WAIT, || server.handle().connections() == 0));
+    server.shutdown();
+}
+
+// ---- Publish / subscribe ---------------------------------------------------------
+
+type Client = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+#[track_caller]
+fn expect_text(ws: &mut Client, expected: &str) {
+    match ws.read() {
+        Ok(Message::Text(text)) => assert_eq!(text.as_str(), expected),
+        other => panic!("expected {expected:?}, got {other:?}"),
+    }
+}
+
+/// A round trip through the echo: everything sent to this client before it
+/// has been read once this returns, so nothing duplicated is still in flight.
+fn drain_with_echo(ws: &mut Client) {
+    ws.send(Message::text("echo-check")).unwrap();
+    expect_text(ws, "echo-check");
+}
+
+#[test]
+fn a_publish_reaches_every_subscriber_on_every_loop_exactly_once() {
+    let (server, _app) = start(builder().loops(2));
+    let addr = server.local_addr();
+    let handle = server.handle();
+    // SO_REUSEPORT spreads by address hash: connect until both loops hold
+    // some (a handful nearly always suffices; 200 makes a miss impossible
+    // in practice).
+    let mut clients: Vec<Client> = Vec::new();
+    while clients.len() < 10
+        || (clients.len() < 200
+            && handle
+                .stats_per_loop()
+                .iter()
+                .any(|s| s.connections_opened == 0))
+    {
+        let mut ws = connect(addr, "/ws");
+        ws.send(Message::text("sub:news")).unwrap();
+        expect_text(&mut ws, "subscribed:news");
+        clients.push(ws);
+    }
+    let n = clients.len() as u64;
+    assert_eq!(handle.subscriber_count("news"), n);
+
+    // From a connection: every other subscriber gets it, the sender does not.
+    clients[0].send(Message::text("pub:news:hello")).unwrap();
+    for ws in &mut clients[1..] {
+        expect_text(ws, "hello");
+    }
+    // From any thread, through the server handle: everyone.
+    assert_eq!(
+        handle.publish("news", herald::wire::text_frame("from the server")),
+        2
+    );
+    for ws in &mut clients {
+        expect_text(ws, "from the server");
+        drain_with_echo(ws);
+    }
+    assert_eq!(handle.stats().published_deliveries, (n - 1) + n);
+    // A topic nobody subscribed to reaches no loop.
+    assert_eq!(handle.publish("void", herald::wire::text_frame("x")), 0);
+    server.shutdown();
+}
+
+#[test]
+fn unsubscribing_or_disconnecting_ends_subscriptions() {
+    let (server, _app) = start(builder().loops(2));
+    let addr = server.local_addr();
+    let mut first = connect(addr, "/ws");
+    let mut second = connect(addr, "/ws");
+    for ws in [&mut first, &mut second] {
+        ws.send(Message::text("sub:room")).unwrap();
+        expect_text(ws, "subscribed:room");
+    }
+    let handle = server.handle();
+    assert_eq!(handle.subscriber_count("room"), 2);
+    first.send(Message::text("unsub:room")).unwrap();
+    expect_text(&mut first, "unsubscribed:room");
+    assert_eq!(handle.subscriber_count("room"), 1);
+    handle.publish("room", herald::wire::text_frame("only second"));
+    expect_text(&mut second, "only second");
+    drain_with_echo(&mut first);
+    drop(second);
+    assert!(wait_until(WAIT, || handle.subscriber_count("room") == 0));
+    assert_eq!(
+        handle.publish("room", herald::wire::text_frame("nobody")),
+        0
+    );
     server.shutdown();
 }

@@ -25,3 +25,30 @@ pub enum MessageError {
     #[error("binary field of {0} bytes exceeds 255")]
     FieldTooLong(usize),
 }
+
+/// The wire protocol an endpoint speaks; a broadcast is encoded once for
+/// each protocol that has subscribers to its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireProtocol {
+    /// Plain WebSocket: a published frame is sent as it is (the low-level
+    /// [`Conn::subscribe`](crate::Conn::subscribe) API).
+    Raw,
+    /// Phoenix Channels V2.
+    PhoenixV2,
+    /// Amber channels.
+    Amber,
+}
+
+impl WireProtocol {
+    /// How many protocols there are.
+    pub const COUNT: usize = 3;
+
+    /// A dense index, for per-protocol arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Raw => 0,
+            Self::PhoenixV2 => 1,
+            Self::Amber => 2,
+        }
+    }
+}

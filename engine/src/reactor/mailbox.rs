@@ -33,6 +33,8 @@ pub(crate) enum Command {
         code: CloseCode,
         reason: String,
     },
+    /// Deliver `frame` to this loop's subscribers of `topic`.
+    Publish { topic: Arc<str>, frame: Bytes },
     /// Begin a graceful shutdown.
     Shutdown,
 }

@@ -65,10 +65,14 @@ use std::{
 pub use mailbox::ConnHandle;
 pub(crate) use mailbox::{Command, Mailbox};
 
+use bytes::Bytes;
+
 use crate::{
     Handler,
     config::{ServerConfig, SlowConsumerPolicy},
     conn::Outbox,
+    protocol::WireProtocol,
+    pubsub::{ConnId, LoopTopics, Subscription, TopicRegistry},
     stats::{LoopStats, ServerStats},
     wire::DecoderConfig,
 };
@@ -82,6 +86,68 @@ pub(crate) struct LoopContext {
     pub(crate) mailbox: Arc<Mailbox>,
     /// Connections with frames queued this turn, to flush at its end.
     pub(crate) dirty: Vec<usize>,
+    /// This loop's position among the server's loops.
+    pub(crate) loop_index: usize,
+    /// This loop's topic subscriptions (plain WebSocket ones).
+    pub(crate) topics: LoopTopics<RawSubscription>,
+    /// Every loop's mailbox, this one's included, by loop index.
+    pub(crate) peers: Arc<[Arc<Mailbox>]>,
+    /// Publishes made by the callback that is running, delivered when it
+    /// returns (a callback cannot reach the other connections' queues).
+    pub(crate) publishes: Vec<Publish>,
+}
+
+/// A frame published to a topic from inside a callback.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    pub(crate) topic: Arc<str>,
+    pub(crate) frame: Bytes,
+    /// The publishing connection, which does not receive its own message.
+    pub(crate) exclude: Option<ConnId>,
+}
+
+/// A plain WebSocket subscription: the published frame goes out as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawSubscription;
+
+impl Subscription for RawSubscription {
+    fn protocol(&self) -> WireProtocol {
+        WireProtocol::Raw
+    }
+}
+
+/// Posts `frame` to every loop, other than `skip`, that has subscribers of
+/// `topic`. Returns how many loops it was posted to.
+pub(crate) fn route_publish(
+    registry: &TopicRegistry,
+    peers: &[Arc<Mailbox>],
+    topic: &Arc<str>,
+    frame: &Bytes,
+    skip: Option<usize>,
+) -> usize {
+    let Some(entry) = registry.lookup(topic) else {
+        return 0;
+    };
+    let mut loops = entry.loops[WireProtocol::Raw.index()];
+    let mut posted = 0;
+    while loops != 0 {
+        let index = loops.trailing_zeros() as usize;
+        loops &= loops - 1;
+        if Some(index) == skip {
+            continue;
+        }
+        if let Some(mailbox) = peers.get(index) {
+            let command = Command::Publish {
+                topic: Arc::clone(topic),
+                frame: frame.clone(),
+            };
+            // A loop that has stopped has no subscribers left to reach.
+            if mailbox.post(command).is_ok() {
+                posted += 1;
+            }
+        }
+    }
+    posted
 }
 
 impl LoopContext {
@@ -150,7 +216,7 @@ impl ServerBuilder {
     setters! {
         /// Where to listen (default `127.0.0.1:9001`; port 0 picks a free one).
         addr: SocketAddr,
-        /// How many event loops (default: the available cores).
+        /// How many event loops (default: the available cores; at most 64).
         loops: usize,
         /// Whether to pin each loop to a core (default `true`).
         pin_cores: bool,
@@ -202,30 +268,36 @@ impl ServerBuilder {
     /// poller.
     pub fn start<H: Handler>(self, handler: H) -> io::Result<Server> {
         let mut config = self.config;
-        config.loops = config.loops.max(1);
+        // The topic registry tracks loops as bits of a u64.
+        config.loops = config.loops.clamp(1, crate::pubsub::MAX_LOOPS);
         config.read_chunk = config.read_chunk.max(512);
         let config = Arc::new(config);
         let listeners = listener::bind_listeners(config.addr, config.loops)?;
         let local_addr = listeners[0].local_addr()?;
         let open = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
+        let registry = Arc::new(TopicRegistry::default());
         let cores = if config.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let mut mailboxes = Vec::new();
-        let mut stats = Vec::new();
-        let mut threads = Vec::new();
+        let mut workers = Vec::new();
         for (index, listener) in listeners.into_iter().enumerate() {
-            let worker = worker::Worker::new(
+            workers.push(worker::Worker::new(
+                index,
                 listener,
                 Arc::clone(&config),
                 Arc::clone(&handler),
                 Arc::clone(&open),
-            )?;
-            mailboxes.push(worker.mailbox());
-            stats.push(worker.stats());
+                Arc::clone(&registry),
+            )?);
+        }
+        let mailboxes: Arc<[Arc<Mailbox>]> = workers.iter().map(worker::Worker::mailbox).collect();
+        let stats: Arc<[Arc<LoopStats>]> = workers.iter().map(worker::Worker::stats).collect();
+        let mut threads = Vec::new();
+        for (index, mut worker) in workers.into_iter().enumerate() {
+            worker.set_peers(Arc::clone(&mailboxes));
             let core = cores.get(index % cores.len().max(1)).copied();
             let thread = std::thread::Builder::new()
                 .name(format!("herald-loop-{index}"))
@@ -239,10 +311,11 @@ impl ServerBuilder {
         }
         Ok(Server {
             handle: ServerHandle {
-                mailboxes: mailboxes.into(),
-                stats: stats.into(),
+                mailboxes,
+                stats,
                 local_addr,
                 open,
+                registry,
             },
             threads,
         })
@@ -300,6 +373,7 @@ pub struct ServerHandle {
     stats: Arc<[Arc<LoopStats>]>,
     local_addr: SocketAddr,
     open: Arc<AtomicUsize>,
+    registry: Arc<TopicRegistry>,
 }
 
 impl ServerHandle {
@@ -315,6 +389,35 @@ impl ServerHandle {
     /// The listening address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Sends `frame` to every connection subscribed to `topic` (see
+    /// [`Conn::subscribe`](crate::Conn::subscribe)), on every loop. The frame
+    /// is encoded by the caller, once; each loop with subscribers gets it
+    /// through its mailbox. Returns how many loops it was sent to (0: no
+    /// subscribers).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn example(server: &herald::Server) {
+    /// let frame = herald::wire::text_frame(r#"{"price": 101.5}"#);
+    /// server.handle().publish("ticker:ACME", frame);
+    /// # }
+    /// ```
+    pub fn publish(&self, topic: &str, frame: Bytes) -> usize {
+        route_publish(
+            &self.registry,
+            &self.mailboxes,
+            &Arc::from(topic),
+            &frame,
+            None,
+        )
+    }
+
+    /// How many connections are subscribed to `topic`, on all loops.
+    pub fn subscriber_count(&self, topic: &str) -> u64 {
+        self.registry.subscriber_count(topic)
     }
 
     /// Connections currently held, handshaking or open.

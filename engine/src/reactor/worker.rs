@@ -24,11 +24,12 @@ use mio::{
 };
 use slab::Slab;
 
-use super::{Command, LoopContext, Mailbox, sys::recv_into};
+use super::{Command, LoopContext, Mailbox, route_publish, sys::recv_into};
 use crate::{
     Conn, Handler, ServerConfig,
     conn::Outbox,
     handshake::{self, HandshakeError, Route},
+    pubsub::{ConnId, LoopTopics, TopicRegistry, conn_id},
     stats::{LoopStats, bump},
     timer::{Expiry, TimerWheel},
     wire::{CloseCode, Decoder, Message, pong_frame},
@@ -97,13 +98,15 @@ struct Slot<S> {
     write_shut: bool,
     /// Whether `on_close` has been called.
     close_reported: bool,
+    /// The topics it is subscribed to (plain WebSocket pub/sub).
+    topics: Vec<Arc<str>>,
     /// The application's state, once `on_connect` accepted.
     state: Option<S>,
 }
 
 /// A connection's budget: what every idle connection costs in user space,
 /// besides the application's state and slab overhead.
-const _: () = assert!(size_of::<Slot<()>>() <= 256);
+const _: () = assert!(size_of::<Slot<()>>() <= 272);
 
 /// One event loop.
 pub(crate) struct Worker<H: Handler> {
@@ -129,10 +132,12 @@ pub(crate) struct Worker<H: Handler> {
 
 impl<H: Handler> Worker<H> {
     pub(crate) fn new(
+        loop_index: usize,
         mut listener: TcpListener,
         config: Arc<ServerConfig>,
         handler: Arc<H>,
         open: Arc<AtomicUsize>,
+        registry: Arc<TopicRegistry>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
@@ -154,6 +159,10 @@ impl<H: Handler> Worker<H> {
                 stats: Arc::new(LoopStats::default()),
                 mailbox,
                 dirty: Vec::new(),
+                loop_index,
+                topics: LoopTopics::new(loop_index, registry),
+                peers: Arc::from(Vec::new()),
+                publishes: Vec::new(),
             },
             handler,
             open,
@@ -170,6 +179,11 @@ impl<H: Handler> Worker<H> {
 
     pub(crate) fn stats(&self) -> Arc<LoopStats> {
         Arc::clone(&self.ctx.stats)
+    }
+
+    /// Gives the loop every loop's mailbox, for publishing across loops.
+    pub(crate) fn set_peers(&mut self, peers: Arc<[Arc<Mailbox>]>) {
+        self.ctx.peers = peers;
     }
 
     /// Runs turns until a shutdown completes.
@@ -312,6 +326,7 @@ impl<H: Handler> Worker<H> {
             discard_input: false,
             write_shut: false,
             close_reported: false,
+            topics: Vec::new(),
             state: None,
         });
         self.wheel.schedule(key, generation, deadline);
@@ -350,6 +365,12 @@ impl<H: Handler> Worker<H> {
                     } else {
                         bump(&self.ctx.stats.commands_for_closed_connections, 1);
                     }
+                }
+                Command::Publish { topic, frame } => {
+                    // A private copy: every subscriber's clone then touches
+                    // this loop's refcount only, not one shared by all loops.
+                    let frame = Bytes::copy_from_slice(&frame);
+                    self.deliver(&topic, &frame, None);
                 }
                 Command::Shutdown => self.begin_shutdown(),
             }
@@ -639,6 +660,7 @@ impl<H: Handler> Worker<H> {
         let mut conn = Conn {
             state,
             outbox: &mut slot.outbox,
+            topics: &mut slot.topics,
             key,
             generation: slot.generation,
             ctx: &mut self.ctx,
@@ -651,7 +673,66 @@ impl<H: Handler> Worker<H> {
                 .outbox
                 .queue_close(CloseCode::INTERNAL_ERROR, "internal error");
         }
+        self.deliver_publishes();
         self.after_callback(key);
+    }
+
+    /// Delivers what callbacks published: to this loop's subscribers now,
+    /// to other loops' through their mailboxes.
+    fn deliver_publishes(&mut self) {
+        while !self.ctx.publishes.is_empty() {
+            let publishes = std::mem::take(&mut self.ctx.publishes);
+            for publish in &publishes {
+                let skip = Some(self.ctx.loop_index);
+                route_publish(
+                    self.ctx.topics.registry(),
+                    &self.ctx.peers,
+                    &publish.topic,
+                    &publish.frame,
+                    skip,
+                );
+                self.deliver(&publish.topic, &publish.frame, publish.exclude);
+            }
+        }
+    }
+
+    /// Queues `frame` for this loop's subscribers of `topic`, except
+    /// `exclude`.
+    fn deliver(&mut self, topic: &str, frame: &Bytes, exclude: Option<ConnId>) {
+        let LoopContext {
+            topics,
+            dirty,
+            config,
+            stats,
+            ..
+        } = &mut self.ctx;
+        let mut delivered = 0;
+        let mut refused = Vec::new();
+        for (id, _) in topics.local().subscribers(topic) {
+            if Some(id) == exclude {
+                continue;
+            }
+            let key = (id & 0xFFFF_FFFF) as usize;
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn_id(key, slot.generation) != id || !matches!(slot.phase, Phase::Open) {
+                continue;
+            }
+            if slot.outbox.enqueue(frame.clone(), config, stats).is_err() {
+                refused.push(key);
+            }
+            delivered += 1;
+            if !slot.outbox.dirty {
+                slot.outbox.dirty = true;
+                dirty.push(key);
+            }
+        }
+        bump(&stats.published_deliveries, delivered);
+        // Slow consumers the policy just closed move to Closing.
+        for key in refused {
+            self.after_callback(key);
+        }
     }
 
     /// Moves an open connection whose outbox has a close frame to Closing,
@@ -691,6 +772,7 @@ impl<H: Handler> Worker<H> {
         let mut conn = Conn {
             state,
             outbox: &mut slot.outbox,
+            topics: &mut slot.topics,
             key,
             generation: slot.generation,
             ctx: &mut self.ctx,
@@ -814,6 +896,10 @@ impl<H: Handler> Worker<H> {
         let Some(mut slot) = self.conns.try_remove(key) else {
             return;
         };
+        let id = conn_id(key, slot.generation);
+        for topic in slot.topics.drain(..) {
+            self.ctx.topics.unsubscribe(&topic, id);
+        }
         let _ = self.poll.registry().deregister(&mut slot.socket);
         if let Some(buf) = slot.read_buf.take() {
             self.recycle(buf);

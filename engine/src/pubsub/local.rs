@@ -1,0 +1,107 @@
+//! One loop's subscribers per topic, owned by the loop.
+
+use std::{hash::BuildHasherDefault, sync::Arc};
+
+use ahash::{AHashMap, AHasher};
+use indexmap::IndexMap;
+
+use super::{ConnId, Subscription};
+use crate::protocol::WireProtocol;
+
+type Subscribers<T> = IndexMap<ConnId, T, BuildHasherDefault<AHasher>>;
+
+/// A topic's subscribers on one loop.
+#[derive(Debug)]
+struct TopicSubscribers<T> {
+    subscribers: Subscribers<T>,
+    per_protocol: [u32; WireProtocol::COUNT],
+}
+
+impl<T> Default for TopicSubscribers<T> {
+    fn default() -> Self {
+        Self {
+            subscribers: IndexMap::default(),
+            per_protocol: [0; WireProtocol::COUNT],
+        }
+    }
+}
+
+/// What an insertion changed.
+#[derive(Debug)]
+pub(crate) struct Inserted<T> {
+    /// The subscription the connection had before, if any.
+    pub(crate) replaced: Option<T>,
+    /// Whether the new subscription is the first of its protocol on this
+    /// loop for the topic.
+    pub(crate) first_of_protocol: bool,
+    /// Whether the replaced subscription was the last of its protocol.
+    pub(crate) last_of_old_protocol: bool,
+}
+
+/// Subscribers by topic, for one loop.
+#[derive(Debug)]
+pub(crate) struct LocalIndex<T> {
+    topics: AHashMap<Arc<str>, TopicSubscribers<T>>,
+}
+
+impl<T> Default for LocalIndex<T> {
+    fn default() -> Self {
+        Self {
+            topics: AHashMap::default(),
+        }
+    }
+}
+
+impl<T: Subscription> LocalIndex<T> {
+    /// Adds (or replaces) `id`'s subscription to `topic`.
+    pub(crate) fn insert(&mut self, topic: &str, id: ConnId, subscription: T) -> Inserted<T> {
+        let entry = match self.topics.get_mut(topic) {
+            Some(entry) => entry,
+            None => self.topics.entry(Arc::from(topic)).or_default(),
+        };
+        let protocol = subscription.protocol().index();
+        let replaced = entry.subscribers.insert(id, subscription);
+        let mut last_of_old_protocol = false;
+        if let Some(old) = &replaced {
+            let old_protocol = old.protocol().index();
+            entry.per_protocol[old_protocol] -= 1;
+            last_of_old_protocol = entry.per_protocol[old_protocol] == 0;
+        }
+        entry.per_protocol[protocol] += 1;
+        Inserted {
+            replaced,
+            first_of_protocol: entry.per_protocol[protocol] == 1,
+            last_of_old_protocol,
+        }
+    }
+
+    /// Removes `id`'s subscription to `topic`: the subscription and whether
+    /// it was the last of its protocol on this loop.
+    pub(crate) fn remove(&mut self, topic: &str, id: ConnId) -> Option<(T, bool)> {
+        let entry = self.topics.get_mut(topic)?;
+        let subscription = entry.subscribers.swap_remove(&id)?;
+        let protocol = subscription.protocol().index();
+        entry.per_protocol[protocol] -= 1;
+        let last = entry.per_protocol[protocol] == 0;
+        if entry.subscribers.is_empty() {
+            self.topics.remove(topic);
+        }
+        Some((subscription, last))
+    }
+
+    /// The subscribers of `topic` on this loop, in a dense order.
+    pub(crate) fn subscribers(&self, topic: &str) -> impl Iterator<Item = (ConnId, &T)> {
+        self.topics
+            .get(topic)
+            .into_iter()
+            .flat_map(|entry| entry.subscribers.iter().map(|(id, sub)| (*id, sub)))
+    }
+
+    /// How many subscribers `topic` has on this loop.
+    #[cfg(test)]
+    pub(crate) fn len(&self, topic: &str) -> usize {
+        self.topics
+            .get(topic)
+            .map_or(0, |entry| entry.subscribers.len())
+    }
+}

@@ -1,0 +1,126 @@
+//! The shared, lock-free part of the topic index.
+
+use std::hash::BuildHasherDefault;
+
+use crate::protocol::WireProtocol;
+
+/// The most loops a registry can track (one bit each in a `u64`).
+pub const MAX_LOOPS: usize = 64;
+
+/// What the registry knows about one topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicEntry {
+    /// For each wire protocol, a bit per loop that has subscribers of it.
+    pub loops: [u64; WireProtocol::COUNT],
+    /// Subscribers on all loops.
+    pub subscribers: u64,
+}
+
+impl TopicEntry {
+    /// The loops with any subscriber.
+    pub fn all_loops(&self) -> u64 {
+        self.loops.iter().fold(0, |all, loops| all | loops)
+    }
+
+    /// Whether any loop has subscribers speaking `protocol`.
+    pub fn has_protocol(&self, protocol: WireProtocol) -> bool {
+        self.loops[protocol.index()] != 0
+    }
+}
+
+/// Which loops have subscribers for each topic; shared by every thread.
+///
+/// Reads never block. Writes are per-topic compare-and-swap loops, done by a
+/// loop only when it gains its first or loses its last subscriber of a
+/// protocol on a topic, plus the subscriber count.
+///
+/// # Examples
+///
+/// ```
+/// use herald::{protocol::WireProtocol, pubsub::TopicRegistry};
+///
+/// let registry = TopicRegistry::default();
+/// assert!(registry.lookup("room:1").is_none());
+/// ```
+#[derive(Default)]
+pub struct TopicRegistry {
+    topics: papaya::HashMap<Box<str>, TopicEntry, BuildHasherDefault<ahash::AHasher>>,
+}
+
+impl std::fmt::Debug for TopicRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicRegistry")
+            .field("topics", &self.topics.len())
+            .finish()
+    }
+}
+
+impl TopicRegistry {
+    /// The entry for `topic`, if it has subscribers.
+    pub fn lookup(&self, topic: &str) -> Option<TopicEntry> {
+        self.topics.pin().get(topic).copied()
+    }
+
+    /// Subscribers of `topic` on all loops.
+    pub fn subscriber_count(&self, topic: &str) -> u64 {
+        self.lookup(topic).map_or(0, |entry| entry.subscribers)
+    }
+
+    /// Topics with subscribers.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Counts a new subscriber on `loop_index`; sets the loop's bit for
+    /// `protocol` if it is the loop's first of that protocol.
+    pub(crate) fn subscribe(
+        &self,
+        topic: &str,
+        loop_index: usize,
+        protocol: WireProtocol,
+        first_on_loop: bool,
+    ) {
+        let bit = loop_bit(loop_index);
+        self.topics.pin().compute(Box::from(topic), |current| {
+            let mut entry = current.map(|(_, entry)| *entry).unwrap_or_default();
+            entry.subscribers += 1;
+            if first_on_loop {
+                entry.loops[protocol.index()] |= bit;
+            }
+            papaya::Operation::<_, ()>::Insert(entry)
+        });
+    }
+
+    /// Counts a subscriber gone from `loop_index`; clears the loop's bit if
+    /// it was the loop's last of `protocol`, and forgets the topic when no
+    /// subscriber is left anywhere.
+    pub(crate) fn unsubscribe(
+        &self,
+        topic: &str,
+        loop_index: usize,
+        protocol: WireProtocol,
+        last_on_loop: bool,
+    ) {
+        let bit = loop_bit(loop_index);
+        self.topics.pin().compute(Box::from(topic), |current| {
+            let Some((_, entry)) = current else {
+                return papaya::Operation::Abort(());
+            };
+            let mut entry = *entry;
+            entry.subscribers = entry.subscribers.saturating_sub(1);
+            if last_on_loop {
+                entry.loops[protocol.index()] &= !bit;
+            }
+            if entry.subscribers == 0 {
+                papaya::Operation::Remove
+            } else {
+                papaya::Operation::Insert(entry)
+            }
+        });
+    }
+}
+
+fn loop_bit(loop_index: usize) -> u64 {
+    debug_assert!(loop_index < MAX_LOOPS);
+    1 << (loop_index % MAX_LOOPS)
+}
