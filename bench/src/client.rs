@@ -47,6 +47,9 @@ pub struct Received {
     pub opcode: OpCode,
     /// The payload length.
     pub len: usize,
+    /// The first bytes of the payload (zero-padded), where the load
+    /// generator puts its sequence numbers.
+    pub prefix: [u8; 16],
 }
 
 impl Client {
@@ -136,6 +139,7 @@ impl Client {
                 Received {
                     opcode: OpCode::Continuation,
                     len: 0,
+                    prefix: [0; 16],
                 },
             );
         }
@@ -149,6 +153,9 @@ impl Client {
             if self.read_buf.len() < header_len + len {
                 break;
             }
+            let mut prefix = [0u8; 16];
+            let shown = len.min(16);
+            prefix[..shown].copy_from_slice(&self.read_buf[header_len..header_len + shown]);
             self.read_buf.advance(header_len + len);
             if header.opcode == OpCode::Ping {
                 self.send(OpCode::Pong, &[])?;
@@ -159,6 +166,7 @@ impl Client {
                 Received {
                     opcode: header.opcode,
                     len,
+                    prefix,
                 },
             );
         }

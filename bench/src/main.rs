@@ -7,7 +7,10 @@
 //! - `echo`: round trips per second and their latency, each connection
 //!   sending its next message when the previous one came back;
 //! - `connect`: completed WebSocket handshakes per second;
-//! - `idle`: server memory per idle connection (needs `--server-pid`).
+//! - `idle`: server memory per idle connection (needs `--server-pid`);
+//! - `fanout`: deliveries per second from one publisher to N subscribers of
+//!   one topic, against the `fanout` example (or any server that publishes
+//!   what a `?subscribe=0` connection sends to the `?topic=` subscribers).
 //!
 //! With `--server-pid`, the server's CPU time and RSS are read from
 //! `/proc`, so a run shows whether the server or the client was the
@@ -69,6 +72,22 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// Deliveries per second from one publisher to many subscribers.
+    Fanout {
+        /// Subscribers of the topic.
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Messages in flight: the publisher sends the next one when the
+        /// oldest has reached every subscriber.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Payload bytes per message (at least 16: a sequence number).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Server memory per idle connection.
     Idle {
         /// Idle connections to open.
@@ -96,6 +115,18 @@ fn main() -> ExitCode {
             connections,
             concurrency,
         } => idle(&options, connections, concurrency),
+        Scenario::Fanout {
+            subscribers,
+            window,
+            payload,
+            seconds,
+        } => fanout(
+            &options,
+            subscribers,
+            window.max(1),
+            payload.max(16),
+            Duration::from_secs(seconds),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +159,17 @@ fn open_connections(
     count: usize,
     concurrency: usize,
 ) -> io::Result<(Vec<Client>, Duration)> {
+    open_connections_to(options, poll, count, concurrency, &|_| options.path.clone())
+}
+
+/// As [`open_connections`], with a path per connection index.
+fn open_connections_to(
+    options: &Options,
+    poll: &mut Poll,
+    count: usize,
+    concurrency: usize,
+    path_of: &dyn Fn(usize) -> String,
+) -> io::Result<(Vec<Client>, Duration)> {
     let mut clients: Vec<Client> = Vec::with_capacity(count);
     let (mut open, mut in_flight) = (0usize, 0usize);
     let start = Instant::now();
@@ -142,7 +184,7 @@ fn open_connections(
         drive(poll, Instant::now() + Duration::from_millis(100), |token| {
             let client = &mut clients[token.0];
             let before = client.stage;
-            if let Err(err) = client.on_ready(&options.path, |_, _| {}) {
+            if let Err(err) = client.on_ready(&path_of(token.0), |_, _| {}) {
                 failure = Some(err);
             }
             if before != Stage::Open && client.stage == Stage::Open {
@@ -282,5 +324,136 @@ fn idle(options: &Options, connections: usize, concurrency: usize) -> io::Result
         grown as f64 / clients.len() as f64,
         clients.len()
     );
+    Ok(())
+}
+
+/// One published message on its way to every subscriber.
+struct InFlight {
+    sent: Instant,
+    remaining: usize,
+}
+
+fn fanout(
+    options: &Options,
+    subscribers: usize,
+    window: usize,
+    payload: usize,
+    duration: Duration,
+) -> io::Result<()> {
+    let subscribers = connections_within_fd_limit(subscribers + 1)
+        .saturating_sub(1)
+        .max(1);
+    let separator = if options.path.contains('?') { '&' } else { '?' };
+    let subscriber_path = format!("{}{separator}topic=herald-bench", options.path);
+    let publisher_path = format!("{subscriber_path}&subscribe=0");
+    let path_of = |index: usize| {
+        if index == subscribers {
+            publisher_path.clone()
+        } else {
+            subscriber_path.clone()
+        }
+    };
+    let mut poll = Poll::new()?;
+    let (mut clients, _) = open_connections_to(options, &mut poll, subscribers + 1, 256, &path_of)?;
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
+    let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+    let (mut next_seq, mut oldest_seq, mut deliveries, mut completed) = (0u64, 0u64, 0u64, 0u64);
+    let filler = "x".repeat(payload - 16);
+    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let client_before = ProcessSample::read_self()?;
+    let start = Instant::now();
+    let mut failure = None;
+    let publisher = subscribers;
+    let top_up = |clients: &mut Vec<Client>,
+                      in_flight: &mut std::collections::VecDeque<InFlight>,
+                      next_seq: &mut u64|
+     -> io::Result<()> {
+        while in_flight.len() < window {
+            let message = format!("{:016x}{filler}", *next_seq);
+            clients[publisher].send(OpCode::Text, message.as_bytes())?;
+            in_flight.push_back(InFlight {
+                sent: Instant::now(),
+                remaining: subscribers,
+            });
+            *next_seq += 1;
+        }
+        Ok(())
+    };
+    top_up(&mut clients, &mut in_flight, &mut next_seq)?;
+    drive(&mut poll, start + duration, |token| {
+        let mut arrived = Vec::new();
+        let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+            if frame.opcode == OpCode::Text {
+                arrived.push(frame.prefix);
+            }
+        });
+        if let Err(err) = result {
+            failure = Some(err);
+            return false;
+        }
+        for prefix in arrived {
+            let seq = std::str::from_utf8(&prefix)
+                .ok()
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            let Some(entry) = seq
+                .and_then(|seq| seq.checked_sub(oldest_seq))
+                .and_then(|index| in_flight.get_mut(index as usize))
+            else {
+                failure = Some(io::Error::other(
+                    "a subscriber received a message twice or out of thin air",
+                ));
+                return false;
+            };
+            entry.remaining -= 1;
+            deliveries += 1;
+        }
+        while in_flight.front().is_some_and(|front| front.remaining == 0) {
+            if let Some(done) = in_flight.pop_front() {
+                let _ = latency.record(done.sent.elapsed().as_micros() as u64);
+            }
+            oldest_seq += 1;
+            completed += 1;
+        }
+        if let Err(err) = top_up(&mut clients, &mut in_flight, &mut next_seq) {
+            failure = Some(err);
+        }
+        failure.is_none()
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let elapsed = start.elapsed();
+    let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
+    println!("scenario      fanout");
+    println!("subscribers   {subscribers} (one topic), window {window}, payload {payload} B");
+    println!(
+        "deliveries    {:.0} /s",
+        deliveries as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "messages      {:.1} /s fully delivered",
+        completed as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "to last sub   p50 {} µs, p99 {} µs, max {} µs",
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99),
+        latency.max()
+    );
+    println!(
+        "client CPU    {:.2} s in {:.2} s, {:.0} ns per delivery",
+        client_cpu.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        client_cpu.as_nanos() as f64 / deliveries.max(1) as f64
+    );
+    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
+        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+        println!(
+            "server CPU    {:.2} s, {:.0} ns per delivery",
+            server_cpu.as_secs_f64(),
+            server_cpu.as_nanos() as f64 / deliveries.max(1) as f64
+        );
+    }
     Ok(())
 }

@@ -85,10 +85,17 @@ impl WriteQueue {
     /// Writes as much as `writer` takes, in vectored writes of up to
     /// [`MAX_IOVECS`] frames.
     pub(crate) fn flush_to(&mut self, writer: &mut impl Write) -> io::Result<Flushed> {
-        while !self.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = self.fill_slices(&mut slices);
-            let written = match writer.write_vectored(&slices[..count]) {
+        while let Some(head) = &self.head {
+            let written = if self.tail.is_empty() {
+                // One frame (the common case in fan-out): a plain `write`
+                // skips the kernel's iovec import.
+                writer.write(&head[self.front_sent..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let count = self.fill_slices(&mut slices);
+                writer.write_vectored(&slices[..count])
+            };
+            let written = match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => written,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
