@@ -366,8 +366,8 @@ fn fanout(
     let mut failure = None;
     let publisher = subscribers;
     let top_up = |clients: &mut Vec<Client>,
-                      in_flight: &mut std::collections::VecDeque<InFlight>,
-                      next_seq: &mut u64|
+                  in_flight: &mut std::collections::VecDeque<InFlight>,
+                  next_seq: &mut u64|
      -> io::Result<()> {
         while in_flight.len() < window {
             let message = format!("{:016x}{filler}", *next_seq);

@@ -10,10 +10,12 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use crate::{
-    Request,
+    Broadcast, Delivery, Request,
+    broadcast::Queued,
     conn::Outbox,
+    protocol::WireProtocol,
     pubsub::conn_id,
-    reactor::{ConnHandle, LoopContext, Publish, RawSubscription},
+    reactor::{ConnHandle, LoopContext, Sub},
     wire::{CloseCode, Utf8Bytes, binary_frame, text_frame},
 };
 
@@ -95,6 +97,22 @@ pub trait Handler: Send + Sync + 'static {
     /// close handshake. Sends from here are discarded.
     fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str) {
         let _ = (conn, code, reason);
+    }
+
+    /// For protocol layers: how `broadcast` reaches a subscription made with
+    /// [`Conn::subscribe_with`] and this `tag`. Asked once per run of
+    /// subscribers with the same tag, not per subscriber. Default: the
+    /// frame for the subscription's protocol.
+    fn delivery(&self, tag: u32, broadcast: &Broadcast) -> Delivery {
+        let _ = (tag, broadcast);
+        Delivery::Frame
+    }
+
+    /// For protocol layers: a broadcast for a subscription whose
+    /// [`delivery`](Self::delivery) is [`Delivery::Callback`] (an
+    /// interceptor, a server-side subscription).
+    fn on_broadcast(&self, conn: &mut Conn<'_, Self::State>, tag: u32, broadcast: &Broadcast) {
+        let _ = (conn, tag, broadcast);
     }
 }
 
@@ -249,12 +267,24 @@ impl<S> Conn<'_, S> {
     /// This is the plain-WebSocket pub/sub of uWebSockets; the channels
     /// layer builds Phoenix and Amber topics on the same index.
     pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.subscribe_with(topic, WireProtocol::Raw, 0)
+    }
+
+    /// Subscribes with a protocol and a tag, for protocol layers: a
+    /// broadcast then brings this connection the frame encoded for
+    /// `protocol`, or calls the handler, as
+    /// [`Handler::delivery`](crate::Handler::delivery) decides for `tag`.
+    /// Returns `false` if the connection was already subscribed (its
+    /// protocol and tag are replaced).
+    pub fn subscribe_with(&mut self, topic: &str, protocol: WireProtocol, tag: u32) -> bool {
+        let id = conn_id(self.key, self.generation);
+        let sub = Sub { protocol, tag };
         if self.topics.iter().any(|t| &**t == topic) {
+            self.ctx.topics.subscribe(topic, id, sub);
             return false;
         }
         let topic: Arc<str> = Arc::from(topic);
-        let id = conn_id(self.key, self.generation);
-        self.ctx.topics.subscribe(&topic, id, RawSubscription);
+        self.ctx.topics.subscribe(&topic, id, sub);
         self.topics.push(topic);
         true
     }
@@ -281,10 +311,17 @@ impl<S> Conn<'_, S> {
     /// `topic` on every loop, except this connection. Delivered when the
     /// callback returns, within the same loop turn.
     pub fn publish(&mut self, topic: &str, frame: Bytes) {
-        self.ctx.publishes.push(Publish {
-            topic: Arc::from(topic),
-            frame,
-            exclude: Some(conn_id(self.key, self.generation)),
+        self.broadcast(Broadcast::raw(topic, frame), false);
+    }
+
+    /// Sends a broadcast (with its frames per protocol) to every subscriber
+    /// of its topic on every loop; this connection too if `include_self`.
+    /// Delivered when the callback returns, within the same loop turn.
+    pub fn broadcast(&mut self, broadcast: Broadcast, include_self: bool) {
+        let exclude = (!include_self).then(|| conn_id(self.key, self.generation));
+        self.ctx.publishes.push(Queued {
+            broadcast: Arc::new(broadcast),
+            exclude,
         });
     }
 }
@@ -330,5 +367,13 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str) {
         (**self).on_close(conn, code, reason);
+    }
+
+    fn delivery(&self, tag: u32, broadcast: &Broadcast) -> Delivery {
+        (**self).delivery(tag, broadcast)
+    }
+
+    fn on_broadcast(&self, conn: &mut Conn<'_, Self::State>, tag: u32, broadcast: &Broadcast) {
+        (**self).on_broadcast(conn, tag, broadcast);
     }
 }

@@ -107,6 +107,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod wire;
 
+mod broadcast;
 mod config;
 mod conn;
 mod handler;
@@ -116,6 +117,7 @@ mod stats;
 mod timer;
 mod write_queue;
 
+pub use broadcast::{Broadcast, ChannelMessage, Delivery};
 pub use config::{ServerConfig, SlowConsumerPolicy};
 pub use handler::{Accept, Conn, Handler, Reject, SendError};
 pub use handshake::{HEALTH_PATH, HandshakeError, Request};

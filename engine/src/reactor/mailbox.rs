@@ -33,8 +33,8 @@ pub(crate) enum Command {
         code: CloseCode,
         reason: String,
     },
-    /// Deliver `frame` to this loop's subscribers of `topic`.
-    Publish { topic: Arc<str>, frame: Bytes },
+    /// Deliver a broadcast to this loop's subscribers of its topic.
+    Publish(Arc<crate::Broadcast>),
     /// Begin a graceful shutdown.
     Shutdown,
 }

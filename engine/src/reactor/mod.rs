@@ -69,10 +69,11 @@ use bytes::Bytes;
 
 use crate::{
     Handler,
+    broadcast::{Broadcast, Queued},
     config::{ServerConfig, SlowConsumerPolicy},
     conn::Outbox,
     protocol::WireProtocol,
-    pubsub::{ConnId, LoopTopics, Subscription, TopicRegistry},
+    pubsub::{LoopTopics, Subscription, TopicEntry, TopicRegistry},
     stats::{LoopStats, ServerStats},
     wire::DecoderConfig,
 };
@@ -88,47 +89,42 @@ pub(crate) struct LoopContext {
     pub(crate) dirty: Vec<usize>,
     /// This loop's position among the server's loops.
     pub(crate) loop_index: usize,
-    /// This loop's topic subscriptions (plain WebSocket ones).
-    pub(crate) topics: LoopTopics<RawSubscription>,
+    /// This loop's topic subscriptions.
+    pub(crate) topics: LoopTopics<Sub>,
     /// Every loop's mailbox, this one's included, by loop index.
     pub(crate) peers: Arc<[Arc<Mailbox>]>,
     /// Publishes made by the callback that is running, delivered when it
     /// returns (a callback cannot reach the other connections' queues).
-    pub(crate) publishes: Vec<Publish>,
+    pub(crate) publishes: Vec<Queued>,
 }
 
-/// A frame published to a topic from inside a callback.
-#[derive(Debug)]
-pub(crate) struct Publish {
-    pub(crate) topic: Arc<str>,
-    pub(crate) frame: Bytes,
-    /// The publishing connection, which does not receive its own message.
-    pub(crate) exclude: Option<ConnId>,
-}
-
-/// A plain WebSocket subscription: the published frame goes out as is.
+/// A connection's subscription to a topic: the protocol whose frame it
+/// gets, and a tag the handler gives it meaning with (see
+/// [`Handler::delivery`](crate::Handler::delivery)); 0 for plain ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RawSubscription;
+pub(crate) struct Sub {
+    pub(crate) protocol: WireProtocol,
+    pub(crate) tag: u32,
+}
 
-impl Subscription for RawSubscription {
+impl Subscription for Sub {
     fn protocol(&self) -> WireProtocol {
-        WireProtocol::Raw
+        self.protocol
     }
 }
 
-/// Posts `frame` to every loop, other than `skip`, that has subscribers of
-/// `topic`. Returns how many loops it was posted to.
+/// Posts `broadcast` to every loop, other than `skip`, that has subscribers
+/// of its topic. Returns how many loops it was posted to.
 pub(crate) fn route_publish(
     registry: &TopicRegistry,
     peers: &[Arc<Mailbox>],
-    topic: &Arc<str>,
-    frame: &Bytes,
+    broadcast: &Arc<Broadcast>,
     skip: Option<usize>,
 ) -> usize {
-    let Some(entry) = registry.lookup(topic) else {
+    let Some(entry) = registry.lookup(broadcast.topic()) else {
         return 0;
     };
-    let mut loops = entry.loops[WireProtocol::Raw.index()];
+    let mut loops = entry.all_loops();
     let mut posted = 0;
     while loops != 0 {
         let index = loops.trailing_zeros() as usize;
@@ -137,12 +133,11 @@ pub(crate) fn route_publish(
             continue;
         }
         if let Some(mailbox) = peers.get(index) {
-            let command = Command::Publish {
-                topic: Arc::clone(topic),
-                frame: frame.clone(),
-            };
             // A loop that has stopped has no subscribers left to reach.
-            if mailbox.post(command).is_ok() {
+            if mailbox
+                .post(Command::Publish(Arc::clone(broadcast)))
+                .is_ok()
+            {
                 posted += 1;
             }
         }
@@ -406,13 +401,21 @@ impl ServerHandle {
     /// # }
     /// ```
     pub fn publish(&self, topic: &str, frame: Bytes) -> usize {
-        route_publish(
-            &self.registry,
-            &self.mailboxes,
-            &Arc::from(topic),
-            &frame,
-            None,
-        )
+        self.broadcast(Broadcast::raw(topic, frame))
+    }
+
+    /// Sends a broadcast built with its frames per protocol (what the
+    /// channels layer does) to every loop with subscribers of its topic.
+    /// Returns how many loops it was sent to.
+    pub fn broadcast(&self, broadcast: Broadcast) -> usize {
+        route_publish(&self.registry, &self.mailboxes, &Arc::new(broadcast), None)
+    }
+
+    /// Which loops have subscribers of `topic`, by protocol, and how many
+    /// subscribers there are: what a publisher checks to encode only the
+    /// protocols that will be used.
+    pub fn topic(&self, topic: &str) -> Option<TopicEntry> {
+        self.registry.lookup(topic)
     }
 
     /// How many connections are subscribed to `topic`, on all loops.

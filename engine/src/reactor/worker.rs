@@ -26,7 +26,7 @@ use slab::Slab;
 
 use super::{Command, LoopContext, Mailbox, route_publish, sys::recv_into};
 use crate::{
-    Conn, Handler, ServerConfig,
+    Broadcast, Conn, Delivery, Handler, ServerConfig,
     conn::Outbox,
     handshake::{self, HandshakeError, Route},
     pubsub::{ConnId, LoopTopics, TopicRegistry, conn_id},
@@ -366,11 +366,12 @@ impl<H: Handler> Worker<H> {
                         bump(&self.ctx.stats.commands_for_closed_connections, 1);
                     }
                 }
-                Command::Publish { topic, frame } => {
-                    // A private copy: every subscriber's clone then touches
-                    // this loop's refcount only, not one shared by all loops.
-                    let frame = Bytes::copy_from_slice(&frame);
-                    self.deliver(&topic, &frame, None);
+                Command::Publish(broadcast) => {
+                    // Private copies of the frames: every subscriber's clone
+                    // then touches this loop's refcount only, not one that
+                    // every loop shares.
+                    let broadcast = Arc::new(broadcast.localized());
+                    self.deliver(&broadcast, None);
                 }
                 Command::Shutdown => self.begin_shutdown(),
             }
@@ -682,23 +683,23 @@ impl<H: Handler> Worker<H> {
     fn deliver_publishes(&mut self) {
         while !self.ctx.publishes.is_empty() {
             let publishes = std::mem::take(&mut self.ctx.publishes);
-            for publish in &publishes {
+            for queued in &publishes {
                 let skip = Some(self.ctx.loop_index);
                 route_publish(
                     self.ctx.topics.registry(),
                     &self.ctx.peers,
-                    &publish.topic,
-                    &publish.frame,
+                    &queued.broadcast,
                     skip,
                 );
-                self.deliver(&publish.topic, &publish.frame, publish.exclude);
+                self.deliver(&queued.broadcast, queued.exclude);
             }
         }
     }
 
-    /// Queues `frame` for this loop's subscribers of `topic`, except
-    /// `exclude`.
-    fn deliver(&mut self, topic: &str, frame: &Bytes, exclude: Option<ConnId>) {
+    /// Queues a broadcast's frames for this loop's subscribers of its topic,
+    /// except `exclude`, and runs the handler for subscriptions it
+    /// intercepts.
+    fn deliver(&mut self, broadcast: &Arc<Broadcast>, exclude: Option<ConnId>) {
         let LoopContext {
             topics,
             dirty,
@@ -706,9 +707,14 @@ impl<H: Handler> Worker<H> {
             stats,
             ..
         } = &mut self.ctx;
+        let handler = &*self.handler;
         let mut delivered = 0;
         let mut refused = Vec::new();
-        for (id, _) in topics.local().subscribers(topic) {
+        let mut callbacks = Vec::new();
+        // Subscriptions of a topic mostly share a tag: ask the handler once
+        // per run of equal tags, not once per subscriber.
+        let mut decided: Option<(u32, Delivery)> = None;
+        for (id, sub) in topics.local().subscribers(broadcast.topic()) {
             if Some(id) == exclude {
                 continue;
             }
@@ -719,16 +725,38 @@ impl<H: Handler> Worker<H> {
             if conn_id(key, slot.generation) != id || !matches!(slot.phase, Phase::Open) {
                 continue;
             }
-            if slot.outbox.enqueue(frame.clone(), config, stats).is_err() {
-                refused.push(key);
-            }
-            delivered += 1;
-            if !slot.outbox.dirty {
-                slot.outbox.dirty = true;
-                dirty.push(key);
+            let delivery = match decided {
+                Some((tag, delivery)) if tag == sub.tag => delivery,
+                _ => {
+                    let delivery = handler.delivery(sub.tag, broadcast);
+                    decided = Some((sub.tag, delivery));
+                    delivery
+                }
+            };
+            match delivery {
+                Delivery::Frame => {
+                    let Some(frame) = broadcast.frame(sub.protocol) else {
+                        continue;
+                    };
+                    if slot.outbox.enqueue(frame.clone(), config, stats).is_err() {
+                        refused.push(key);
+                    }
+                    delivered += 1;
+                    if !slot.outbox.dirty {
+                        slot.outbox.dirty = true;
+                        dirty.push(key);
+                    }
+                }
+                Delivery::Callback => callbacks.push((key, sub.tag)),
+                Delivery::Skip => {}
             }
         }
         bump(&stats.published_deliveries, delivered);
+        for (key, tag) in callbacks {
+            self.call(key, |handler, conn| {
+                handler.on_broadcast(conn, tag, broadcast)
+            });
+        }
         // Slow consumers the policy just closed move to Closing.
         for key in refused {
             self.after_callback(key);
