@@ -31,6 +31,9 @@ pub struct Broadcast {
     topic: Arc<str>,
     message: Option<Arc<ChannelMessage>>,
     frames: [Option<Bytes>; WireProtocol::COUNT],
+    /// The connection that must not receive it (`broadcast_from`): its
+    /// loop and its id there.
+    exclude: Option<(usize, ConnId)>,
 }
 
 /// How a broadcast reaches one subscription (see
@@ -65,6 +68,7 @@ impl Broadcast {
             topic: Arc::from(topic),
             message: None,
             frames,
+            exclude: None,
         }
     }
 
@@ -79,7 +83,19 @@ impl Broadcast {
             topic: Arc::from(topic),
             message: Some(Arc::new(message)),
             frames,
+            exclude: None,
         }
+    }
+
+    /// Excludes one connection (the sender, for `broadcast_from`).
+    pub(crate) fn excluding(mut self, loop_index: usize, conn: ConnId) -> Self {
+        self.exclude = Some((loop_index, conn));
+        self
+    }
+
+    /// Whether the connection `conn` of loop `loop_index` is excluded.
+    pub(crate) fn excludes(&self, loop_index: usize, conn: ConnId) -> bool {
+        self.exclude == Some((loop_index, conn))
     }
 
     /// The topic.
@@ -112,13 +128,7 @@ impl Broadcast {
                 .frames
                 .each_ref()
                 .map(|frame| frame.as_ref().map(|frame| Bytes::copy_from_slice(frame))),
+            exclude: self.exclude,
         }
     }
-}
-
-/// A broadcast queued by a callback, with the connection it excludes.
-#[derive(Debug)]
-pub(crate) struct Queued {
-    pub(crate) broadcast: Arc<Broadcast>,
-    pub(crate) exclude: Option<ConnId>,
 }

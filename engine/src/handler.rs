@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use crate::{
     Broadcast, Delivery, Request,
-    broadcast::Queued,
     conn::Outbox,
     protocol::WireProtocol,
     pubsub::conn_id,
@@ -318,11 +317,19 @@ impl<S> Conn<'_, S> {
     /// of its topic on every loop; this connection too if `include_self`.
     /// Delivered when the callback returns, within the same loop turn.
     pub fn broadcast(&mut self, broadcast: Broadcast, include_self: bool) {
-        let exclude = (!include_self).then(|| conn_id(self.key, self.generation));
-        self.ctx.publishes.push(Queued {
-            broadcast: Arc::new(broadcast),
-            exclude,
-        });
+        let broadcast = if include_self {
+            broadcast
+        } else {
+            broadcast.excluding(self.ctx.loop_index, conn_id(self.key, self.generation))
+        };
+        self.ctx.publishes.push(Arc::new(broadcast));
+    }
+
+    /// What the shared index knows of `topic`: which loops have subscribers
+    /// of each protocol, and how many there are. Protocol layers check it to
+    /// encode a broadcast only for the protocols that will use it.
+    pub fn topic(&self, topic: &str) -> Option<crate::pubsub::TopicEntry> {
+        self.ctx.topics.registry().lookup(topic)
     }
 }
 

@@ -103,6 +103,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod channels;
 pub mod protocol;
 pub mod pubsub;
 pub mod wire;

@@ -229,3 +229,109 @@ pub mod server {
         condition()
     }
 }
+
+/// A minimal Phoenix V2 JSON client over tungstenite, for protocol tests
+/// (the `phoenix` npm client is driven by the Node.js tests).
+pub mod phoenix {
+    use std::net::{SocketAddr, TcpStream};
+
+    use serde_json::{Value, json};
+    use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
+
+    use super::READ_TIMEOUT;
+
+    /// A Phoenix V2 client.
+    #[derive(Debug)]
+    pub struct Client {
+        /// The WebSocket.
+        pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+        next_ref: u64,
+    }
+
+    impl Client {
+        /// Connects to `ws://{addr}{path}?vsn=2.0.0&{params}`.
+        pub fn connect(
+            addr: SocketAddr,
+            path: &str,
+            params: &str,
+        ) -> Result<Self, tungstenite::Error> {
+            let (ws, _) = tungstenite::connect(format!("ws://{addr}{path}?vsn=2.0.0&{params}"))?;
+            if let MaybeTlsStream::Plain(stream) = ws.get_ref() {
+                stream
+                    .set_read_timeout(Some(READ_TIMEOUT))
+                    .expect("set timeout");
+            }
+            Ok(Self { ws, next_ref: 0 })
+        }
+
+        /// A fresh ref.
+        pub fn next_ref(&mut self) -> String {
+            self.next_ref += 1;
+            self.next_ref.to_string()
+        }
+
+        /// Sends `[join_ref, ref, topic, event, payload]`.
+        pub fn send(
+            &mut self,
+            join_ref: Option<&str>,
+            msg_ref: Option<&str>,
+            topic: &str,
+            event: &str,
+            payload: Value,
+        ) {
+            let message = json!([join_ref, msg_ref, topic, event, payload]);
+            self.ws
+                .send(Message::text(message.to_string()))
+                .expect("send");
+        }
+
+        /// Reads the next message as `[join_ref, ref, topic, event, payload]`.
+        pub fn recv(&mut self) -> Value {
+            loop {
+                match self.ws.read().expect("read") {
+                    Message::Text(text) => return serde_json::from_str(&text).expect("JSON array"),
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+
+        /// Reads until the reply to `msg_ref`, collecting what came before.
+        pub fn reply_to(&mut self, msg_ref: &str) -> (Value, Vec<Value>) {
+            let mut before = Vec::new();
+            loop {
+                let message = self.recv();
+                if message[3] == "phx_reply" && message[1] == msg_ref {
+                    return (message[4].clone(), before);
+                }
+                before.push(message);
+            }
+        }
+
+        /// Joins `topic`; returns the join ref and the reply's payload
+        /// (`{"status": ..., "response": ...}`).
+        pub fn join(&mut self, topic: &str, payload: Value) -> (String, Value) {
+            let join_ref = self.next_ref();
+            self.send(Some(&join_ref), Some(&join_ref), topic, "phx_join", payload);
+            let (reply, _) = self.reply_to(&join_ref);
+            (join_ref, reply)
+        }
+
+        /// Pushes an event with a ref and returns the ref.
+        pub fn push(&mut self, join_ref: &str, topic: &str, event: &str, payload: Value) -> String {
+            let msg_ref = self.next_ref();
+            self.send(Some(join_ref), Some(&msg_ref), topic, event, payload);
+            msg_ref
+        }
+
+        /// A heartbeat round trip: everything sent to this client before it
+        /// has been read once this returns (and is returned).
+        pub fn sync(&mut self) -> Vec<Value> {
+            let msg_ref = self.next_ref();
+            self.send(None, Some(&msg_ref), "phoenix", "heartbeat", json!({}));
+            let (reply, before) = self.reply_to(&msg_ref);
+            assert_eq!(reply, json!({"status": "ok", "response": {}}));
+            before
+        }
+    }
+}

@@ -60,6 +60,11 @@ impl<'a> Ref<'a> {
     /// The `null` ref.
     pub const NULL: Ref<'static> = Ref("null");
 
+    /// A ref kept from an earlier message, as its JSON text.
+    pub(crate) fn stored(json: &'a str) -> Self {
+        Self(json)
+    }
+
     /// The ref as JSON text, for writing it back unchanged.
     pub fn as_json(&self) -> &'a str {
         self.0

@@ -95,11 +95,21 @@ impl Mailbox {
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) loop_index: usize,
     pub(crate) key: usize,
     pub(crate) generation: u32,
 }
 
 impl ConnHandle {
+    /// The connection's loop and its id there, which a broadcast can
+    /// exclude.
+    pub(crate) fn address(&self) -> (usize, crate::pubsub::ConnId) {
+        (
+            self.loop_index,
+            crate::pubsub::conn_id(self.key, self.generation),
+        )
+    }
+
     /// Sends a text message.
     pub fn send_text(&self, text: &str) -> Result<(), SendError> {
         self.send_frame(text_frame(text))

@@ -69,7 +69,7 @@ use bytes::Bytes;
 
 use crate::{
     Handler,
-    broadcast::{Broadcast, Queued},
+    broadcast::Broadcast,
     config::{ServerConfig, SlowConsumerPolicy},
     conn::Outbox,
     protocol::WireProtocol,
@@ -95,7 +95,7 @@ pub(crate) struct LoopContext {
     pub(crate) peers: Arc<[Arc<Mailbox>]>,
     /// Publishes made by the callback that is running, delivered when it
     /// returns (a callback cannot reach the other connections' queues).
-    pub(crate) publishes: Vec<Queued>,
+    pub(crate) publishes: Vec<Arc<Broadcast>>,
 }
 
 /// A connection's subscription to a topic: the protocol whose frame it
@@ -158,6 +158,7 @@ impl LoopContext {
     pub(crate) fn handle_for(&self, key: usize, generation: u32) -> ConnHandle {
         ConnHandle {
             mailbox: Arc::clone(&self.mailbox),
+            loop_index: self.loop_index,
             key,
             generation,
         }

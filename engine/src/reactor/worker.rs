@@ -29,7 +29,7 @@ use crate::{
     Broadcast, Conn, Delivery, Handler, ServerConfig,
     conn::Outbox,
     handshake::{self, HandshakeError, Route},
-    pubsub::{ConnId, LoopTopics, TopicRegistry, conn_id},
+    pubsub::{LoopTopics, TopicRegistry, conn_id},
     stats::{LoopStats, bump},
     timer::{Expiry, TimerWheel},
     wire::{CloseCode, Decoder, Message, pong_frame},
@@ -371,7 +371,7 @@ impl<H: Handler> Worker<H> {
                     // then touches this loop's refcount only, not one that
                     // every loop shares.
                     let broadcast = Arc::new(broadcast.localized());
-                    self.deliver(&broadcast, None);
+                    self.deliver(&broadcast);
                 }
                 Command::Shutdown => self.begin_shutdown(),
             }
@@ -683,28 +683,24 @@ impl<H: Handler> Worker<H> {
     fn deliver_publishes(&mut self) {
         while !self.ctx.publishes.is_empty() {
             let publishes = std::mem::take(&mut self.ctx.publishes);
-            for queued in &publishes {
+            for broadcast in &publishes {
                 let skip = Some(self.ctx.loop_index);
-                route_publish(
-                    self.ctx.topics.registry(),
-                    &self.ctx.peers,
-                    &queued.broadcast,
-                    skip,
-                );
-                self.deliver(&queued.broadcast, queued.exclude);
+                route_publish(self.ctx.topics.registry(), &self.ctx.peers, broadcast, skip);
+                self.deliver(broadcast);
             }
         }
     }
 
-    /// Queues a broadcast's frames for this loop's subscribers of its topic,
-    /// except `exclude`, and runs the handler for subscriptions it
-    /// intercepts.
-    fn deliver(&mut self, broadcast: &Arc<Broadcast>, exclude: Option<ConnId>) {
+    /// Queues a broadcast's frames for this loop's subscribers of its topic
+    /// (except the one it excludes), and runs the handler for subscriptions
+    /// it intercepts.
+    fn deliver(&mut self, broadcast: &Arc<Broadcast>) {
         let LoopContext {
             topics,
             dirty,
             config,
             stats,
+            loop_index,
             ..
         } = &mut self.ctx;
         let handler = &*self.handler;
@@ -715,7 +711,7 @@ impl<H: Handler> Worker<H> {
         // per run of equal tags, not once per subscriber.
         let mut decided: Option<(u32, Delivery)> = None;
         for (id, sub) in topics.local().subscribers(broadcast.topic()) {
-            if Some(id) == exclude {
+            if broadcast.excludes(*loop_index, id) {
                 continue;
             }
             let key = (id & 0xFFFF_FFFF) as usize;

@@ -1,0 +1,191 @@
+//! What a channel callback can do: read and change the connection's
+//! assigns, push to its client, reply, broadcast, and subscribe on the
+//! server side.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{Reply, handler::ChannelConn};
+use crate::{
+    Broadcast, ChannelMessage, Conn,
+    protocol::{WireProtocol, amber, phoenix},
+    pubsub::TopicEntry,
+};
+
+/// One joined topic of a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct JoinInfo {
+    pub(crate) topic: Arc<str>,
+    /// The join ref as JSON text (`"3"`), `null` for Amber.
+    pub(crate) join_ref: Box<str>,
+    pub(crate) protocol: WireProtocol,
+    pub(crate) route: u16,
+}
+
+/// The context of one channel callback, for the topic it concerns.
+pub struct ChannelContext<'c, 'a, A> {
+    pub(crate) assigns: &'c mut A,
+    pub(crate) conn: &'c mut Conn<'a, ChannelConn>,
+    pub(crate) join: &'c JoinInfo,
+    /// The ref of the push being handled, as JSON text, if it carried one.
+    pub(crate) msg_ref: Option<&'c str>,
+    pub(crate) replied: bool,
+}
+
+impl<A> std::fmt::Debug for ChannelContext<'_, '_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelContext")
+            .field("topic", &self.join.topic)
+            .field("join_ref", &self.join.join_ref)
+            .finish()
+    }
+}
+
+impl<A> ChannelContext<'_, '_, A> {
+    /// The topic, such as `room:lobby`.
+    pub fn topic(&self) -> &str {
+        &self.join.topic
+    }
+
+    /// The connection's assigns, shared by its channels.
+    pub fn assigns(&mut self) -> &mut A {
+        self.assigns
+    }
+
+    /// Pushes an event to this client only.
+    pub fn push<T: Serialize + ?Sized>(&mut self, event: &str, payload: &T) {
+        let Some(payload) = to_payload(payload) else {
+            return;
+        };
+        let frame = encode_push(self.join, event, &payload);
+        // A closing connection refuses; nothing more to do then.
+        let _ = self.conn.send_frame(frame);
+    }
+
+    /// Replies to the client's push (Phoenix `phx_reply` with the push's
+    /// ref). Does nothing for a push without a ref, for Amber (which has no
+    /// replies), or after a first reply.
+    pub fn reply(&mut self, status: phoenix::Status, response: &Reply) {
+        let Some(msg_ref) = self.msg_ref else {
+            return;
+        };
+        if self.replied || self.join.protocol != WireProtocol::PhoenixV2 {
+            return;
+        }
+        self.replied = true;
+        let frame = phoenix::reply(
+            phoenix::Ref::stored(&self.join.join_ref),
+            phoenix::Ref::stored(msg_ref),
+            &self.join.topic,
+            status,
+            response.as_raw(),
+        );
+        let _ = self.conn.send_frame(frame);
+    }
+
+    /// Broadcasts to every subscriber of this topic, this client included
+    /// (Amber's `rebroadcast!`).
+    pub fn rebroadcast<T: Serialize + ?Sized>(&mut self, event: &str, payload: &T) {
+        self.broadcast_to(event, payload, true);
+    }
+
+    /// Broadcasts to every subscriber of this topic, this client included.
+    pub fn broadcast<T: Serialize + ?Sized>(&mut self, event: &str, payload: &T) {
+        self.broadcast_to(event, payload, true);
+    }
+
+    /// Broadcasts to every subscriber of this topic but this client.
+    pub fn broadcast_from<T: Serialize + ?Sized>(&mut self, event: &str, payload: &T) {
+        self.broadcast_to(event, payload, false);
+    }
+
+    fn broadcast_to<T: Serialize + ?Sized>(
+        &mut self,
+        event: &str,
+        payload: &T,
+        include_self: bool,
+    ) {
+        let Some(payload) = to_payload(payload) else {
+            return;
+        };
+        let topic = Arc::clone(&self.join.topic);
+        let Some(entry) = self.conn.topic(&topic) else {
+            return;
+        };
+        let broadcast = encode_broadcast(&topic, event, payload, &entry);
+        self.conn.broadcast(broadcast, include_self);
+    }
+
+    /// Subscribes this channel, on the server side, to `topic`: its
+    /// broadcasts come to [`Channel::handle_info`](super::Channel::handle_info)
+    /// instead of the client. Ends when the channel does.
+    pub fn subscribe(&mut self, topic: &str) {
+        let tag = super::handler::Tag::Info.pack(0, self.join.route);
+        let state = self.conn.state();
+        if state.infos.iter().any(|(info, _)| &**info == topic) {
+            return;
+        }
+        state
+            .infos
+            .push((Arc::from(topic), Arc::clone(&self.join.topic)));
+        self.conn.subscribe_with(topic, WireProtocol::Raw, tag);
+    }
+
+    /// Ends a server-side subscription.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        let state = self.conn.state();
+        let before = state.infos.len();
+        state.infos.retain(|(info, _)| &**info != topic);
+        if state.infos.len() != before {
+            self.conn.unsubscribe(topic);
+        }
+    }
+}
+
+/// Serializes a payload; an unserializable one is logged and skipped.
+fn to_payload<T: Serialize + ?Sized>(payload: &T) -> Option<Box<RawValue>> {
+    match serde_json::value::to_raw_value(payload) {
+        Ok(raw) => Some(raw),
+        Err(err) => {
+            tracing::warn!(%err, "channel payload could not be serialized; not sent");
+            None
+        }
+    }
+}
+
+/// A push to one client, in its protocol.
+pub(crate) fn encode_push(join: &JoinInfo, event: &str, payload: &RawValue) -> Bytes {
+    match join.protocol {
+        WireProtocol::Amber => amber::message(&join.topic, event, payload),
+        _ => phoenix::push(
+            phoenix::Ref::stored(&join.join_ref),
+            &join.topic,
+            event,
+            payload,
+        ),
+    }
+}
+
+/// A channel broadcast with one frame per protocol that has subscribers.
+pub(crate) fn encode_broadcast(
+    topic: &str,
+    event: &str,
+    payload: Box<RawValue>,
+    entry: &TopicEntry,
+) -> Broadcast {
+    let mut frames: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
+    if entry.has_protocol(WireProtocol::PhoenixV2) {
+        frames[WireProtocol::PhoenixV2.index()] = Some(phoenix::broadcast(topic, event, &payload));
+    }
+    if entry.has_protocol(WireProtocol::Amber) {
+        frames[WireProtocol::Amber.index()] = Some(amber::message(topic, event, &payload));
+    }
+    let message = ChannelMessage {
+        event: Box::from(event),
+        payload,
+    };
+    Broadcast::channel(topic, message, frames)
+}

@@ -1,0 +1,368 @@
+//! Mounting endpoints, starting the engine, and the handle that broadcasts
+//! from anywhere.
+
+use std::{any::Any, io, net::SocketAddr};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{
+    Channel, ChannelContext, JoinResult, LeaveReason, Socket,
+    context::{JoinInfo, encode_broadcast},
+    handler::{ChannelConn, ChannelsHandler, SOCKET_ID_PREFIX},
+};
+use crate::{
+    Broadcast, Conn, ConnHandle, Reject, Request, Server, ServerBuilder, ServerHandle,
+    protocol::WireProtocol,
+};
+
+/// A topic pattern: exact, or a prefix when it ends with `*`.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn new(pattern: &str) -> Self {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Exact(pattern.to_owned()),
+        }
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            Self::Exact(exact) => exact == topic,
+            Self::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// A socket and the channels its topics route to.
+///
+/// # Examples
+///
+/// ```
+/// # use herald::channels::{Channel, ChannelContext, Endpoint, JoinResult, Reply, Socket};
+/// # use herald::{Reject, Request};
+/// # use serde_json::value::RawValue;
+/// # struct Anyone;
+/// # impl Socket for Anyone {
+/// #     type Assigns = ();
+/// #     fn connect(&self, _: &Request) -> Result<(), Reject> { Ok(()) }
+/// # }
+/// # struct Room;
+/// # impl Channel<()> for Room {
+/// #     fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult { Ok(Reply::empty()) }
+/// #     fn handle_message(&self, ctx: &mut ChannelContext<'_, '_, ()>, event: &str, payload: &RawValue) {
+/// #         ctx.rebroadcast(event, payload);
+/// #     }
+/// # }
+/// // "room:lobby" and "room:42" go to Room; "lobby" only to Room too.
+/// let endpoint = Endpoint::new(Anyone).channel("room:*", Room).channel("lobby", Room);
+/// # let _ = endpoint;
+/// ```
+pub struct Endpoint<S: Socket> {
+    socket: S,
+    routes: Vec<Route<S::Assigns>>,
+}
+
+/// A topic pattern and the channel its topics go to.
+type Route<A> = (Pattern, Box<dyn Channel<A>>);
+
+impl<S: Socket> std::fmt::Debug for Endpoint<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field(
+                "routes",
+                &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<S: Socket> Endpoint<S> {
+    /// An endpoint authorizing connections with `socket`.
+    pub fn new(socket: S) -> Self {
+        Self {
+            socket,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Routes topics matching `pattern` (exact, or a prefix ending in `*`,
+    /// as Phoenix and Amber declare them) to `channel`. The first matching
+    /// route wins.
+    pub fn channel(mut self, pattern: &str, channel: impl Channel<S::Assigns>) -> Self {
+        self.routes.push((Pattern::new(pattern), Box::new(channel)));
+        self
+    }
+}
+
+/// A channel callback, untyped.
+pub(crate) enum Call<'p> {
+    Join(&'p RawValue),
+    Message(&'p str, &'p RawValue),
+    Leave(LeaveReason),
+    Out(&'p str, &'p RawValue),
+    Info(&'p Broadcast),
+}
+
+/// An endpoint with its socket's assigns type erased, so that endpoints of
+/// different sockets can be mounted on one server.
+pub(crate) trait ErasedEndpoint: Send + Sync {
+    fn connect(&self, request: &Request) -> Result<(Box<dyn Any + Send>, Option<String>), Reject>;
+    fn route(&self, topic: &str) -> Option<u16>;
+    fn intercepts(&self, route: u16, event: &str) -> bool;
+    fn call(
+        &self,
+        route: u16,
+        assigns: &mut (dyn Any + Send),
+        conn: &mut Conn<'_, ChannelConn>,
+        join: &JoinInfo,
+        msg_ref: Option<&str>,
+        call: Call<'_>,
+    ) -> Option<JoinResult>;
+}
+
+impl<S: Socket> ErasedEndpoint for Endpoint<S> {
+    fn connect(&self, request: &Request) -> Result<(Box<dyn Any + Send>, Option<String>), Reject> {
+        let assigns = self.socket.connect(request)?;
+        let id = self.socket.id(&assigns);
+        Ok((Box::new(assigns), id))
+    }
+
+    fn route(&self, topic: &str) -> Option<u16> {
+        self.routes
+            .iter()
+            .position(|(pattern, _)| pattern.matches(topic))
+            .and_then(|index| u16::try_from(index).ok())
+    }
+
+    fn intercepts(&self, route: u16, event: &str) -> bool {
+        self.routes
+            .get(usize::from(route))
+            .is_some_and(|(_, channel)| channel.intercepts().contains(&event))
+    }
+
+    fn call(
+        &self,
+        route: u16,
+        assigns: &mut (dyn Any + Send),
+        conn: &mut Conn<'_, ChannelConn>,
+        join: &JoinInfo,
+        msg_ref: Option<&str>,
+        call: Call<'_>,
+    ) -> Option<JoinResult> {
+        let (_, channel) = self.routes.get(usize::from(route))?;
+        let assigns = assigns.downcast_mut::<S::Assigns>()?;
+        let mut ctx = ChannelContext {
+            assigns,
+            conn,
+            join,
+            msg_ref,
+            replied: false,
+        };
+        match call {
+            Call::Join(payload) => return Some(channel.handle_joined(&mut ctx, payload)),
+            Call::Message(event, payload) => channel.handle_message(&mut ctx, event, payload),
+            Call::Leave(reason) => channel.handle_leave(&mut ctx, reason),
+            Call::Out(event, payload) => channel.handle_out(&mut ctx, event, payload),
+            Call::Info(broadcast) => channel.handle_info(&mut ctx, broadcast),
+        }
+        None
+    }
+}
+
+/// An endpoint mounted on a path.
+pub(crate) struct Mount {
+    pub(crate) path: String,
+    pub(crate) protocol: WireProtocol,
+    pub(crate) endpoint: Box<dyn ErasedEndpoint>,
+}
+
+/// Mounts channel endpoints on paths and starts the engine.
+///
+/// See the [module docs](super) for a complete example.
+#[must_use = "nothing is served until `start` is called"]
+pub struct Channels {
+    mounts: Vec<Mount>,
+    max_channels: usize,
+}
+
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channels")
+            .field(
+                "paths",
+                &self.mounts.iter().map(|m| &m.path).collect::<Vec<_>>(),
+            )
+            .field("max_channels", &self.max_channels)
+            .finish()
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Channels {
+    /// No endpoints yet; at most 100 channels per connection, as Phoenix.
+    pub fn new() -> Self {
+        Self {
+            mounts: Vec::new(),
+            max_channels: 100,
+        }
+    }
+
+    /// Serves `endpoint` at `path` with the Phoenix Channels V2 protocol
+    /// (the `phoenix` npm client connects to `{path}?vsn=2.0.0`; Phoenix's
+    /// own default path is `/socket/websocket`).
+    pub fn phoenix<S: Socket>(self, path: &str, endpoint: Endpoint<S>) -> Self {
+        self.mount(path, WireProtocol::PhoenixV2, endpoint)
+    }
+
+    /// Serves `endpoint` at `path` with Amber's channel protocol (amber.js).
+    pub fn amber<S: Socket>(self, path: &str, endpoint: Endpoint<S>) -> Self {
+        self.mount(path, WireProtocol::Amber, endpoint)
+    }
+
+    fn mount<S: Socket>(
+        mut self,
+        path: &str,
+        protocol: WireProtocol,
+        endpoint: Endpoint<S>,
+    ) -> Self {
+        self.mounts.push(Mount {
+            path: path.to_owned(),
+            protocol,
+            endpoint: Box::new(endpoint),
+        });
+        self
+    }
+
+    /// Channels one connection may join (default 100); more get the error
+    /// reply `{"reason":"too many channels joined"}`.
+    pub fn max_channels(mut self, limit: usize) -> Self {
+        self.max_channels = limit;
+        self
+    }
+
+    /// Starts the engine on a server configured by `builder` (address,
+    /// loops, limits); the endpoints' paths are added to it.
+    pub fn start(self, builder: ServerBuilder) -> io::Result<Engine> {
+        let builder = self.mounts.iter().fold(builder, |builder, mount| {
+            builder.endpoint(mount.path.clone())
+        });
+        let handler = ChannelsHandler {
+            mounts: self.mounts,
+            max_channels: self.max_channels,
+        };
+        let server = builder.start(handler)?;
+        let handle = EngineHandle {
+            server: server.handle(),
+        };
+        Ok(Engine { server, handle })
+    }
+}
+
+/// A running channels engine.
+#[derive(Debug)]
+pub struct Engine {
+    server: Server,
+    handle: EngineHandle,
+}
+
+impl Engine {
+    /// The address the engine listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// A handle for broadcasting from anywhere.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Shuts down gracefully (close 1001 to every client) and waits.
+    pub fn shutdown(self) {
+        self.server.shutdown();
+    }
+
+    /// Serves until shut down through a handle.
+    pub fn join(self) {
+        self.server.join();
+    }
+}
+
+/// Broadcasts from anywhere: web handlers, background jobs. Cheap to clone,
+/// `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    server: ServerHandle,
+}
+
+impl EngineHandle {
+    /// Broadcasts `event` with `payload` to every subscriber of `topic`.
+    /// The message is encoded once per wire protocol in use and reaches only
+    /// the loops with subscribers. Returns how many loops it went to.
+    pub fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &T,
+    ) -> Result<usize, serde_json::Error> {
+        self.send(topic, event, payload, None)
+    }
+
+    /// As [`broadcast`](Self::broadcast), except to the connection `from`.
+    pub fn broadcast_from<T: Serialize + ?Sized>(
+        &self,
+        from: &ConnHandle,
+        topic: &str,
+        event: &str,
+        payload: &T,
+    ) -> Result<usize, serde_json::Error> {
+        self.send(topic, event, payload, Some(from))
+    }
+
+    fn send<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &T,
+        exclude: Option<&ConnHandle>,
+    ) -> Result<usize, serde_json::Error> {
+        let Some(entry) = self.server.topic(topic) else {
+            return Ok(0);
+        };
+        let payload = serde_json::value::to_raw_value(payload)?;
+        let mut broadcast = encode_broadcast(topic, event, payload, &entry);
+        if let Some(from) = exclude {
+            let (loop_index, conn) = from.address();
+            broadcast = broadcast.excluding(loop_index, conn);
+        }
+        Ok(self.server.broadcast(broadcast))
+    }
+
+    /// Subscribers of `topic`, on all loops.
+    pub fn subscriber_count(&self, topic: &str) -> u64 {
+        self.server.subscriber_count(topic)
+    }
+
+    /// Closes, with 1001 (clients reconnect), every connection whose socket
+    /// [`id`](Socket::id) is `socket_id`. Returns how many loops were asked.
+    pub fn disconnect(&self, socket_id: &str) -> usize {
+        let topic = format!("{SOCKET_ID_PREFIX}{socket_id}");
+        self.server
+            .broadcast(Broadcast::raw(&topic, bytes::Bytes::new()))
+    }
+
+    /// The underlying server's handle (stats, shutdown).
+    pub fn server(&self) -> &ServerHandle {
+        &self.server
+    }
+}

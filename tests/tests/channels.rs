@@ -1,0 +1,504 @@
+//! The channels layer over real sockets, speaking Phoenix V2 JSON (a small
+//! tungstenite client) and Amber's protocol.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use herald::{
+    Broadcast, Reject, Request, Server, ServerBuilder,
+    channels::{
+        Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, LeaveReason, Reply, Socket,
+    },
+    protocol::phoenix::Status,
+};
+use herald_tests::{phoenix::Client, server::wait_until};
+use serde_json::{Value, json, value::RawValue};
+use tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+const PATH: &str = "/socket/websocket";
+
+struct UserSocket;
+
+struct User {
+    name: String,
+}
+
+impl Socket for UserSocket {
+    type Assigns = User;
+
+    fn connect(&self, request: &Request) -> Result<User, Reject> {
+        if request.query_param("token").as_deref() != Some("secret") {
+            return Err(Reject::unauthorized());
+        }
+        let name = request.query_param("user").unwrap_or_default().into_owned();
+        Ok(User { name })
+    }
+
+    fn id(&self, assigns: &User) -> Option<String> {
+        Some(format!("user_socket:{}", assigns.name))
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    leaves: Mutex<Vec<(String, LeaveReason)>>,
+}
+
+struct Room {
+    log: Arc<Log>,
+}
+
+impl Channel<User> for Room {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        if ctx.topic() == "room:forbidden" {
+            return Err(Reply::reason("unauthorized"));
+        }
+        let user = ctx.assigns().name.clone();
+        ctx.broadcast_from("user_joined", &json!({ "user": user }));
+        Ok(Reply::json(&json!({ "welcome": ctx.topic() })).unwrap())
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        match event {
+            "new_msg" => ctx.rebroadcast(event, payload),
+            "shout" => ctx.broadcast_from(event, payload),
+            "ping" => ctx.reply(Status::Ok, &Reply::json(&json!({ "pong": true })).unwrap()),
+            "whisper" => ctx.push("whispered", payload),
+            "crash" => panic!("the channel failed"),
+            _ => ctx.reply(Status::Error, &Reply::reason("unknown event")),
+        }
+    }
+
+    fn handle_leave(&self, ctx: &mut ChannelContext<'_, '_, User>, reason: LeaveReason) {
+        self.log
+            .leaves
+            .lock()
+            .unwrap()
+            .push((ctx.topic().to_owned(), reason));
+    }
+
+    fn intercepts(&self) -> &[&str] {
+        &["filtered"]
+    }
+
+    fn handle_out(&self, ctx: &mut ChannelContext<'_, '_, User>, event: &str, payload: &RawValue) {
+        let value: Value = serde_json::from_str(payload.get()).unwrap();
+        if value["secret_for"] != json!(ctx.assigns().name) && value["secret_for"] != Value::Null {
+            return; // not for this subscriber
+        }
+        ctx.push(event, payload);
+    }
+}
+
+/// Subscribes on the server side to a notifications topic.
+struct Notifications;
+
+impl Channel<User> for Notifications {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        ctx.subscribe("notifications:global");
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        _ctx: &mut ChannelContext<'_, '_, User>,
+        _event: &str,
+        _payload: &RawValue,
+    ) {
+    }
+
+    fn handle_info(&self, ctx: &mut ChannelContext<'_, '_, User>, broadcast: &Broadcast) {
+        let payload = broadcast
+            .payload()
+            .map_or(Value::Null, |p| serde_json::from_str(p.get()).unwrap());
+        ctx.push(
+            "notify",
+            &json!({ "via": broadcast.topic(), "payload": payload }),
+        );
+    }
+}
+
+fn start(builder: ServerBuilder, max_channels: usize) -> (Engine, Arc<Log>) {
+    let log = Arc::new(Log::default());
+    let endpoint = Endpoint::new(UserSocket)
+        .channel(
+            "room:*",
+            Room {
+                log: Arc::clone(&log),
+            },
+        )
+        .channel("user:*", Notifications);
+    let amber_endpoint = Endpoint::new(AnyoneSocket).channel("chat_room:*", AmberRoom);
+    let engine = Channels::new()
+        .phoenix(PATH, endpoint)
+        .amber("/amber", amber_endpoint)
+        .max_channels(max_channels)
+        .start(builder)
+        .expect("engine starts");
+    (engine, log)
+}
+
+fn builder() -> ServerBuilder {
+    Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .loops(2)
+        .pin_cores(false)
+        .shutdown_timeout(Duration::from_millis(300))
+}
+
+fn client(engine: &Engine, user: &str) -> Client {
+    Client::connect(
+        engine.local_addr(),
+        PATH,
+        &format!("token=secret&user={user}"),
+    )
+    .expect("connect")
+}
+
+#[test]
+fn connect_is_authorized_by_the_socket() {
+    let (engine, _) = start(builder(), 100);
+    match Client::connect(engine.local_addr(), PATH, "token=wrong") {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let mut ok = client(&engine, "ada");
+    ok.sync();
+    engine.shutdown();
+}
+
+#[test]
+fn joins_are_answered_ok_error_or_unmatched() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let (_, reply) = ada.join("room:lobby", json!({}));
+    assert_eq!(
+        reply,
+        json!({"status": "ok", "response": {"welcome": "room:lobby"}})
+    );
+    let (_, reply) = ada.join("room:forbidden", json!({}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "unauthorized"}})
+    );
+    let (_, reply) = ada.join("nowhere:1", json!({}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
+    // A refused join never kills the socket.
+    ada.sync();
+    engine.shutdown();
+}
+
+#[test]
+fn pushes_get_replies_and_pushes_to_one_client() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let (join_ref, _) = ada.join("room:lobby", json!({}));
+    let msg_ref = ada.push(&join_ref, "room:lobby", "ping", json!({}));
+    let (reply, _) = ada.reply_to(&msg_ref);
+    assert_eq!(reply, json!({"status": "ok", "response": {"pong": true}}));
+    ada.push(&join_ref, "room:lobby", "whisper", json!({"hi": 1}));
+    assert_eq!(
+        ada.recv(),
+        json!([join_ref, null, "room:lobby", "whispered", {"hi": 1}])
+    );
+    // A push to a topic not joined gets the error reply.
+    let msg_ref = ada.push("99", "room:other", "new_msg", json!({}));
+    let (reply, _) = ada.reply_to(&msg_ref);
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn rebroadcast_reaches_everyone_and_broadcast_from_skips_the_sender() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let mut bob = client(&engine, "bob");
+    let (ada_ref, _) = ada.join("room:lobby", json!({}));
+    let (_, _) = bob.join("room:lobby", json!({}));
+    // Bob's join was announced to Ada only (broadcast_from).
+    assert_eq!(
+        ada.recv(),
+        json!([null, null, "room:lobby", "user_joined", {"user": "bob"}])
+    );
+    ada.push(&ada_ref, "room:lobby", "new_msg", json!({"body": "hello"}));
+    let expected = json!([null, null, "room:lobby", "new_msg", {"body": "hello"}]);
+    assert_eq!(ada.recv(), expected);
+    assert_eq!(bob.recv(), expected);
+    ada.push(&ada_ref, "room:lobby", "shout", json!({"loud": true}));
+    assert_eq!(
+        bob.recv(),
+        json!([null, null, "room:lobby", "shout", {"loud": true}])
+    );
+    assert!(
+        ada.sync().iter().all(|m| m[3] != "shout"),
+        "the sender got its own broadcast_from"
+    );
+    assert!(bob.sync().is_empty());
+    engine.shutdown();
+}
+
+#[test]
+fn the_engine_broadcasts_from_anywhere_to_every_loop() {
+    let (engine, _) = start(builder(), 100);
+    let handle = engine.handle();
+    let mut clients: Vec<Client> = (0..8).map(|i| client(&engine, &format!("u{i}"))).collect();
+    for c in &mut clients {
+        c.join("room:news", json!({}));
+    }
+    for c in &mut clients {
+        c.sync(); // drain the user_joined notices
+    }
+    assert_eq!(handle.subscriber_count("room:news"), 8);
+    let sent = std::thread::spawn(move || {
+        handle
+            .broadcast("room:news", "headline", &json!({"n": 1}))
+            .unwrap()
+    });
+    assert!(sent.join().unwrap() >= 1);
+    for c in &mut clients {
+        assert_eq!(
+            c.recv(),
+            json!([null, null, "room:news", "headline", {"n": 1}])
+        );
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn leave_and_rejoin_follow_phoenix() {
+    let (engine, log) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let (first, _) = ada.join("room:a", json!({}));
+    // A second join of the same topic closes the old one with ITS join ref.
+    let second = ada.next_ref();
+    ada.send(
+        Some(&second),
+        Some(&second),
+        "room:a",
+        "phx_join",
+        json!({}),
+    );
+    let (reply, before) = ada.reply_to(&second);
+    assert_eq!(
+        before,
+        vec![json!([first, first, "room:a", "phx_close", {}])]
+    );
+    assert_eq!(reply["status"], "ok");
+    // Leave: ok reply, then broadcasts stop.
+    let leave = ada.push(&second, "room:a", "phx_leave", json!({}));
+    let (reply, _) = ada.reply_to(&leave);
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(engine.handle().subscriber_count("room:a"), 0);
+    engine
+        .handle()
+        .broadcast("room:a", "late", &json!({}))
+        .unwrap();
+    assert!(ada.sync().is_empty());
+    assert_eq!(
+        log.leaves.lock().unwrap().as_slice(),
+        [
+            ("room:a".to_owned(), LeaveReason::Rejoined),
+            ("room:a".to_owned(), LeaveReason::Left)
+        ]
+    );
+    drop(ada);
+    engine.shutdown();
+}
+
+#[test]
+fn channels_per_connection_are_limited() {
+    let (engine, _) = start(builder(), 2);
+    let mut ada = client(&engine, "ada");
+    assert_eq!(ada.join("room:1", json!({})).1["status"], "ok");
+    assert_eq!(ada.join("room:2", json!({})).1["status"], "ok");
+    let (_, reply) = ada.join("room:3", json!({}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "too many channels joined"}})
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn a_crashing_channel_gets_phx_error_and_the_connection_lives() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let (join_ref, _) = ada.join("room:boom", json!({}));
+    let (other_ref, _) = ada.join("room:calm", json!({}));
+    ada.push(&join_ref, "room:boom", "crash", json!({}));
+    assert_eq!(
+        ada.recv(),
+        json!([join_ref, join_ref, "room:boom", "phx_error", {"reason": "channel_crash"}])
+    );
+    assert_eq!(engine.handle().subscriber_count("room:boom"), 0);
+    // The other channel and the socket carry on.
+    ada.push(&other_ref, "room:calm", "whisper", json!(1));
+    assert_eq!(ada.recv()[3], "whispered");
+    engine.shutdown();
+}
+
+#[test]
+fn malformed_messages_are_dropped_without_closing_the_socket() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    for junk in ["not json", "{}", "[1,2]", r#"["1","1","room:x"]"#] {
+        ada.ws.send(Message::text(junk)).unwrap();
+    }
+    ada.sync();
+    engine.shutdown();
+}
+
+#[test]
+fn intercepted_events_are_filtered_per_subscriber() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let mut bob = client(&engine, "bob");
+    ada.join("room:x", json!({}));
+    let (bob_ref, _) = bob.join("room:x", json!({}));
+    ada.sync(); // Bob's user_joined notice
+    engine
+        .handle()
+        .broadcast("room:x", "filtered", &json!({"secret_for": "bob"}))
+        .unwrap();
+    // handle_out pushes it to Bob (as a push on his join), not to Ada.
+    assert_eq!(
+        bob.recv(),
+        json!([bob_ref, null, "room:x", "filtered", {"secret_for": "bob"}])
+    );
+    assert!(ada.sync().is_empty(), "ada must not see bob's secret");
+    // Events not intercepted go out as encoded once.
+    engine
+        .handle()
+        .broadcast("room:x", "plain", &json!(1))
+        .unwrap();
+    assert_eq!(ada.recv(), json!([null, null, "room:x", "plain", 1]));
+    assert_eq!(bob.recv(), json!([null, null, "room:x", "plain", 1]));
+    engine.shutdown();
+}
+
+#[test]
+fn server_side_subscriptions_reach_handle_info() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let (join_ref, reply) = ada.join("user:ada", json!({}));
+    assert_eq!(reply["status"], "ok");
+    engine
+        .handle()
+        .broadcast(
+            "notifications:global",
+            "maintenance",
+            &json!({"at": "noon"}),
+        )
+        .unwrap();
+    assert_eq!(
+        ada.recv(),
+        json!([join_ref, null, "user:ada", "notify", {"via": "notifications:global", "payload": {"at": "noon"}}])
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn disconnect_by_socket_id_closes_with_1001() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let mut bob = client(&engine, "bob");
+    ada.sync();
+    bob.sync();
+    assert!(engine.handle().disconnect("user_socket:ada") >= 1);
+    loop {
+        match ada.ws.read() {
+            Ok(Message::Close(Some(frame))) => break assert_eq!(u16::from(frame.code), 1001),
+            Ok(_) => {}
+            Err(err) => panic!("expected a 1001 close, got {err:?}"),
+        }
+    }
+    bob.sync();
+    engine.shutdown();
+}
+
+// ---- Amber ----------------------------------------------------------------------
+
+struct AnyoneSocket;
+
+impl Socket for AnyoneSocket {
+    type Assigns = ();
+
+    fn connect(&self, _request: &Request) -> Result<(), Reject> {
+        Ok(())
+    }
+}
+
+struct AmberRoom;
+
+impl Channel<()> for AmberRoom {
+    fn handle_joined(
+        &self,
+        _ctx: &mut ChannelContext<'_, '_, ()>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, ()>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        ctx.rebroadcast(event, payload);
+    }
+}
+
+#[test]
+fn amber_clients_join_and_get_rebroadcasts() {
+    let (engine, _) = start(builder(), 100);
+    let addr = engine.local_addr();
+    let connect = || {
+        let (ws, _) = tungstenite::connect(format!("ws://{addr}/amber")).unwrap();
+        ws
+    };
+    let (mut first, mut second) = (connect(), connect());
+    for ws in [&mut first, &mut second] {
+        ws.send(Message::text(r#"{"event":"join","topic":"chat_room:1"}"#))
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || engine
+        .handle()
+        .subscriber_count("chat_room:1")
+        == 2));
+    first
+        .send(Message::text(
+            r#"{"event":"message","topic":"chat_room:1","subject":"msg:new","payload":{"message":"hi"}}"#,
+        ))
+        .unwrap();
+    let expected = json!({"event": "message", "topic": "chat_room:1", "subject": "msg:new", "payload": {"message": "hi"}});
+    for ws in [&mut first, &mut second] {
+        let Message::Text(text) = ws.read().unwrap() else {
+            panic!("expected text");
+        };
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), expected);
+    }
+    engine.shutdown();
+}
