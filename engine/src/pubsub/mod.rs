@@ -9,11 +9,11 @@
 //!   a topic's entry with one compare-and-swap when it gains its first or
 //!   loses its last subscriber, so a broadcast is sent only to the loops
 //!   that have subscribers, and encoded only for the protocols they speak.
-//! - [`LocalIndex`], owned by one loop: for each topic, its subscribers on
+//! - `LocalIndex`, owned by one loop: for each topic, its subscribers on
 //!   that loop, in a dense map (`indexmap`) that is iterated on every
 //!   broadcast and supports O(1) removal.
 //!
-//! [`LoopTopics`] keeps the two in step for one loop.
+//! `LoopTopics` keeps the two in step for one loop.
 
 mod local;
 mod registry;
