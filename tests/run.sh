@@ -3,8 +3,9 @@
 #
 # Installs what the tests need, then runs, in order: formatting, clippy with
 # warnings as errors, the docs with warnings as errors, every unit,
-# integration and doc test in the workspace, and a short smoke run of each
-# fuzz target. Set HERALD_FUZZ_SECONDS to change the per-target fuzz time
+# integration and doc test in the workspace, the JavaScript client tests
+# (npm ci installs the phoenix and ws packages), and a short smoke run of
+# each fuzz target. Set HERALD_FUZZ_SECONDS to change the per-target fuzz time
 # (default 20; 0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "tests"
 cargo test --workspace --locked
+
+step "JavaScript client tests (the phoenix npm package under Node.js)"
+cargo build -p herald-tests --bin channels-test-server --locked --quiet
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+HERALD_TEST_SERVER="$PWD/target/debug/channels-test-server" npm test --prefix tests/js
 
 fuzz_seconds="${HERALD_FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" -gt 0 ]; then

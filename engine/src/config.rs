@@ -24,6 +24,17 @@ pub enum SlowConsumerPolicy {
     DropOldest,
 }
 
+/// A document served at a path with a plain `GET`.
+#[derive(Debug, Clone)]
+pub struct StaticFile {
+    /// The exact path, such as `/`.
+    pub path: String,
+    /// The `Content-Type`, such as `text/html; charset=utf-8`.
+    pub content_type: String,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
 /// Everything a [`Server`](crate::Server) can be configured with.
 ///
 /// Built through [`ServerBuilder`](crate::ServerBuilder); the defaults are
@@ -39,6 +50,9 @@ pub struct ServerConfig {
     pub pin_cores: bool,
     /// Paths that accept WebSocket upgrades; empty means every path.
     pub endpoints: Vec<String>,
+    /// Small documents answered with `200` to a plain `GET` (a demo page,
+    /// a client script), so an example needs no other web server.
+    pub static_files: Vec<StaticFile>,
     /// Connections (open or handshaking) past which new ones get 503.
     /// Default 1,000,000; the process's file-descriptor limit usually binds
     /// first.
@@ -84,6 +98,7 @@ impl Default for ServerConfig {
             loops: std::thread::available_parallelism().map_or(1, usize::from),
             pin_cores: true,
             endpoints: Vec::new(),
+            static_files: Vec::new(),
             max_connections: 1_000_000,
             max_head_bytes: 8 * 1024,
             handshake_timeout: Duration::from_secs(10),

@@ -119,7 +119,7 @@ mod timer;
 mod write_queue;
 
 pub use broadcast::{Broadcast, ChannelMessage, Delivery};
-pub use config::{ServerConfig, SlowConsumerPolicy};
+pub use config::{ServerConfig, SlowConsumerPolicy, StaticFile};
 pub use handler::{Accept, Conn, Handler, Reject, SendError};
 pub use handshake::{HEALTH_PATH, HandshakeError, Request};
 pub use reactor::{ConnHandle, Server, ServerBuilder, ServerHandle};

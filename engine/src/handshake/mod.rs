@@ -27,7 +27,7 @@ use std::{net::SocketAddr, ops::Range};
 use bytes::Bytes;
 
 pub use request::Request;
-pub(crate) use response::{error_response, health_response, switching_protocols};
+pub(crate) use response::{error_response, health_response, static_response, switching_protocols};
 
 /// The path that answers `200 OK` for load balancers' health checks.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -186,21 +186,31 @@ pub(crate) fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<ParsedHead
 pub(crate) enum Route {
     /// `GET /healthz`.
     Health,
+    /// A plain `GET` of a static file (by index).
+    Static(usize),
     /// A WebSocket upgrade on a served path.
     Upgrade,
 }
 
 /// Checks the method and the path: `serves` says whether an endpoint is
-/// mounted at a path.
+/// mounted at a path, `static_file` which static file a plain `GET` of a
+/// path asks for.
 pub(crate) fn route(
     request: &Request,
     serves: impl Fn(&str) -> bool,
+    static_file: impl Fn(&str) -> Option<usize>,
 ) -> Result<Route, HandshakeError> {
     if request.method() != "GET" {
         return Err(HandshakeError::MethodNotAllowed);
     }
     if request.path() == HEALTH_PATH {
         return Ok(Route::Health);
+    }
+    let is_upgrade = request
+        .header_tokens("upgrade")
+        .any(|token| token.eq_ignore_ascii_case("websocket"));
+    if !is_upgrade && let Some(index) = static_file(request.path()) {
+        return Ok(Route::Static(index));
     }
     if !serves(request.path()) {
         return Err(HandshakeError::NotFound);

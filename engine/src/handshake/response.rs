@@ -59,6 +59,20 @@ pub(crate) fn health_response() -> Bytes {
     )
 }
 
+/// `200 OK` with a static document.
+pub(crate) fn static_response(content_type: &str, body: &[u8]) -> Bytes {
+    let mut response = BytesMut::with_capacity(128 + body.len());
+    response.put_slice(
+        format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    response.put_slice(body);
+    response.freeze()
+}
+
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",

@@ -23,7 +23,11 @@ fn outcome(head: &str) -> Result<Route, HandshakeError> {
     let parsed = parse_head(head.as_bytes(), 8192)?.expect("complete head");
     let http_minor = parsed.http_minor;
     let request = parsed.into_request(Bytes::copy_from_slice(head.as_bytes()), peer());
-    let route = route(&request, |path| path == "/ws")?;
+    let route = route(
+        &request,
+        |path| path == "/ws",
+        |path| (path == "/").then_some(0),
+    )?;
     if route == Route::Upgrade {
         check_upgrade(&request, http_minor)?;
     }
@@ -65,6 +69,22 @@ fn health_path_answers_200() {
         Ok(Route::Health)
     );
     assert!(health_response().starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn plain_gets_of_static_files_are_served_and_upgrades_are_not() {
+    assert_eq!(
+        outcome("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Ok(Route::Static(0))
+    );
+    // An upgrade request to a static path is not a document request.
+    assert_eq!(
+        outcome(&GOOD.replacen("/ws", "/", 1)),
+        Err(HandshakeError::NotFound)
+    );
+    let response = static_response("text/plain", b"hi");
+    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(response.ends_with(b"Content-Length: 2\r\n\r\nhi"));
 }
 
 #[test]

@@ -253,6 +253,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves `body` with `content_type` to a plain `GET` of `path` (not
+    /// an upgrade), for a demo page or a client script.
+    pub fn static_file(
+        mut self,
+        path: impl Into<String>,
+        content_type: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Self {
+        self.config.static_files.push(crate::config::StaticFile {
+            path: path.into(),
+            content_type: content_type.into(),
+            body: body.into(),
+        });
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &ServerConfig {
         &self.config

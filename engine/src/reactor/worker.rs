@@ -509,11 +509,23 @@ impl<H: Handler> Worker<H> {
         let http_minor = parsed.http_minor;
         let head = buf.split_to(parsed.len).freeze();
         let request = parsed.into_request(head, peer);
-        let endpoints = &self.ctx.config.endpoints;
-        let serves = |path: &str| endpoints.is_empty() || endpoints.iter().any(|e| e == path);
-        match handshake::route(&request, serves) {
+        let config = Arc::clone(&self.ctx.config);
+        let serves =
+            |path: &str| config.endpoints.is_empty() || config.endpoints.iter().any(|e| e == path);
+        let static_file = |path: &str| {
+            config
+                .static_files
+                .iter()
+                .position(|file| file.path == path)
+        };
+        match handshake::route(&request, serves, static_file) {
             Err(err) => self.refuse(key, err),
             Ok(Route::Health) => self.respond_and_close(key, handshake::health_response()),
+            Ok(Route::Static(index)) => {
+                let file = &config.static_files[index];
+                let response = handshake::static_response(&file.content_type, &file.body);
+                self.respond_and_close(key, response);
+            }
             Ok(Route::Upgrade) => match handshake::check_upgrade(&request, http_minor) {
                 Err(err) => self.refuse(key, err),
                 Ok(_) if over_limit => self.refuse(key, HandshakeError::Overloaded),

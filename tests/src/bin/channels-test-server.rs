@@ -1,0 +1,85 @@
+//! A channels server for the JavaScript client tests (`tests/js`): a
+//! Phoenix V2 endpoint at `/socket/websocket` whose `room:*` channel refuses
+//! `room:forbidden`, answers `ping` pushes with `{"pong": true}`, and
+//! rebroadcasts `new_msg`. Prints `listening on ADDR` once it accepts.
+//!
+//! Usage: `channels-test-server [--port PORT]` (default 0: any free port).
+
+use std::io::Write;
+
+use herald::{
+    Reject, Request, Server,
+    channels::{Channel, ChannelContext, Channels, Endpoint, JoinResult, Reply, Socket},
+    protocol::phoenix::Status,
+};
+use serde_json::{json, value::RawValue};
+
+struct TestSocket;
+
+impl Socket for TestSocket {
+    type Assigns = String;
+
+    fn connect(&self, request: &Request) -> Result<String, Reject> {
+        match request.query_param("token").as_deref() {
+            Some("secret") => Ok(request.query_param("user").unwrap_or_default().into_owned()),
+            _ => Err(Reject::unauthorized()),
+        }
+    }
+}
+
+struct Room;
+
+impl Channel<String> for Room {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, String>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        if ctx.topic() == "room:forbidden" {
+            return Err(Reply::reason("unauthorized"));
+        }
+        Ok(Reply::json(&json!({ "user": ctx.assigns() })).unwrap_or_else(|_| Reply::empty()))
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, String>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        match event {
+            "ping" => ctx.reply(
+                Status::Ok,
+                &Reply::json(&json!({ "pong": true })).unwrap_or_else(|_| Reply::empty()),
+            ),
+            "new_msg" => ctx.rebroadcast(event, payload),
+            _ => ctx.reply(Status::Error, &Reply::reason("unknown event")),
+        }
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut port = 0u16;
+    while let Some(arg) = args.next() {
+        if arg == "--port" {
+            port = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        }
+    }
+    let engine = Channels::new()
+        .phoenix(
+            "/socket/websocket",
+            Endpoint::new(TestSocket).channel("room:*", Room),
+        )
+        .start(
+            Server::builder()
+                .bind(([127, 0, 0, 1], port).into())
+                .loops(2)
+                .pin_cores(false),
+        )?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {}", engine.local_addr())?;
+    stdout.flush()?;
+    engine.join();
+    Ok(())
+}
