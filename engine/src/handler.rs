@@ -98,6 +98,13 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (conn, code, reason);
     }
 
+    /// The server has just pinged this connection (every
+    /// [`ping_interval`](crate::ServerConfig::ping_interval)), for protocols
+    /// with heartbeats of their own (Amber's `ping` text frame).
+    fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
+        let _ = conn;
+    }
+
     /// For protocol layers: how `broadcast` reaches a subscription made with
     /// [`Conn::subscribe_with`] and this `tag`. Asked once per run of
     /// subscribers with the same tag, not per subscriber. Default: the
@@ -374,6 +381,10 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str) {
         (**self).on_close(conn, code, reason);
+    }
+
+    fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
+        (**self).on_heartbeat(conn);
     }
 
     fn delivery(&self, tag: u32, broadcast: &Broadcast) -> Delivery {

@@ -81,6 +81,13 @@ impl Channel<User> for Room {
         }
     }
 
+    fn handle_binary(&self, ctx: &mut ChannelContext<'_, '_, User>, event: &str, data: &[u8]) {
+        match event {
+            "echo_bin" => ctx.reply_binary(Status::Ok, data),
+            _ => ctx.broadcast_binary(event, data, true),
+        }
+    }
+
     fn handle_leave(&self, ctx: &mut ChannelContext<'_, '_, User>, reason: LeaveReason) {
         self.log
             .leaves
@@ -500,5 +507,95 @@ fn amber_clients_join_and_get_rebroadcasts() {
         };
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), expected);
     }
+    engine.shutdown();
+}
+
+#[test]
+fn amber_clients_get_the_ping_text_heartbeat() {
+    let (engine, _) = start(builder().ping_interval(Duration::from_millis(100)), 100);
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/amber", engine.local_addr())).unwrap();
+    // A WebSocket ping, then the text frame amber.js watches.
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(text) => break assert_eq!(text.as_str(), "ping"),
+            Message::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    engine.shutdown();
+}
+
+/// A binary V2 push (kind 0) as phoenix.js sends it.
+fn binary_push(join_ref: &str, msg_ref: &str, topic: &str, event: &str, data: &[u8]) -> Vec<u8> {
+    let mut frame = vec![
+        0,
+        join_ref.len() as u8,
+        msg_ref.len() as u8,
+        topic.len() as u8,
+        event.len() as u8,
+    ];
+    for field in [join_ref, msg_ref, topic, event] {
+        frame.extend_from_slice(field.as_bytes());
+    }
+    frame.extend_from_slice(data);
+    frame
+}
+
+fn read_binary(client: &mut Client) -> Vec<u8> {
+    loop {
+        match client.ws.read().unwrap() {
+            Message::Binary(data) => return data.to_vec(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn binary_v2_pushes_replies_and_broadcasts() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let mut bob = client(&engine, "bob");
+    let (join_ref, _) = ada.join("room:bin", json!({}));
+    bob.join("room:bin", json!({}));
+    ada.sync(); // Bob's user_joined notice
+
+    // A push with a ref gets a binary reply: kind 1, sizes, fields, data.
+    let push = binary_push(&join_ref, "77", "room:bin", "echo_bin", b"\x00\x01\xff");
+    ada.ws.send(Message::binary(push)).unwrap();
+    let mut expected = vec![1, join_ref.len() as u8, 2, 8, 2];
+    expected.extend_from_slice(format!("{join_ref}77room:binok").as_bytes());
+    expected.extend_from_slice(b"\x00\x01\xff");
+    assert_eq!(read_binary(&mut ada), expected);
+
+    // A binary broadcast: kind 2, to everyone.
+    let push = binary_push(&join_ref, "78", "room:bin", "blob", b"\x42");
+    ada.ws.send(Message::binary(push)).unwrap();
+    let expected = b"\x02\x08\x04room:binblob\x42".to_vec();
+    assert_eq!(read_binary(&mut ada), expected);
+    assert_eq!(read_binary(&mut bob), expected);
+
+    // From the engine handle too.
+    engine
+        .handle()
+        .broadcast_binary("room:bin", "blob", b"\x43")
+        .unwrap();
+    assert_eq!(
+        read_binary(&mut bob),
+        b"\x02\x08\x04room:binblob\x43".to_vec()
+    );
+    assert_eq!(
+        read_binary(&mut ada),
+        b"\x02\x08\x04room:binblob\x43".to_vec()
+    );
+
+    // A binary push to a topic not joined: the JSON error reply.
+    let push = binary_push("9", "79", "room:other", "blob", b"");
+    ada.ws.send(Message::binary(push)).unwrap();
+    let (reply, _) = ada.reply_to("79");
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
     engine.shutdown();
 }

@@ -86,6 +86,59 @@ impl<A> ChannelContext<'_, '_, A> {
         let _ = self.conn.send_frame(frame);
     }
 
+    /// Pushes binary `data` under `event` to this client (Phoenix binary V2;
+    /// Amber has no binary messages, so nothing is sent there).
+    pub fn push_binary(&mut self, event: &str, data: &[u8]) {
+        if self.join.protocol != WireProtocol::PhoenixV2 {
+            return;
+        }
+        let join_ref = unquote(&self.join.join_ref);
+        match phoenix::binary_push(&join_ref, &self.join.topic, event, data) {
+            Ok(frame) => {
+                let _ = self.conn.send_frame(frame);
+            }
+            Err(err) => tracing::warn!(%err, "binary push not sent"),
+        }
+    }
+
+    /// Replies to the client's push with binary `data` (Phoenix binary V2
+    /// reply), under the same rules as [`reply`](Self::reply).
+    pub fn reply_binary(&mut self, status: phoenix::Status, data: &[u8]) {
+        let Some(msg_ref) = self.msg_ref else {
+            return;
+        };
+        if self.replied || self.join.protocol != WireProtocol::PhoenixV2 {
+            return;
+        }
+        self.replied = true;
+        let frame = phoenix::binary_reply(
+            &unquote(&self.join.join_ref),
+            &unquote(msg_ref),
+            &self.join.topic,
+            status,
+            data,
+        );
+        match frame {
+            Ok(frame) => {
+                let _ = self.conn.send_frame(frame);
+            }
+            Err(err) => tracing::warn!(%err, "binary reply not sent"),
+        }
+    }
+
+    /// Broadcasts binary `data` under `event` to every Phoenix subscriber of
+    /// this topic; this client too if `include_self`.
+    pub fn broadcast_binary(&mut self, event: &str, data: &[u8], include_self: bool) {
+        let topic = Arc::clone(&self.join.topic);
+        let Some(entry) = self.conn.topic(&topic) else {
+            return;
+        };
+        match encode_binary_broadcast(&topic, event, data, &entry) {
+            Ok(broadcast) => self.conn.broadcast(broadcast, include_self),
+            Err(err) => tracing::warn!(%err, "binary broadcast not sent"),
+        }
+    }
+
     /// Broadcasts to every subscriber of this topic, this client included
     /// (Amber's `rebroadcast!`).
     pub fn rebroadcast<T: Serialize + ?Sized>(&mut self, event: &str, payload: &T) {
@@ -154,6 +207,31 @@ fn to_payload<T: Serialize + ?Sized>(payload: &T) -> Option<Box<RawValue>> {
             None
         }
     }
+}
+
+/// A ref's string from its JSON text (`"3"` -> `3`), for the binary
+/// layout, which carries refs unquoted.
+pub(crate) fn unquote(json: &str) -> String {
+    serde_json::from_str::<String>(json).unwrap_or_default()
+}
+
+/// A binary broadcast: the Phoenix binary V2 frame only.
+pub(crate) fn encode_binary_broadcast(
+    topic: &str,
+    event: &str,
+    data: &[u8],
+    entry: &TopicEntry,
+) -> Result<Broadcast, crate::protocol::MessageError> {
+    let mut frames: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
+    if entry.has_protocol(WireProtocol::PhoenixV2) {
+        frames[WireProtocol::PhoenixV2.index()] =
+            Some(phoenix::binary_broadcast(topic, event, data)?);
+    }
+    let message = ChannelMessage {
+        event: Box::from(event),
+        payload: RawValue::NULL.to_owned(),
+    };
+    Ok(Broadcast::channel(topic, message, frames))
 }
 
 /// A push to one client, in its protocol.

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket,
-    context::{JoinInfo, encode_broadcast},
+    context::{JoinInfo, encode_binary_broadcast, encode_broadcast},
     handler::{ChannelConn, ChannelsHandler, SOCKET_ID_PREFIX},
 };
 use crate::{
@@ -104,6 +104,7 @@ impl<S: Socket> Endpoint<S> {
 pub(crate) enum Call<'p> {
     Join(&'p RawValue),
     Message(&'p str, &'p RawValue),
+    Binary(&'p str, &'p [u8]),
     Leave(LeaveReason),
     Out(&'p str, &'p RawValue),
     Info(&'p Broadcast),
@@ -167,6 +168,7 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
         match call {
             Call::Join(payload) => return Some(channel.handle_joined(&mut ctx, payload)),
             Call::Message(event, payload) => channel.handle_message(&mut ctx, event, payload),
+            Call::Binary(event, data) => channel.handle_binary(&mut ctx, event, data),
             Call::Leave(reason) => channel.handle_leave(&mut ctx, reason),
             Call::Out(event, payload) => channel.handle_out(&mut ctx, event, payload),
             Call::Info(broadcast) => channel.handle_info(&mut ctx, broadcast),
@@ -346,6 +348,23 @@ impl EngineHandle {
             broadcast = broadcast.excluding(loop_index, conn);
         }
         Ok(self.server.broadcast(broadcast))
+    }
+
+    /// Broadcasts binary `data` under `event` to every subscriber of
+    /// `topic` speaking Phoenix (binary V2 layout; Amber has no binary
+    /// messages). Fails if the topic or event exceeds 255 bytes.
+    pub fn broadcast_binary(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &[u8],
+    ) -> Result<usize, crate::protocol::MessageError> {
+        let Some(entry) = self.server.topic(topic) else {
+            return Ok(0);
+        };
+        Ok(self
+            .server
+            .broadcast(encode_binary_broadcast(topic, event, data, &entry)?))
     }
 
     /// Subscribers of `topic`, on all loops.

@@ -87,6 +87,11 @@ impl std::fmt::Debug for ChannelConn {
     }
 }
 
+/// A string as JSON text, as refs are stored.
+fn quote(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| String::from("null"))
+}
+
 /// The channels layer's handler.
 pub(crate) struct ChannelsHandler {
     pub(crate) mounts: Vec<Mount>,
@@ -435,11 +440,54 @@ impl Handler for ChannelsHandler {
         }
     }
 
-    fn on_binary(&self, _conn: &mut Conn<'_, ChannelConn>, data: Bytes) {
-        tracing::debug!(
-            len = data.len(),
-            "dropped a binary channel message (binary pushes are not routed yet)"
-        );
+    fn on_binary(&self, conn: &mut Conn<'_, ChannelConn>, data: Bytes) {
+        if conn.state().protocol != WireProtocol::PhoenixV2 {
+            tracing::debug!("dropped a binary message on an Amber socket");
+            return;
+        }
+        let push = match phoenix::decode_binary(&data) {
+            Ok(push) => push,
+            Err(err) => {
+                tracing::debug!(%err, "dropped a malformed binary message");
+                return;
+            }
+        };
+        // Stored refs are JSON text; binary frames carry them bare.
+        let join_ref = quote(push.join_ref);
+        let msg_ref = (!push.msg_ref.is_empty()).then(|| quote(push.msg_ref));
+        let Some(join) = Self::joined(conn, push.topic) else {
+            let msg_ref = msg_ref.as_deref().map(Ref::stored);
+            return Self::phoenix_reply(
+                conn,
+                &join_ref,
+                msg_ref,
+                push.topic,
+                Status::Error,
+                &Reply::reason(UNMATCHED_TOPIC),
+            );
+        };
+        if *join.join_ref != *join_ref {
+            return;
+        }
+        if self
+            .run(
+                conn,
+                &join,
+                msg_ref.as_deref(),
+                Call::Binary(push.event, push.data),
+            )
+            .is_none()
+        {
+            self.crash(conn, &join);
+        }
+    }
+
+    fn on_heartbeat(&self, conn: &mut Conn<'_, ChannelConn>) {
+        // amber.js treats the text `ping` as liveness and reconnects after
+        // 100 s without one; the WebSocket ping went out with it.
+        if conn.state().protocol == WireProtocol::Amber {
+            let _ = conn.send_frame(amber::heartbeat());
+        }
     }
 
     fn on_close(&self, conn: &mut Conn<'_, ChannelConn>, _code: CloseCode, _reason: &str) {

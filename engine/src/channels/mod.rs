@@ -119,6 +119,16 @@ pub trait Channel<A>: Send + Sync + 'static {
     /// that carries a ref with [`reply`](ChannelContext::reply).
     fn handle_message(&self, ctx: &mut ChannelContext<'_, '_, A>, event: &str, payload: &RawValue);
 
+    /// A binary message from the client (Phoenix binary V2 push). Default:
+    /// an error reply, so that a client waiting on it does not time out.
+    fn handle_binary(&self, ctx: &mut ChannelContext<'_, '_, A>, event: &str, data: &[u8]) {
+        let _ = (event, data);
+        ctx.reply(
+            crate::protocol::phoenix::Status::Error,
+            &Reply::reason("binary messages are not handled here"),
+        );
+    }
+
     /// The client left the topic, disconnected, or joined it again.
     fn handle_leave(&self, ctx: &mut ChannelContext<'_, '_, A>, reason: LeaveReason) {
         let _ = (ctx, reason);

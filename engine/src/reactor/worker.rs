@@ -864,6 +864,7 @@ impl<H: Handler> Worker<H> {
                 slot.deadline = next_ping.min(slot.last_recv + idle_ticks).max(now + 1);
                 self.wheel.schedule(key, slot.generation, slot.deadline);
                 self.ctx.mark_dirty(key, &mut self.conns[key].outbox);
+                self.call(key, |handler, conn| handler.on_heartbeat(conn));
             }
             Phase::Closing | Phase::Refused => self.remove(key),
         }
