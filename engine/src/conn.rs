@@ -64,6 +64,27 @@ impl Outbox {
         }
     }
 
+    /// Queues one subscriber's clone of a broadcast frame and puts the
+    /// connection on the turn's flush list: the per-subscriber step of every
+    /// fan-out. Returns `false` if the send was refused (closing, or closed
+    /// by the slow-consumer policy).
+    #[inline]
+    pub(crate) fn fan_out(
+        &mut self,
+        key: usize,
+        frame: &Bytes,
+        config: &ServerConfig,
+        stats: &LoopStats,
+        dirty: &mut Vec<usize>,
+    ) -> bool {
+        let queued = self.enqueue(frame.clone(), config, stats).is_ok();
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+        queued
+    }
+
     /// Queues a control frame the protocol requires (a pong, a heartbeat
     /// ping), outside the queue limit; nothing after a close frame.
     pub(crate) fn push_control(&mut self, frame: Bytes) {

@@ -4,9 +4,8 @@
 //! application broadcasts to a topic from anywhere, and every subscriber gets
 //! the message, at millions of deliveries per second on one box.
 //!
-//! This release has two layers; the channels layer (Phoenix V2 and Amber
-//! wire protocols), the broker adapters and the standalone server build on
-//! them next.
+//! Layers, bottom up (the broker adapters and the standalone server come
+//! next):
 //!
 //! - [`wire`]: the RFC 6455 frame codec, sans I/O. An incremental,
 //!   zero-copy decoder for client frames that rejects hostile input with the
@@ -16,7 +15,13 @@
 //!   one `mio` loop per core; the application implements [`Handler`] (after
 //!   Azu's channel: `on_connect`, `on_message`, `on_binary`, `on_ping`,
 //!   `on_pong`, `on_close`) and sends through [`Conn`] inside callbacks or a
-//!   [`ConnHandle`] from any thread.
+//!   [`ConnHandle`] from any thread; plain pub/sub with
+//!   [`Conn::subscribe`] and [`ServerHandle::publish`].
+//! - [`channels`]: sockets, topics routed to channel handlers, join/leave,
+//!   rebroadcast, interception and server-side subscriptions, over the
+//!   Phoenix V2 and Amber wire protocols ([`protocol`]); broadcasts from
+//!   anywhere through an [`EngineHandle`](channels::EngineHandle), indexed by
+//!   the lock-free [`pubsub`] registry.
 //!
 //! # Architecture
 //!
@@ -128,3 +133,7 @@ pub use stats::ServerStats;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
+
+#[cfg(feature = "bench-support")]
+#[doc(hidden)]
+pub mod bench_support;

@@ -164,6 +164,15 @@ impl WriteQueue {
         self.drop_oldest_until(0)
     }
 
+    /// Forgets everything queued, as if it had been written.
+    #[cfg(feature = "bench-support")]
+    pub(crate) fn clear(&mut self) {
+        self.head = None;
+        self.tail.clear();
+        self.front_sent = 0;
+        self.queued = 0;
+    }
+
     /// Gives back the ring's memory after a large burst.
     fn release_if_large(&mut self) {
         if self.tail.is_empty() && self.tail.capacity() > 16 {

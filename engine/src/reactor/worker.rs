@@ -746,14 +746,10 @@ impl<H: Handler> Worker<H> {
                     let Some(frame) = broadcast.frame(sub.protocol) else {
                         continue;
                     };
-                    if slot.outbox.enqueue(frame.clone(), config, stats).is_err() {
+                    if !slot.outbox.fan_out(key, frame, config, stats, dirty) {
                         refused.push(key);
                     }
                     delivered += 1;
-                    if !slot.outbox.dirty {
-                        slot.outbox.dirty = true;
-                        dirty.push(key);
-                    }
                 }
                 Delivery::Callback => callbacks.push((key, sub.tag)),
                 Delivery::Skip => {}

@@ -1,0 +1,84 @@
+//! Fixtures for `herald-bench`'s in-process benchmarks, behind the
+//! `bench-support` feature: the fan-out step of a loop (subscriber lookup in
+//! the loop's topic index, slab access, generation check, refcounted enqueue
+//! and flush-list marking) without sockets, using the same functions as the
+//! reactor. Not part of the public API.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::{
+    ServerConfig,
+    conn::Outbox,
+    protocol::WireProtocol,
+    pubsub::{LoopTopics, TopicRegistry, conn_id},
+    reactor::Sub,
+    stats::LoopStats,
+};
+
+/// One loop's worth of subscribers of one topic, with their outboxes.
+#[derive(Debug)]
+pub struct FanoutFixture {
+    topic: Arc<str>,
+    topics: LoopTopics<Sub>,
+    outboxes: Slab<(u32, Outbox)>,
+    config: ServerConfig,
+    stats: LoopStats,
+    dirty: Vec<usize>,
+}
+
+impl FanoutFixture {
+    /// `subscribers` connections subscribed to one topic on one loop.
+    pub fn new(subscribers: usize) -> Self {
+        let topic: Arc<str> = Arc::from("bench:topic");
+        let mut topics = LoopTopics::new(0, Arc::new(TopicRegistry::default()));
+        let mut outboxes = Slab::with_capacity(subscribers);
+        for generation in 0..subscribers as u32 {
+            let key = outboxes.insert((generation, Outbox::default()));
+            let sub = Sub {
+                protocol: WireProtocol::PhoenixV2,
+                tag: 0,
+            };
+            topics.subscribe(&topic, conn_id(key, generation), sub);
+        }
+        Self {
+            topic,
+            topics,
+            outboxes,
+            config: ServerConfig::default(),
+            stats: LoopStats::default(),
+            dirty: Vec::with_capacity(subscribers),
+        }
+    }
+
+    /// Queues `frame` to every subscriber, as a loop delivers a broadcast.
+    /// Returns how many were queued.
+    pub fn broadcast(&mut self, frame: &Bytes) -> usize {
+        let mut delivered = 0;
+        for (id, _) in self.topics.local().subscribers(&self.topic) {
+            let key = (id & 0xFFFF_FFFF) as usize;
+            let Some((generation, outbox)) = self.outboxes.get_mut(key) else {
+                continue;
+            };
+            if conn_id(key, *generation) != id {
+                continue;
+            }
+            delivered +=
+                usize::from(outbox.fan_out(key, frame, &self.config, &self.stats, &mut self.dirty));
+        }
+        delivered
+    }
+
+    /// Empties every queue that was marked, as a flush that wrote
+    /// everything would (dropping each subscriber's reference).
+    pub fn drain(&mut self) {
+        for key in self.dirty.drain(..) {
+            if let Some((_, outbox)) = self.outboxes.get_mut(key) {
+                outbox.dirty = false;
+                outbox.queue.clear();
+            }
+        }
+    }
+}
