@@ -40,6 +40,9 @@ pub struct Client {
     pub sent_at: Option<Instant>,
 }
 
+/// How many leading payload bytes a [`Received`] carries.
+pub const PREFIX: usize = 96;
+
 /// A server frame as the client saw it.
 #[derive(Debug)]
 pub struct Received {
@@ -48,8 +51,8 @@ pub struct Received {
     /// The payload length.
     pub len: usize,
     /// The first bytes of the payload (zero-padded), where the load
-    /// generator puts its sequence numbers.
-    pub prefix: [u8; 16],
+    /// generator finds its sequence numbers.
+    pub prefix: [u8; PREFIX],
 }
 
 impl Client {
@@ -139,7 +142,7 @@ impl Client {
                 Received {
                     opcode: OpCode::Continuation,
                     len: 0,
-                    prefix: [0; 16],
+                    prefix: [0; PREFIX],
                 },
             );
         }
@@ -153,8 +156,8 @@ impl Client {
             if self.read_buf.len() < header_len + len {
                 break;
             }
-            let mut prefix = [0u8; 16];
-            let shown = len.min(16);
+            let mut prefix = [0u8; PREFIX];
+            let shown = len.min(PREFIX);
             prefix[..shown].copy_from_slice(&self.read_buf[header_len..header_len + shown]);
             self.read_buf.advance(header_len + len);
             if header.opcode == OpCode::Ping {

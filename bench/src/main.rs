@@ -87,6 +87,11 @@ enum Scenario {
         /// Measured seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Speak Phoenix Channels V2: subscribers join the topic, the
+        /// publisher pushes `new_msg`, which the server's channel
+        /// broadcasts (the `fanout` example with `--phoenix`).
+        #[arg(long)]
+        phoenix: bool,
     },
     /// Server memory per idle connection.
     Idle {
@@ -120,12 +125,16 @@ fn main() -> ExitCode {
             window,
             payload,
             seconds,
+            phoenix,
         } => fanout(
             &options,
-            subscribers,
-            window.max(1),
-            payload.max(16),
-            Duration::from_secs(seconds),
+            &FanoutPlan {
+                subscribers,
+                window: window.max(1),
+                payload: payload.max(16),
+                duration: Duration::from_secs(seconds),
+                phoenix,
+            },
         ),
     };
     match result {
@@ -333,19 +342,101 @@ struct InFlight {
     remaining: usize,
 }
 
-fn fanout(
-    options: &Options,
+/// What a fan-out run does.
+struct FanoutPlan {
     subscribers: usize,
     window: usize,
     payload: usize,
     duration: Duration,
+    phoenix: bool,
+}
+
+/// The topic the fan-out scenario uses.
+const FANOUT_TOPIC: &str = "herald-bench";
+
+/// The message with sequence number `seq`, as the publisher sends it.
+fn fanout_message(phoenix: bool, seq: u64, filler: &str) -> String {
+    if phoenix {
+        format!(r#"["1",null,"{FANOUT_TOPIC}","new_msg",{{"s":"{seq:016x}","f":"{filler}"}}]"#)
+    } else {
+        format!("{seq:016x}{filler}")
+    }
+}
+
+/// The sequence number in a received frame's leading bytes.
+fn fanout_seq(phoenix: bool, prefix: &[u8]) -> Option<u64> {
+    let at = if phoenix {
+        prefix.windows(5).position(|w| w == br#""s":""#)? + 5
+    } else {
+        0
+    };
+    let hex = std::str::from_utf8(prefix.get(at..at + 16)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Sends a Phoenix join for the fan-out topic on every client and waits
+/// for all the replies.
+fn join_all(
+    poll: &mut Poll,
+    clients: &mut [Client],
+    path_of: &dyn Fn(usize) -> String,
 ) -> io::Result<()> {
-    let subscribers = connections_within_fd_limit(subscribers + 1)
+    let join = format!(r#"["1","1","{FANOUT_TOPIC}","phx_join",{{}}]"#);
+    for client in clients.iter_mut() {
+        client.send(OpCode::Text, join.as_bytes())?;
+    }
+    let mut joined = 0;
+    let mut failure = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while joined < clients.len() && Instant::now() < deadline {
+        drive(poll, Instant::now() + Duration::from_millis(100), |token| {
+            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+                if frame.opcode == OpCode::Text
+                    && frame.prefix.windows(9).any(|w| w == b"phx_reply")
+                {
+                    joined += 1;
+                }
+            });
+            if let Err(err) = result {
+                failure = Some(err);
+            }
+            failure.is_none()
+        })?;
+        if let Some(err) = failure.take() {
+            return Err(err);
+        }
+    }
+    if joined < clients.len() {
+        return Err(io::Error::other(format!(
+            "only {joined} of {} joins answered",
+            clients.len()
+        )));
+    }
+    Ok(())
+}
+
+fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<()> {
+    let FanoutPlan {
+        window,
+        payload,
+        duration,
+        phoenix,
+        ..
+    } = *plan;
+    let subscribers = connections_within_fd_limit(plan.subscribers + 1)
         .saturating_sub(1)
         .max(1);
     let separator = if options.path.contains('?') { '&' } else { '?' };
-    let subscriber_path = format!("{}{separator}topic=herald-bench", options.path);
-    let publisher_path = format!("{subscriber_path}&subscribe=0");
+    let subscriber_path = if phoenix {
+        format!("{}{separator}vsn=2.0.0", options.path)
+    } else {
+        format!("{}{separator}topic={FANOUT_TOPIC}", options.path)
+    };
+    let publisher_path = if phoenix {
+        subscriber_path.clone()
+    } else {
+        format!("{subscriber_path}&subscribe=0")
+    };
     let path_of = |index: usize| {
         if index == subscribers {
             publisher_path.clone()
@@ -355,11 +446,14 @@ fn fanout(
     };
     let mut poll = Poll::new()?;
     let (mut clients, _) = open_connections_to(options, &mut poll, subscribers + 1, 256, &path_of)?;
+    if phoenix {
+        join_all(&mut poll, &mut clients, &path_of)?;
+    }
     let mut latency =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
     let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
     let (mut next_seq, mut oldest_seq, mut deliveries, mut completed) = (0u64, 0u64, 0u64, 0u64);
-    let filler = "x".repeat(payload - 16);
+    let filler = "x".repeat(payload.saturating_sub(if phoenix { 40 } else { 16 }));
     let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
@@ -370,7 +464,7 @@ fn fanout(
                   next_seq: &mut u64|
      -> io::Result<()> {
         while in_flight.len() < window {
-            let message = format!("{:016x}{filler}", *next_seq);
+            let message = fanout_message(phoenix, *next_seq, &filler);
             clients[publisher].send(OpCode::Text, message.as_bytes())?;
             in_flight.push_back(InFlight {
                 sent: Instant::now(),
@@ -393,9 +487,7 @@ fn fanout(
             return false;
         }
         for prefix in arrived {
-            let seq = std::str::from_utf8(&prefix)
-                .ok()
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            let seq = fanout_seq(phoenix, &prefix);
             let Some(entry) = seq
                 .and_then(|seq| seq.checked_sub(oldest_seq))
                 .and_then(|index| in_flight.get_mut(index as usize))
@@ -426,7 +518,14 @@ fn fanout(
     let elapsed = start.elapsed();
     let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
     println!("scenario      fanout");
-    println!("subscribers   {subscribers} (one topic), window {window}, payload {payload} B");
+    let protocol = if phoenix {
+        "Phoenix V2 channels"
+    } else {
+        "plain WebSocket"
+    };
+    println!(
+        "subscribers   {subscribers} (one topic, {protocol}), window {window}, payload {payload} B"
+    );
     println!(
         "deliveries    {:.0} /s",
         deliveries as f64 / elapsed.as_secs_f64()

@@ -1,16 +1,28 @@
-//! A plain WebSocket fan-out server: every connection subscribes to a topic
+//! A fan-out server for `herald-bench fanout`.
+//!
+//! Plain WebSocket (default): every connection subscribes to a topic
 //! (`?topic=`, default `all`; `?subscribe=0` to only publish), and every text
 //! message a connection sends is published to its topic, encoded once for
-//! all subscribers. The `herald-bench fanout` scenario drives it.
+//! all subscribers.
+//!
+//! `--phoenix`: a Phoenix V2 channels endpoint at `/socket/websocket` where
+//! any topic can be joined and every push is broadcast to the topic's other
+//! subscribers (`broadcast_from`).
 //!
 //! ```sh
 //! cargo run --release -p herald --example fanout -- --port 9002 --loops 1
+//! cargo run --release -p herald --example fanout -- --port 9003 --loops 1 --phoenix
 //! ```
 
 use std::sync::Arc;
 
 use clap::Parser;
-use herald::{Accept, Conn, Handler, Reject, Request, Server, wire::Utf8Bytes};
+use herald::{
+    Accept, Conn, Handler, Reject, Request, Server,
+    channels::{Channel, ChannelContext, Channels, Endpoint, JoinResult, Reply, Socket},
+    wire::Utf8Bytes,
+};
+use serde_json::value::RawValue;
 
 /// Fan-out server options.
 #[derive(Debug, Parser)]
@@ -25,6 +37,42 @@ struct Options {
     /// Do not pin loops to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Serve Phoenix V2 channels instead of plain WebSocket pub/sub.
+    #[arg(long)]
+    phoenix: bool,
+}
+
+/// Anyone may connect.
+struct Anyone;
+
+impl Socket for Anyone {
+    type Assigns = ();
+
+    fn connect(&self, _request: &Request) -> Result<(), Reject> {
+        Ok(())
+    }
+}
+
+/// Joins always succeed; pushes go to the topic's other subscribers.
+struct Relay;
+
+impl Channel<()> for Relay {
+    fn handle_joined(
+        &self,
+        _ctx: &mut ChannelContext<'_, '_, ()>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, ()>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        ctx.broadcast_from(event, payload);
+    }
 }
 
 struct Fanout;
@@ -66,6 +114,20 @@ fn main() -> std::io::Result<()> {
         .pin_cores(!options.no_pin);
     if let Some(loops) = options.loops {
         builder = builder.loops(loops);
+    }
+    if options.phoenix {
+        let engine = Channels::new()
+            .phoenix(
+                "/socket/websocket",
+                Endpoint::new(Anyone).channel("*", Relay),
+            )
+            .start(builder)?;
+        println!(
+            "herald fan-out (Phoenix channels) on ws://{}/socket/websocket",
+            engine.local_addr()
+        );
+        engine.join();
+        return Ok(());
     }
     let server = builder.start(Fanout)?;
     println!(
