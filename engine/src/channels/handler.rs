@@ -233,6 +233,23 @@ impl ChannelsHandler {
         let _ = conn.send_frame(frame);
     }
 
+    /// The error reply for a topic no route matches, or one not joined.
+    fn unmatched(
+        conn: &mut Conn<'_, ChannelConn>,
+        join_ref: &str,
+        msg_ref: Option<Ref<'_>>,
+        topic: &str,
+    ) {
+        Self::phoenix_reply(
+            conn,
+            join_ref,
+            msg_ref,
+            topic,
+            Status::Error,
+            &Reply::reason(UNMATCHED_TOPIC),
+        );
+    }
+
     // ---- Amber -------------------------------------------------------------------
 
     fn amber_text(&self, conn: &mut Conn<'_, ChannelConn>, text: &str) {
@@ -276,14 +293,7 @@ impl ChannelsHandler {
             .mount(conn)
             .and_then(|mount| mount.endpoint.route(topic))
         else {
-            return Self::phoenix_reply(
-                conn,
-                join_ref,
-                msg_ref,
-                topic,
-                Status::Error,
-                &Reply::reason(UNMATCHED_TOPIC),
-            );
+            return Self::unmatched(conn, join_ref, msg_ref, topic);
         };
         if let Some(old) = Self::joined(conn, topic) {
             // Phoenix closes the old channel (with the OLD join ref) before
@@ -367,14 +377,7 @@ impl ChannelsHandler {
         payload: &RawValue,
     ) {
         let Some(join) = Self::joined(conn, topic) else {
-            return Self::phoenix_reply(
-                conn,
-                join_ref,
-                msg_ref,
-                topic,
-                Status::Error,
-                &Reply::reason(UNMATCHED_TOPIC),
-            );
+            return Self::unmatched(conn, join_ref, msg_ref, topic);
         };
         if join.protocol == WireProtocol::PhoenixV2 && *join.join_ref != *join_ref {
             return;
@@ -457,14 +460,7 @@ impl Handler for ChannelsHandler {
         let msg_ref = (!push.msg_ref.is_empty()).then(|| quote(push.msg_ref));
         let Some(join) = Self::joined(conn, push.topic) else {
             let msg_ref = msg_ref.as_deref().map(Ref::stored);
-            return Self::phoenix_reply(
-                conn,
-                &join_ref,
-                msg_ref,
-                push.topic,
-                Status::Error,
-                &Reply::reason(UNMATCHED_TOPIC),
-            );
+            return Self::unmatched(conn, &join_ref, msg_ref, push.topic);
         };
         if *join.join_ref != *join_ref {
             return;

@@ -664,11 +664,26 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Runs a handler callback for an open connection, catching panics.
+    /// Runs a handler callback for an open connection, catching panics: a
+    /// panic closes the connection with 1011. Then delivers what it
+    /// published and applies a close it asked for.
     fn call(&mut self, key: usize, callback: impl FnOnce(&H, &mut Conn<'_, H::State>)) {
+        if self.invoke(key, callback) {
+            tracing::error!("a handler callback panicked; closing its connection with 1011");
+            self.conns[key]
+                .outbox
+                .queue_close(CloseCode::INTERNAL_ERROR, "internal error");
+        }
+        self.deliver_publishes();
+        self.after_callback(key);
+    }
+
+    /// Runs `callback` with the connection's [`Conn`]; returns whether it
+    /// panicked (counted). Does nothing before the connection has a state.
+    fn invoke(&mut self, key: usize, callback: impl FnOnce(&H, &mut Conn<'_, H::State>)) -> bool {
         let slot = &mut self.conns[key];
         let Some(state) = slot.state.as_mut() else {
-            return;
+            return false;
         };
         let mut conn = Conn {
             state,
@@ -679,15 +694,11 @@ impl<H: Handler> Worker<H> {
             ctx: &mut self.ctx,
         };
         let handler = &*self.handler;
-        if catch_unwind(AssertUnwindSafe(|| callback(handler, &mut conn))).is_err() {
+        let panicked = catch_unwind(AssertUnwindSafe(|| callback(handler, &mut conn))).is_err();
+        if panicked {
             bump(&self.ctx.stats.handler_panics, 1);
-            tracing::error!("a handler callback panicked; closing its connection with 1011");
-            self.conns[key]
-                .outbox
-                .queue_close(CloseCode::INTERNAL_ERROR, "internal error");
         }
-        self.deliver_publishes();
-        self.after_callback(key);
+        panicked
     }
 
     /// Delivers what callbacks published: to this loop's subscribers now,
@@ -798,26 +809,10 @@ impl<H: Handler> Worker<H> {
         }
         slot.close_reported = true;
         bump(&self.ctx.stats.connections_closed, 1);
-        let Some(state) = slot.state.as_mut() else {
-            return;
-        };
-        let mut conn = Conn {
-            state,
-            outbox: &mut slot.outbox,
-            topics: &mut slot.topics,
-            key,
-            generation: slot.generation,
-            ctx: &mut self.ctx,
-        };
-        let handler = &*self.handler;
-        if catch_unwind(AssertUnwindSafe(|| {
-            handler.on_close(&mut conn, code, reason)
-        }))
-        .is_err()
-        {
-            bump(&self.ctx.stats.handler_panics, 1);
+        if self.invoke(key, |handler, conn| handler.on_close(conn, code, reason)) {
             tracing::error!("on_close panicked");
         }
+        self.deliver_publishes();
     }
 
     // ---- Phase 3: timers ---------------------------------------------------------
