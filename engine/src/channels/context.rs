@@ -139,10 +139,12 @@ impl<A> ChannelContext<'_, '_, A> {
         }
     }
 
-    /// Broadcasts to every subscriber of this topic, this client included
-    /// (Amber's `rebroadcast!`).
-    pub fn rebroadcast<T: Serialize + ?Sized>(&mut self, event: &str, payload: &T) {
-        self.broadcast_to(event, payload, true);
+    /// Broadcasts a client's message as it came, to every subscriber of
+    /// this topic, this client included (Amber's `rebroadcast!`). The raw
+    /// payload is copied into the frame as is: never parsed, validated or
+    /// serialized again.
+    pub fn rebroadcast(&mut self, event: &str, payload: &RawValue) {
+        self.send_broadcast(event, payload.to_owned(), true);
     }
 
     /// Broadcasts to every subscriber of this topic, this client included.
@@ -161,9 +163,12 @@ impl<A> ChannelContext<'_, '_, A> {
         payload: &T,
         include_self: bool,
     ) {
-        let Some(payload) = to_payload(payload) else {
-            return;
-        };
+        if let Some(payload) = to_payload(payload) {
+            self.send_broadcast(event, payload, include_self);
+        }
+    }
+
+    fn send_broadcast(&mut self, event: &str, payload: Box<RawValue>, include_self: bool) {
         let topic = Arc::clone(&self.join.topic);
         let Some(entry) = self.conn.topic(&topic) else {
             return;
