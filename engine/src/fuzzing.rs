@@ -53,6 +53,65 @@ pub fn round_trip(data: &[u8]) {
     assert_eq!(messages, expected, "messages changed in the round trip");
 }
 
+/// Parses arbitrary bytes as an HTTP upgrade request head and runs every
+/// check the server runs: never a panic, whatever the bytes; a complete
+/// head within the limit either routes or fails with a status.
+pub fn handshake(data: &[u8]) {
+    use crate::handshake::{check_upgrade, head_end, parse_head, route};
+    let limit = 8192;
+    let Some(end) = head_end(data, 0) else {
+        // Incomplete: the parser must say so, or fail, within the limit.
+        let _ = parse_head(data, limit);
+        return;
+    };
+    let Ok(Some(parsed)) = parse_head(&data[..end], limit) else {
+        return;
+    };
+    let http_minor = parsed.http_minor;
+    let request = parsed.into_request(
+        Bytes::copy_from_slice(&data[..end]),
+        ([127, 0, 0, 1], 0).into(),
+    );
+    let _ = (
+        request.path(),
+        request.query_params().count(),
+        request.cookies().count(),
+    );
+    let _ = request.subprotocols().count();
+    if let Ok(crate::handshake::Route::Upgrade) = route(&request, |_| true, |_| None) {
+        if let Ok(key) = check_upgrade(&request, http_minor) {
+            assert_eq!(key.len(), 24, "accepted keys are the base64 of 16 bytes");
+        }
+    }
+}
+
+/// Decodes arbitrary bytes as channel messages of every protocol: never a
+/// panic, and what decodes re-encodes into frames without failing.
+pub fn channel_messages(data: &[u8]) {
+    use crate::protocol::{amber, phoenix};
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(message) = phoenix::decode_text(text) {
+            if let phoenix::Payload::Json(payload) = message.payload {
+                let frame =
+                    phoenix::push(message.join_ref, &message.topic, &message.event, payload);
+                assert!(frame.len() > payload.get().len());
+            }
+        }
+        if let Ok(message) = amber::decode(text) {
+            let null = serde_json::value::RawValue::NULL;
+            let _ = amber::message(
+                &message.topic,
+                &message.subject,
+                message.payload.unwrap_or(null),
+            );
+        }
+    }
+    if let Ok(push) = phoenix::decode_binary(data) {
+        let frame = phoenix::binary_broadcast(push.topic, push.event, push.data);
+        assert!(frame.is_ok(), "decoded fields are at most 255 bytes");
+    }
+}
+
 /// Chunk sizes from 1 to 64, from a small linear congruential sequence.
 fn chunk_sizes(seed: u8) -> impl Iterator<Item = usize> {
     let mut state = u32::from(seed) | 1;
@@ -174,6 +233,17 @@ mod tests {
         for start in 0..64 {
             decode_in_chunks(&noise[start..]);
         }
+    }
+
+    #[test]
+    fn handshake_and_channel_oracles_hold_on_sample_inputs() {
+        handshake(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+        handshake(b"\x00\xff\r\n\r\n");
+        handshake(b"GET /");
+        channel_messages(br#"["1","2","room:1","new_msg",{"a":[1,2]}]"#);
+        channel_messages(br#"{"event":"message","topic":"t","subject":"s","payload":null}"#);
+        channel_messages(b"\x00\x01\x01\x01\x01abcd\xff");
+        channel_messages(b"\xc3");
     }
 
     #[test]
