@@ -179,17 +179,21 @@ impl<A> ChannelContext<'_, '_, A> {
 
     /// Subscribes this channel, on the server side, to `topic`: its
     /// broadcasts come to [`Channel::handle_info`](super::Channel::handle_info)
-    /// instead of the client. Ends when the channel does.
-    pub fn subscribe(&mut self, topic: &str) {
+    /// instead of the client. Ends when the channel does. Returns `false`
+    /// (and does nothing) if the connection already subscribes to `topic`,
+    /// on the server side or as a client join: one connection has one
+    /// subscription per topic.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
         let tag = super::handler::Tag::Info.pack(0, self.join.route);
-        let state = self.conn.state();
-        if state.infos.iter().any(|(info, _)| &**info == topic) {
-            return;
+        if self.conn.topics().any(|subscribed| subscribed == topic) {
+            return false;
         }
+        let state = self.conn.state();
         state
             .infos
             .push((Arc::from(topic), Arc::clone(&self.join.topic)));
         self.conn.subscribe_with(topic, WireProtocol::Raw, tag);
+        true
     }
 
     /// Ends a server-side subscription.
