@@ -233,3 +233,31 @@ pub fn drive(
     }
     Ok(())
 }
+
+/// As [`drive`], waking at least every `tick`: `on_wake` gets each event's
+/// token, then `None` after every batch and every timeout, for senders on
+/// a fixed schedule. Stops early when it returns `false`.
+pub fn drive_paced(
+    poll: &mut Poll,
+    deadline: Instant,
+    tick: Duration,
+    mut on_wake: impl FnMut(Option<Token>) -> bool,
+) -> io::Result<()> {
+    let mut events = Events::with_capacity(1024);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match poll.poll(&mut events, Some(left.min(tick))) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+        let mut keep_going = true;
+        for event in events.iter() {
+            keep_going &= on_wake(Some(event.token()));
+        }
+        if !keep_going || !on_wake(None) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, Stage, drive},
+    client::{Client, Stage, drive, drive_paced},
     proc_stats::{ProcessSample, raise_fd_limit},
 };
 use mio::{Poll, Token};
@@ -93,6 +93,26 @@ enum Scenario {
         #[arg(long)]
         phoenix: bool,
     },
+    /// Publish-to-receive latency at a fixed publish rate (fan-out to N
+    /// subscribers of one topic), and whether delivery keeps up.
+    Latency {
+        /// Subscribers of the topic.
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Publishes per second (100 to 10,000 subscribers offers 1 M
+        /// deliveries/s).
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Payload bytes per message (at least 16).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Speak Phoenix Channels V2 (see `fanout --phoenix`).
+        #[arg(long)]
+        phoenix: bool,
+    },
     /// Server memory per idle connection.
     Idle {
         /// Idle connections to open.
@@ -120,6 +140,23 @@ fn main() -> ExitCode {
             connections,
             concurrency,
         } => idle(&options, connections, concurrency),
+        Scenario::Latency {
+            subscribers,
+            rate,
+            payload,
+            seconds,
+            phoenix,
+        } => fanout(
+            &options,
+            &FanoutPlan {
+                subscribers,
+                window: 1,
+                rate: Some(rate.max(1)),
+                payload: payload.max(16),
+                duration: Duration::from_secs(seconds),
+                phoenix,
+            },
+        ),
         Scenario::Fanout {
             subscribers,
             window,
@@ -131,6 +168,7 @@ fn main() -> ExitCode {
             &FanoutPlan {
                 subscribers,
                 window: window.max(1),
+                rate: None,
                 payload: payload.max(16),
                 duration: Duration::from_secs(seconds),
                 phoenix,
@@ -346,6 +384,9 @@ struct InFlight {
 struct FanoutPlan {
     subscribers: usize,
     window: usize,
+    /// Publishes per second on a fixed schedule (the `latency` scenario);
+    /// `None` publishes as fast as the window allows.
+    rate: Option<u32>,
     payload: usize,
     duration: Duration,
     phoenix: bool,
@@ -449,110 +490,195 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<()> {
     if phoenix {
         join_all(&mut poll, &mut clients, &path_of)?;
     }
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
-    let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
-    let (mut next_seq, mut oldest_seq, mut deliveries, mut completed) = (0u64, 0u64, 0u64, 0u64);
     let filler = "x".repeat(payload.saturating_sub(if phoenix { 40 } else { 16 }));
+    let mut run = FanoutRun::new(subscribers)?;
     let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
-    let mut failure = None;
     let publisher = subscribers;
-    let top_up = |clients: &mut Vec<Client>,
-                  in_flight: &mut std::collections::VecDeque<InFlight>,
-                  next_seq: &mut u64|
-     -> io::Result<()> {
-        while in_flight.len() < window {
-            let message = fanout_message(phoenix, *next_seq, &filler);
+    let mut failure = None;
+    let send_due = |clients: &mut [Client], run: &mut FanoutRun| -> io::Result<()> {
+        let due = match plan.rate {
+            // On a schedule: every message whose time has come.
+            Some(rate) => (start.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1,
+            // Windowed: as many as keep `window` in flight.
+            None => run.oldest_seq + window as u64,
+        };
+        while run.next_seq < due && run.in_flight.len() < MAX_IN_FLIGHT {
+            let message = fanout_message(phoenix, run.next_seq, &filler);
             clients[publisher].send(OpCode::Text, message.as_bytes())?;
-            in_flight.push_back(InFlight {
-                sent: Instant::now(),
-                remaining: subscribers,
-            });
-            *next_seq += 1;
+            run.sent(subscribers);
         }
         Ok(())
     };
-    top_up(&mut clients, &mut in_flight, &mut next_seq)?;
-    drive(&mut poll, start + duration, |token| {
-        let mut arrived = Vec::new();
-        let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
-            if frame.opcode == OpCode::Text {
-                arrived.push(frame.prefix);
-            }
-        });
-        if let Err(err) = result {
-            failure = Some(err);
-            return false;
-        }
-        for prefix in arrived {
-            let seq = fanout_seq(phoenix, &prefix);
-            let Some(entry) = seq
-                .and_then(|seq| seq.checked_sub(oldest_seq))
-                .and_then(|index| in_flight.get_mut(index as usize))
-            else {
-                failure = Some(io::Error::other(
-                    "a subscriber received a message twice or out of thin air",
-                ));
-                return false;
+    send_due(&mut clients, &mut run)?;
+    let mut arrived = Vec::new();
+    drive_paced(
+        &mut poll,
+        start + duration,
+        Duration::from_millis(1),
+        |wake| {
+            let Some(token) = wake else {
+                if let Err(err) = send_due(&mut clients, &mut run) {
+                    failure = Some(err);
+                }
+                return failure.is_none();
             };
-            entry.remaining -= 1;
-            deliveries += 1;
-        }
-        while in_flight.front().is_some_and(|front| front.remaining == 0) {
-            if let Some(done) = in_flight.pop_front() {
-                let _ = latency.record(done.sent.elapsed().as_micros() as u64);
+            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+                if frame.opcode == OpCode::Text {
+                    arrived.push(frame.prefix);
+                }
+            });
+            if let Err(err) = result {
+                failure = Some(err);
             }
-            oldest_seq += 1;
-            completed += 1;
-        }
-        if let Err(err) = top_up(&mut clients, &mut in_flight, &mut next_seq) {
-            failure = Some(err);
-        }
-        failure.is_none()
-    })?;
+            for prefix in arrived.drain(..) {
+                if let Err(err) = run.received(fanout_seq(phoenix, &prefix)) {
+                    failure = Some(err);
+                }
+            }
+            failure.is_none()
+        },
+    )?;
     if let Some(err) = failure {
         return Err(err);
     }
     let elapsed = start.elapsed();
     let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
-    println!("scenario      fanout");
     let protocol = if phoenix {
         "Phoenix V2 channels"
     } else {
         "plain WebSocket"
     };
-    println!(
-        "subscribers   {subscribers} (one topic, {protocol}), window {window}, payload {payload} B"
-    );
+    let pacing = match plan.rate {
+        Some(rate) => format!("{rate} publishes/s"),
+        None => format!("window {window}"),
+    };
+    println!("scenario      fanout");
+    println!("subscribers   {subscribers} (one topic, {protocol}), {pacing}, payload {payload} B");
     println!(
         "deliveries    {:.0} /s",
-        deliveries as f64 / elapsed.as_secs_f64()
+        run.deliveries as f64 / elapsed.as_secs_f64()
     );
     println!(
         "messages      {:.1} /s fully delivered",
-        completed as f64 / elapsed.as_secs_f64()
+        run.completed as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "to last sub   p50 {} µs, p99 {} µs, max {} µs",
-        latency.value_at_quantile(0.5),
-        latency.value_at_quantile(0.99),
-        latency.max()
-    );
+    let quantiles = |h: &Histogram<u64>| {
+        format!(
+            "p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        )
+    };
+    println!("latency       {}", quantiles(&run.delivery_latency));
+    println!("to last sub   {}", quantiles(&run.last_latency));
+    if let Some(rate) = plan.rate {
+        // Keeping up: what is still in flight at the end is about what the
+        // latency to the last subscriber accounts for, not a growing pile.
+        let expected_backlog = (f64::from(rate)
+            * (run.last_latency.value_at_quantile(0.99) as f64 / 1e6))
+            .ceil() as usize
+            + 1;
+        let kept_up = run.in_flight.len() <= expected_backlog.max(2)
+            && run.next_seq < MAX_IN_FLIGHT as u64 * 1000;
+        println!(
+            "kept up       {} ({} sent, {} fully delivered, {} in flight at the end)",
+            if kept_up { "yes" } else { "no" },
+            run.next_seq,
+            run.completed,
+            run.in_flight.len()
+        );
+    }
     println!(
         "client CPU    {:.2} s in {:.2} s, {:.0} ns per delivery",
         client_cpu.as_secs_f64(),
         elapsed.as_secs_f64(),
-        client_cpu.as_nanos() as f64 / deliveries.max(1) as f64
+        client_cpu.as_nanos() as f64 / run.deliveries.max(1) as f64
     );
     if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
         let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
         println!(
             "server CPU    {:.2} s, {:.0} ns per delivery",
             server_cpu.as_secs_f64(),
-            server_cpu.as_nanos() as f64 / deliveries.max(1) as f64
+            server_cpu.as_nanos() as f64 / run.deliveries.max(1) as f64
         );
     }
     Ok(())
+}
+
+/// The most messages a fan-out run keeps track of at once; a server that
+/// falls this far behind has not kept up.
+const MAX_IN_FLIGHT: usize = 100_000;
+
+/// The bookkeeping of a fan-out run: which messages are on their way, and
+/// how long they took.
+struct FanoutRun {
+    in_flight: std::collections::VecDeque<InFlight>,
+    next_seq: u64,
+    oldest_seq: u64,
+    deliveries: u64,
+    completed: u64,
+    /// Publish to each subscriber's receipt.
+    delivery_latency: Histogram<u64>,
+    /// Publish to the last subscriber's receipt.
+    last_latency: Histogram<u64>,
+}
+
+impl FanoutRun {
+    fn new(_subscribers: usize) -> io::Result<Self> {
+        let histogram =
+            || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other);
+        Ok(Self {
+            in_flight: std::collections::VecDeque::new(),
+            next_seq: 0,
+            oldest_seq: 0,
+            deliveries: 0,
+            completed: 0,
+            delivery_latency: histogram()?,
+            last_latency: histogram()?,
+        })
+    }
+
+    fn sent(&mut self, subscribers: usize) {
+        self.in_flight.push_back(InFlight {
+            sent: Instant::now(),
+            remaining: subscribers,
+        });
+        self.next_seq += 1;
+    }
+
+    fn received(&mut self, seq: Option<u64>) -> io::Result<()> {
+        let Some(entry) = seq
+            .and_then(|seq| seq.checked_sub(self.oldest_seq))
+            .and_then(|index| self.in_flight.get_mut(index as usize))
+            .filter(|entry| entry.remaining > 0)
+        else {
+            return Err(io::Error::other(
+                "a subscriber received a message twice or out of thin air",
+            ));
+        };
+        entry.remaining -= 1;
+        let _ = self
+            .delivery_latency
+            .record(entry.sent.elapsed().as_micros() as u64);
+        self.deliveries += 1;
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|front| front.remaining == 0)
+        {
+            if let Some(done) = self.in_flight.pop_front() {
+                let _ = self
+                    .last_latency
+                    .record(done.sent.elapsed().as_micros() as u64);
+            }
+            self.oldest_seq += 1;
+            self.completed += 1;
+        }
+        Ok(())
+    }
 }
