@@ -82,3 +82,45 @@ impl FanoutFixture {
         }
     }
 }
+
+/// A loop's topic index with many topics, for insert/remove/lookup timing.
+#[derive(Debug)]
+pub struct TopicIndexFixture {
+    topics: LoopTopics<Sub>,
+    names: Vec<String>,
+}
+
+impl TopicIndexFixture {
+    /// `topics` topic names (`room:0`, `room:1`, ...), none subscribed yet.
+    pub fn new(topics: usize) -> Self {
+        Self {
+            topics: LoopTopics::new(0, Arc::new(TopicRegistry::default())),
+            names: (0..topics).map(|i| format!("room:{i}")).collect(),
+        }
+    }
+
+    /// Subscribes connection `conn` to topic number `topic` (registry
+    /// included), as a join does.
+    pub fn subscribe(&mut self, topic: usize, conn: u64) {
+        let name = &self.names[topic % self.names.len()];
+        let sub = Sub {
+            protocol: WireProtocol::PhoenixV2,
+            tag: 0,
+        };
+        self.topics.subscribe(name, conn, sub);
+    }
+
+    /// Unsubscribes it again.
+    pub fn unsubscribe(&mut self, topic: usize, conn: u64) {
+        let name = &self.names[topic % self.names.len()];
+        self.topics.unsubscribe(name, conn);
+    }
+
+    /// Looks topic number `topic` up in the shared registry, as a
+    /// broadcaster does; returns its subscriber count.
+    pub fn lookup(&self, topic: usize) -> u64 {
+        self.topics
+            .registry()
+            .subscriber_count(&self.names[topic % self.names.len()])
+    }
+}

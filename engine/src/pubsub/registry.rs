@@ -1,6 +1,5 @@
 //! The shared, lock-free part of the topic index.
 
-use std::hash::BuildHasherDefault;
 
 use crate::protocol::WireProtocol;
 
@@ -42,9 +41,25 @@ impl TopicEntry {
 /// let registry = TopicRegistry::default();
 /// assert!(registry.lookup("room:1").is_none());
 /// ```
-#[derive(Default)]
 pub struct TopicRegistry {
-    topics: papaya::HashMap<Box<str>, TopicEntry, BuildHasherDefault<ahash::AHasher>>,
+    topics: papaya::HashMap<Box<str>, TopicEntry, ahash::RandomState>,
+}
+
+impl Default for TopicRegistry {
+    fn default() -> Self {
+        Self {
+            // Blocking resizes: the writer that grows the table migrates it
+            // all at once. With papaya's default incremental resizing, a
+            // table updated mostly through `compute` (as this one is) was
+            // measured leaving lookups at ~500 ns instead of ~60 ns, and
+            // lookups are what every broadcast does; joins are rarer and can
+            // pay for the migration.
+            topics: papaya::HashMap::builder()
+                .hasher(ahash::RandomState::new())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+        }
+    }
 }
 
 impl std::fmt::Debug for TopicRegistry {
