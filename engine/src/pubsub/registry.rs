@@ -1,6 +1,5 @@
 //! The shared, lock-free part of the topic index.
 
-
 use crate::protocol::WireProtocol;
 
 /// The most loops a registry can track (one bit each in a `u64`).
