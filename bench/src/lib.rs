@@ -6,6 +6,7 @@
 //! what a client would send.
 
 pub mod client;
+pub mod compare;
 pub mod proc_stats;
 
 use bytes::BytesMut;

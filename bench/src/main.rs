@@ -28,11 +28,12 @@ use hdrhistogram::Histogram;
 use herald::wire::OpCode;
 use herald_bench::{
     client::{Client, Stage, drive, drive_paced},
+    compare::{self, Contender},
     proc_stats::{ProcessSample, raise_fd_limit},
 };
 use mio::{Poll, Token};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(about = "Load generator for herald and other WebSocket servers")]
 struct Options {
     /// Server address.
@@ -44,11 +45,26 @@ struct Options {
     /// The server's process id, to report its CPU time and memory.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Compare with a baseline (`raw` or `tokio`): start herald's `fanout`
+    /// example and the baseline here, alternately, and print the ratios
+    /// (fanout and latency scenarios).
+    #[arg(long, global = true)]
+    vs: Option<String>,
+    /// Rounds of the comparison (herald, baseline, herald, baseline, ...).
+    #[arg(long, default_value_t = 2, global = true)]
+    rounds: usize,
+    /// CPUs the compared servers are pinned to (taskset list).
+    #[arg(long, default_value = "0", global = true)]
+    server_cpus: String,
+    /// Where the server binaries are (`target/release` after `cargo build
+    /// --release -p herald --example fanout -p herald-bench`).
+    #[arg(long, default_value = "target/release", global = true)]
+    bin_dir: std::path::PathBuf,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Scenario {
     /// Round trips per second: each connection sends, waits for the echo,
     /// sends again.
@@ -126,20 +142,110 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let options = Options::parse();
-    let result = match options.scenario {
+    let result = match &options.vs {
+        Some(baseline) => compare(&options, baseline),
+        None => run(&options).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herald-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The figure a comparison sets side by side.
+#[derive(Debug, Clone, Copy)]
+enum Headline {
+    /// Deliveries per second: higher is better.
+    Throughput(f64),
+    /// p99 publish-to-receive latency in µs: lower is better.
+    P99(u64),
+}
+
+/// Runs herald and a baseline alternately and prints the ratios.
+fn compare(options: &Options, baseline: &str) -> io::Result<()> {
+    let phoenix = matches!(
+        options.scenario,
+        Scenario::Fanout { phoenix: true, .. } | Scenario::Latency { phoenix: true, .. }
+    );
+    let herald = Contender::herald(&options.bin_dir, phoenix);
+    let baseline = Contender::baseline(baseline, &options.bin_dir)
+        .ok_or_else(|| io::Error::other("--vs takes raw or tokio"))?;
+    if phoenix {
+        return Err(io::Error::other(
+            "the baselines speak plain WebSocket: compare without --phoenix",
+        ));
+    }
+    let mut rows = Vec::new();
+    for round in 1..=options.rounds.max(1) {
+        let mut pair = Vec::new();
+        for contender in [&herald, &baseline] {
+            let server = compare::start(contender, &options.server_cpus)?;
+            let mut run_options = options.clone();
+            run_options.addr = server.addr;
+            run_options.server_pid = Some(server.pid());
+            println!("\n== round {round}: {} ==", contender.name);
+            let headline = run(&run_options)?.ok_or_else(|| {
+                io::Error::other("--vs compares the fanout and latency scenarios")
+            })?;
+            pair.push(headline);
+        }
+        rows.push((round, pair[0], pair[1]));
+    }
+    println!("\n== herald vs {} ==", baseline.name);
+    let mut ratios = Vec::new();
+    for (round, herald, base) in rows {
+        let (text, ratio) = match (herald, base) {
+            (Headline::Throughput(h), Headline::Throughput(b)) => (
+                format!("round {round}: herald {h:.0}/s, {} {b:.0}/s", baseline.name),
+                h / b.max(1.0),
+            ),
+            (Headline::P99(h), Headline::P99(b)) => (
+                format!(
+                    "round {round}: herald p99 {h} µs, {} p99 {b} µs",
+                    baseline.name
+                ),
+                h as f64 / b.max(1) as f64,
+            ),
+            _ => continue,
+        };
+        println!("{text}: {ratio:.3}x");
+        ratios.push(ratio);
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+    let meaning = match herald_headline_kind(&options.scenario) {
+        "throughput" => "herald's deliveries per second over the baseline's",
+        _ => "herald's p99 latency over the baseline's (lower is better)",
+    };
+    println!("mean ratio    {mean:.3}x ({meaning})");
+    Ok(())
+}
+
+fn herald_headline_kind(scenario: &Scenario) -> &'static str {
+    match scenario {
+        Scenario::Latency { .. } => "latency",
+        _ => "throughput",
+    }
+}
+
+/// Runs the scenario once; returns its headline figure where it has one.
+fn run(options: &Options) -> io::Result<Option<Headline>> {
+    match options.scenario.clone() {
         Scenario::Echo {
             connections,
             payload,
             seconds,
-        } => echo(&options, connections, payload, Duration::from_secs(seconds)),
+        } => echo(options, connections, payload, Duration::from_secs(seconds)).map(|()| None),
         Scenario::Connect {
             connections,
             concurrency,
-        } => connect(&options, connections, concurrency).map(|_| ()),
+        } => connect(options, connections, concurrency).map(|_| None),
         Scenario::Idle {
             connections,
             concurrency,
-        } => idle(&options, connections, concurrency),
+        } => idle(options, connections, concurrency).map(|()| None),
         Scenario::Latency {
             subscribers,
             rate,
@@ -147,7 +253,7 @@ fn main() -> ExitCode {
             seconds,
             phoenix,
         } => fanout(
-            &options,
+            options,
             &FanoutPlan {
                 subscribers,
                 window: 1,
@@ -164,7 +270,7 @@ fn main() -> ExitCode {
             seconds,
             phoenix,
         } => fanout(
-            &options,
+            options,
             &FanoutPlan {
                 subscribers,
                 window: window.max(1),
@@ -174,13 +280,6 @@ fn main() -> ExitCode {
                 phoenix,
             },
         ),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("herald-bench: {err}");
-            ExitCode::FAILURE
-        }
     }
 }
 
@@ -456,7 +555,7 @@ fn join_all(
     Ok(())
 }
 
-fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<()> {
+fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> {
     let FanoutPlan {
         window,
         payload,
@@ -607,7 +706,10 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<()> {
             server_cpu.as_nanos() as f64 / run.deliveries.max(1) as f64
         );
     }
-    Ok(())
+    Ok(Some(match plan.rate {
+        Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
+        None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
+    }))
 }
 
 /// The most messages a fan-out run keeps track of at once; a server that
