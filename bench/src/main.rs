@@ -109,6 +109,25 @@ enum Scenario {
         #[arg(long)]
         phoenix: bool,
     },
+    /// Many topics ("rooms") with a chatty publisher each: deliveries per
+    /// second and latency across all rooms.
+    Rooms {
+        /// Rooms (topics); lowered to what the descriptor limit allows.
+        #[arg(long, default_value_t = 1_000)]
+        rooms: usize,
+        /// Subscribers per room (each room also has one publisher).
+        #[arg(long, default_value_t = 50)]
+        size: usize,
+        /// Messages in flight per room.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Payload bytes per message (at least 16).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Publish-to-receive latency at a fixed publish rate (fan-out to N
     /// subscribers of one topic), and whether delivery keeps up.
     Latency {
@@ -246,6 +265,20 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
             connections,
             concurrency,
         } => idle(options, connections, concurrency).map(|()| None),
+        Scenario::Rooms {
+            rooms: room_count,
+            size,
+            window,
+            payload,
+            seconds,
+        } => rooms(
+            options,
+            room_count,
+            size.max(1),
+            window.max(1),
+            payload.max(16),
+            Duration::from_secs(seconds),
+        ),
         Scenario::Latency {
             subscribers,
             rate,
@@ -783,4 +816,126 @@ impl FanoutRun {
         }
         Ok(())
     }
+}
+
+/// Many rooms, one publisher each, `window` messages in flight per room.
+fn rooms(
+    options: &Options,
+    rooms: usize,
+    size: usize,
+    window: usize,
+    payload: usize,
+    duration: Duration,
+) -> io::Result<Option<Headline>> {
+    let per_room = size + 1;
+    let usable = connections_within_fd_limit(rooms * per_room);
+    let rooms = (usable / per_room).clamp(1, rooms);
+    let separator = if options.path.contains('?') { '&' } else { '?' };
+    let path_of = |index: usize| {
+        let (room, member) = (index / per_room, index % per_room);
+        let publisher = if member == size { "&subscribe=0" } else { "" };
+        format!("{}{separator}topic=room-{room}{publisher}", options.path)
+    };
+    let mut poll = Poll::new()?;
+    let (mut clients, _) =
+        open_connections_to(options, &mut poll, rooms * per_room, 256, &path_of)?;
+    let mut runs = (0..rooms)
+        .map(|_| FanoutRun::new(size))
+        .collect::<io::Result<Vec<_>>>()?;
+    let filler = "x".repeat(payload - 16);
+    let top_up = |clients: &mut [Client], run: &mut FanoutRun, room: usize| -> io::Result<()> {
+        while run.next_seq < run.oldest_seq + window as u64 {
+            let message = fanout_message(false, run.next_seq, &filler);
+            clients[room * per_room + size].send(OpCode::Text, message.as_bytes())?;
+            run.sent(size);
+        }
+        Ok(())
+    };
+    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let client_before = ProcessSample::read_self()?;
+    let start = Instant::now();
+    for (room, run) in runs.iter_mut().enumerate() {
+        top_up(&mut clients, run, room)?;
+    }
+    let mut failure = None;
+    let mut arrived = Vec::new();
+    drive_paced(
+        &mut poll,
+        start + duration,
+        Duration::from_millis(10),
+        |wake| {
+            let Some(token) = wake else {
+                return failure.is_none();
+            };
+            let room = token.0 / per_room;
+            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+                if frame.opcode == OpCode::Text {
+                    arrived.push(frame.prefix);
+                }
+            });
+            if let Err(err) = result {
+                failure = Some(err);
+            }
+            for prefix in arrived.drain(..) {
+                if let Err(err) = runs[room].received(fanout_seq(false, &prefix)) {
+                    failure = Some(err);
+                }
+            }
+            if let Err(err) = top_up(&mut clients, &mut runs[room], room) {
+                failure = Some(err);
+            }
+            failure.is_none()
+        },
+    )?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let elapsed = start.elapsed();
+    let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
+    let deliveries: u64 = runs.iter().map(|run| run.deliveries).sum();
+    let completed: u64 = runs.iter().map(|run| run.completed).sum();
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
+    for run in &runs {
+        latency
+            .add(&run.delivery_latency)
+            .map_err(io::Error::other)?;
+    }
+    println!("scenario      rooms");
+    println!(
+        "rooms         {rooms} of {size} subscribers and 1 publisher, window {window}, payload {payload} B"
+    );
+    println!(
+        "deliveries    {:.0} /s",
+        deliveries as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "messages      {:.0} /s fully delivered",
+        completed as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency       p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.9),
+        latency.value_at_quantile(0.99),
+        latency.value_at_quantile(0.999),
+        latency.max()
+    );
+    println!(
+        "client CPU    {:.2} s in {:.2} s, {:.0} ns per delivery",
+        client_cpu.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        client_cpu.as_nanos() as f64 / deliveries.max(1) as f64
+    );
+    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
+        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+        println!(
+            "server CPU    {:.2} s, {:.0} ns per delivery",
+            server_cpu.as_secs_f64(),
+            server_cpu.as_nanos() as f64 / deliveries.max(1) as f64
+        );
+    }
+    Ok(Some(Headline::Throughput(
+        deliveries as f64 / elapsed.as_secs_f64(),
+    )))
 }
