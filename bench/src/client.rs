@@ -12,7 +12,7 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use herald::wire::{FrameHeader, OpCode, client_frame};
-use mio::{Events, Interest, Poll, Token, net::TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, net::TcpStream};
 
 /// Where a client connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +57,10 @@ pub struct Received {
 
 impl Client {
     /// Starts a non-blocking connect and registers the socket.
-    pub fn connect(poll: &Poll, addr: SocketAddr, token: Token) -> io::Result<Self> {
+    pub fn connect(registry: &Registry, addr: SocketAddr, token: Token) -> io::Result<Self> {
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        poll.registry()
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(Self {
             stream,
             stage: Stage::Connecting,

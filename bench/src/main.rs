@@ -128,6 +128,26 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Connections come and go at a steady rate while a broadcast stream
+    /// runs: the stable subscribers must miss nothing, and the server's
+    /// memory must come back once the churn stops.
+    Churn {
+        /// Stable subscribers of the topic.
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: usize,
+        /// Connections opened (and later closed) per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// How long each churning connection lives, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        lifetime_ms: u64,
+        /// Messages in flight to the stable subscribers.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Publish-to-receive latency at a fixed publish rate (fan-out to N
     /// subscribers of one topic), and whether delivery keeps up.
     Latency {
@@ -279,6 +299,22 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
             payload.max(16),
             Duration::from_secs(seconds),
         ),
+        Scenario::Churn {
+            subscribers,
+            rate,
+            lifetime_ms,
+            window,
+            seconds,
+        } => churn(
+            options,
+            &ChurnPlan {
+                subscribers,
+                rate: rate.max(1),
+                lifetime: Duration::from_millis(lifetime_ms),
+                window: window.max(1),
+                duration: Duration::from_secs(seconds),
+            },
+        ),
         Scenario::Latency {
             subscribers,
             rate,
@@ -356,7 +392,7 @@ fn open_connections_to(
     while open < count {
         while in_flight < concurrency && clients.len() < count {
             let token = Token(clients.len());
-            clients.push(Client::connect(poll, options.addr, token)?);
+            clients.push(Client::connect(poll.registry(), options.addr, token)?);
             in_flight += 1;
         }
         let mut failure = None;
@@ -937,5 +973,199 @@ fn rooms(
     }
     Ok(Some(Headline::Throughput(
         deliveries as f64 / elapsed.as_secs_f64(),
+    )))
+}
+
+/// What a churn run does.
+struct ChurnPlan {
+    subscribers: usize,
+    rate: u32,
+    lifetime: Duration,
+    window: usize,
+    duration: Duration,
+}
+
+/// A churning connection and when it is due to close.
+struct Churner {
+    client: Client,
+    close_at: Instant,
+}
+
+fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
+    let Some(pid) = options.server_pid else {
+        return Err(io::Error::other(
+            "churn needs --server-pid to check the server's memory",
+        ));
+    };
+    let ChurnPlan {
+        rate,
+        lifetime,
+        window,
+        duration,
+        ..
+    } = *plan;
+    // Room for the churners alive at once (rate x lifetime, doubled).
+    let churners_alive = (f64::from(rate) * lifetime.as_secs_f64() * 2.0).ceil() as usize + 16;
+    let stable = connections_within_fd_limit(plan.subscribers + 1 + churners_alive)
+        .saturating_sub(1 + churners_alive)
+        .max(1);
+    let separator = if options.path.contains('?') { '&' } else { '?' };
+    let subscriber_path = format!("{}{separator}topic={FANOUT_TOPIC}", options.path);
+    let publisher_path = format!("{subscriber_path}&subscribe=0");
+    let path_of = |index: usize| {
+        if index == stable {
+            publisher_path.clone()
+        } else {
+            subscriber_path.clone()
+        }
+    };
+    let mut poll = Poll::new()?;
+    let (mut clients, _) = open_connections_to(options, &mut poll, stable + 1, 256, &path_of)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = ProcessSample::read(pid)?.rss_bytes;
+    let mut run = FanoutRun::new(stable)?;
+    let filler = "x".repeat(48);
+    let publisher = stable;
+    let top_up = |clients: &mut [Client], run: &mut FanoutRun| -> io::Result<()> {
+        while run.next_seq < run.oldest_seq + window as u64 {
+            let message = fanout_message(false, run.next_seq, &filler);
+            clients[publisher].send(OpCode::Text, message.as_bytes())?;
+            run.sent(stable);
+        }
+        Ok(())
+    };
+    // Churners use tokens from `first_churn_token` on, in a slab of slots.
+    let first_churn_token = stable + 1;
+    let mut churners: Vec<Option<Churner>> = Vec::new();
+    let (mut opened, mut closed, mut failed) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    top_up(&mut clients, &mut run)?;
+    let mut failure = None;
+    let mut arrived = Vec::new();
+    let registry = poll.registry().try_clone()?;
+    drive_paced(
+        &mut poll,
+        start + duration,
+        Duration::from_millis(5),
+        |wake| {
+            match wake {
+                Some(token) if token.0 < first_churn_token => {
+                    let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+                        if frame.opcode == OpCode::Text {
+                            arrived.push(frame.prefix);
+                        }
+                    });
+                    if let Err(err) = result {
+                        failure = Some(err);
+                    }
+                    for prefix in arrived.drain(..) {
+                        if let Err(err) = run.received(fanout_seq(false, &prefix)) {
+                            failure = Some(err);
+                        }
+                    }
+                    if let Err(err) = top_up(&mut clients, &mut run) {
+                        failure = Some(err);
+                    }
+                }
+                Some(token) => {
+                    let slot = &mut churners[token.0 - first_churn_token];
+                    if let Some(churner) = slot {
+                        let before = churner.client.stage;
+                        // What churners receive is not counted.
+                        match churner.client.on_ready(&subscriber_path, |_, _| {}) {
+                            Ok(())
+                                if before != Stage::Open && churner.client.stage == Stage::Open =>
+                            {
+                                opened += 1
+                            }
+                            Ok(()) => {}
+                            Err(_) => {
+                                failed += 1;
+                                *slot = None;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let now = Instant::now();
+                    // Close the churners whose time is up.
+                    for slot in &mut churners {
+                        if slot.as_ref().is_some_and(|churner| churner.close_at <= now) {
+                            *slot = None;
+                            closed += 1;
+                        }
+                    }
+                    // Open as many as the schedule says by now.
+                    let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+                    let started = opened
+                        + failed
+                        + churners
+                            .iter()
+                            .filter(|c| c.as_ref().is_some_and(|c| c.client.stage != Stage::Open))
+                            .count() as u64;
+                    for _ in started..due {
+                        let index =
+                            churners
+                                .iter()
+                                .position(Option::is_none)
+                                .unwrap_or_else(|| {
+                                    churners.push(None);
+                                    churners.len() - 1
+                                });
+                        match Client::connect(
+                            &registry,
+                            options.addr,
+                            Token(first_churn_token + index),
+                        ) {
+                            Ok(client) => {
+                                churners[index] = Some(Churner {
+                                    client,
+                                    close_at: now + lifetime,
+                                });
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+            }
+            failure.is_none()
+        },
+    )?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let elapsed = start.elapsed();
+    let remaining = churners.iter().filter(|c| c.is_some()).count() as u64;
+    churners.clear();
+    closed += remaining;
+    // Give the server a moment to notice the last closes.
+    std::thread::sleep(Duration::from_millis(1000));
+    let rss_after = ProcessSample::read(pid)?.rss_bytes;
+    let lost = run.next_seq - run.completed - run.in_flight.len() as u64;
+    println!("scenario      churn");
+    println!("stable        {stable} subscribers, window {window}");
+    println!(
+        "churn         {:.0} connections/s opened and closed ({opened} opened, {closed} closed, {failed} failed), each living {} ms",
+        opened as f64 / elapsed.as_secs_f64(),
+        lifetime.as_millis()
+    );
+    println!(
+        "deliveries    {:.0} /s to stable subscribers",
+        run.deliveries as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "lost          {lost} messages ({} sent, {} fully delivered, {} in flight at the end)",
+        run.next_seq,
+        run.completed,
+        run.in_flight.len()
+    );
+    println!(
+        "server RSS    {:.1} MiB before the churn, {:.1} MiB after it ({:+.1} MiB)",
+        rss_before as f64 / (1 << 20) as f64,
+        rss_after as f64 / (1 << 20) as f64,
+        (rss_after as f64 - rss_before as f64) / (1 << 20) as f64
+    );
+    Ok(Some(Headline::Throughput(
+        run.deliveries as f64 / elapsed.as_secs_f64(),
     )))
 }
