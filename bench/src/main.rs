@@ -680,7 +680,6 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         Ok(())
     };
     send_due(&mut clients, &mut run)?;
-    let mut arrived = Vec::new();
     drive_paced(
         &mut poll,
         start + duration,
@@ -692,18 +691,8 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
                 }
                 return failure.is_none();
             };
-            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
-                if frame.opcode == OpCode::Text {
-                    arrived.push(frame.prefix);
-                }
-            });
-            if let Err(err) = result {
+            if let Err(err) = receive(&mut clients[token.0], &path_of(token.0), &mut run, phoenix) {
                 failure = Some(err);
-            }
-            for prefix in arrived.drain(..) {
-                if let Err(err) = run.received(fanout_seq(phoenix, &prefix)) {
-                    failure = Some(err);
-                }
             }
             failure.is_none()
         },
@@ -712,7 +701,6 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         return Err(err);
     }
     let elapsed = start.elapsed();
-    let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
     let protocol = if phoenix {
         "Phoenix V2 channels"
     } else {
@@ -732,16 +720,6 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         "messages      {:.1} /s fully delivered",
         run.completed as f64 / elapsed.as_secs_f64()
     );
-    let quantiles = |h: &Histogram<u64>| {
-        format!(
-            "p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max()
-        )
-    };
     println!("latency       {}", quantiles(&run.delivery_latency));
     println!("to last sub   {}", quantiles(&run.last_latency));
     if let Some(rate) = plan.rate {
@@ -761,24 +739,70 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
             run.in_flight.len()
         );
     }
+    print_cpu(
+        options,
+        server_before,
+        &client_before,
+        elapsed,
+        run.deliveries,
+    )?;
+    Ok(Some(match plan.rate {
+        Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
+        None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
+    }))
+}
+
+/// Handles a subscriber's readiness: reads its frames and counts each
+/// sequence number it received in `run`.
+fn receive(client: &mut Client, path: &str, run: &mut FanoutRun, phoenix: bool) -> io::Result<()> {
+    let mut arrived = Vec::new();
+    client.on_ready(path, |_, frame| {
+        if frame.opcode == OpCode::Text {
+            arrived.push(frame.prefix);
+        }
+    })?;
+    arrived
+        .iter()
+        .try_for_each(|prefix| run.received(fanout_seq(phoenix, prefix)))
+}
+
+/// `p50 ... max` of a latency histogram, in µs.
+fn quantiles(histogram: &Histogram<u64>) -> String {
+    format!(
+        "p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.9),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max()
+    )
+}
+
+/// Prints the client's and (with `--server-pid`) the server's CPU time,
+/// per delivery.
+fn print_cpu(
+    options: &Options,
+    server_before: Option<ProcessSample>,
+    client_before: &ProcessSample,
+    elapsed: Duration,
+    deliveries: u64,
+) -> io::Result<()> {
+    let client_cpu = ProcessSample::read_self()?.cpu_since(client_before);
     println!(
         "client CPU    {:.2} s in {:.2} s, {:.0} ns per delivery",
         client_cpu.as_secs_f64(),
         elapsed.as_secs_f64(),
-        client_cpu.as_nanos() as f64 / run.deliveries.max(1) as f64
+        client_cpu.as_nanos() as f64 / deliveries.max(1) as f64
     );
     if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
         let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
         println!(
             "server CPU    {:.2} s, {:.0} ns per delivery",
             server_cpu.as_secs_f64(),
-            server_cpu.as_nanos() as f64 / run.deliveries.max(1) as f64
+            server_cpu.as_nanos() as f64 / deliveries.max(1) as f64
         );
     }
-    Ok(Some(match plan.rate {
-        Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
-        None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
-    }))
+    Ok(())
 }
 
 /// The most messages a fan-out run keeps track of at once; a server that
@@ -894,7 +918,6 @@ fn rooms(
         top_up(&mut clients, run, room)?;
     }
     let mut failure = None;
-    let mut arrived = Vec::new();
     drive_paced(
         &mut poll,
         start + duration,
@@ -904,18 +927,13 @@ fn rooms(
                 return failure.is_none();
             };
             let room = token.0 / per_room;
-            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
-                if frame.opcode == OpCode::Text {
-                    arrived.push(frame.prefix);
-                }
-            });
-            if let Err(err) = result {
+            if let Err(err) = receive(
+                &mut clients[token.0],
+                &path_of(token.0),
+                &mut runs[room],
+                false,
+            ) {
                 failure = Some(err);
-            }
-            for prefix in arrived.drain(..) {
-                if let Err(err) = runs[room].received(fanout_seq(false, &prefix)) {
-                    failure = Some(err);
-                }
             }
             if let Err(err) = top_up(&mut clients, &mut runs[room], room) {
                 failure = Some(err);
@@ -927,7 +945,6 @@ fn rooms(
         return Err(err);
     }
     let elapsed = start.elapsed();
-    let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
     let deliveries: u64 = runs.iter().map(|run| run.deliveries).sum();
     let completed: u64 = runs.iter().map(|run| run.completed).sum();
     let mut latency =
@@ -949,28 +966,8 @@ fn rooms(
         "messages      {:.0} /s fully delivered",
         completed as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "latency       p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-        latency.value_at_quantile(0.5),
-        latency.value_at_quantile(0.9),
-        latency.value_at_quantile(0.99),
-        latency.value_at_quantile(0.999),
-        latency.max()
-    );
-    println!(
-        "client CPU    {:.2} s in {:.2} s, {:.0} ns per delivery",
-        client_cpu.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        client_cpu.as_nanos() as f64 / deliveries.max(1) as f64
-    );
-    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
-        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
-        println!(
-            "server CPU    {:.2} s, {:.0} ns per delivery",
-            server_cpu.as_secs_f64(),
-            server_cpu.as_nanos() as f64 / deliveries.max(1) as f64
-        );
-    }
+    println!("latency       {}", quantiles(&latency));
+    print_cpu(options, server_before, &client_before, elapsed, deliveries)?;
     Ok(Some(Headline::Throughput(
         deliveries as f64 / elapsed.as_secs_f64(),
     )))
@@ -1041,7 +1038,6 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     let start = Instant::now();
     top_up(&mut clients, &mut run)?;
     let mut failure = None;
-    let mut arrived = Vec::new();
     let registry = poll.registry().try_clone()?;
     drive_paced(
         &mut poll,
@@ -1050,18 +1046,10 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         |wake| {
             match wake {
                 Some(token) if token.0 < first_churn_token => {
-                    let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
-                        if frame.opcode == OpCode::Text {
-                            arrived.push(frame.prefix);
-                        }
-                    });
-                    if let Err(err) = result {
+                    if let Err(err) =
+                        receive(&mut clients[token.0], &path_of(token.0), &mut run, false)
+                    {
                         failure = Some(err);
-                    }
-                    for prefix in arrived.drain(..) {
-                        if let Err(err) = run.received(fanout_seq(false, &prefix)) {
-                            failure = Some(err);
-                        }
                     }
                     if let Err(err) = top_up(&mut clients, &mut run) {
                         failure = Some(err);
