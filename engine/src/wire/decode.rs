@@ -63,7 +63,8 @@ impl DecoderConfig {
 
     /// Sets the largest payload one frame may declare (default
     /// [`DEFAULT_LIMIT`](Self::DEFAULT_LIMIT)). Larger frames fail with
-    /// close code 1009 as soon as their header arrives.
+    /// close code 1009 as soon as their header arrives; so do frames over
+    /// 4 GiB, whatever the limit.
     pub const fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame_size = bytes;
         self
@@ -185,11 +186,16 @@ struct PartialFrame {
     /// data message.
     rsv: u8,
     key: [u8; 4],
-    /// The payload length, already checked to fit in `usize`.
-    len: usize,
-    /// Payload bytes at the front of the buffer already unmasked (and
-    /// validated, for text).
-    processed: usize,
+    /// The header's length: the header stays at the front of the buffer
+    /// until the frame is complete, so that the frame leaves it in one
+    /// split.
+    header_len: u8,
+    /// The payload length (frames over 4 GiB are refused, which keeps this
+    /// state, held by every connection, small).
+    len: u32,
+    /// Payload bytes, after the header, already unmasked (and validated,
+    /// for text).
+    processed: u32,
     /// Whether the payload is text to validate as it arrives.
     is_text: bool,
 }
@@ -263,16 +269,16 @@ impl Decoder {
                     let Some((header, header_len)) = FrameHeader::parse(buf)? else {
                         return Ok(None);
                     };
-                    let frame = self.start_frame(&header, config)?;
-                    buf.advance(header_len);
-                    frame
+                    self.start_frame(&header, header_len, config)?
                 }
             };
             if !process_arrived(&mut frame, buf, &mut self.utf8)? {
                 self.frame = Some(frame);
                 return Ok(None);
             }
-            let payload = buf.split_to(frame.len).freeze();
+            let header_len = usize::from(frame.header_len);
+            let mut payload = buf.split_to(header_len + frame.len as usize).freeze();
+            payload.advance(header_len);
             if let Some(message) = self.finish_frame(&frame, payload, config)? {
                 return Ok(Some(message));
             }
@@ -285,6 +291,7 @@ impl Decoder {
     fn start_frame(
         &mut self,
         header: &FrameHeader,
+        header_len: usize,
         config: &DecoderConfig,
     ) -> Result<PartialFrame, ProtocolError> {
         let key = header.mask.ok_or(ProtocolError::UnmaskedFrame)?;
@@ -295,7 +302,7 @@ impl Decoder {
         }
         let len = usize::try_from(header.payload_len)
             .ok()
-            .filter(|&len| len <= config.max_frame_size)
+            .filter(|&len| len <= config.max_frame_size && u32::try_from(len).is_ok())
             .ok_or(ProtocolError::FrameTooLarge {
                 len: header.payload_len,
                 max: config.max_frame_size,
@@ -324,7 +331,10 @@ impl Decoder {
             opcode: header.opcode,
             rsv: header.rsv,
             key,
-            len,
+            // At most MAX_HEADER_LEN (14).
+            header_len: header_len as u8,
+            // Checked above to fit.
+            len: len as u32,
             processed: 0,
             is_text,
         })
@@ -418,14 +428,17 @@ fn process_arrived(
     buf: &mut BytesMut,
     utf8: &mut Utf8Validator,
 ) -> Result<bool, ProtocolError> {
-    let arrived = buf.len().min(frame.len);
-    if arrived > frame.processed {
-        let fresh = &mut buf[frame.processed..arrived];
-        apply_mask(fresh, frame.key, frame.processed);
+    let header_len = usize::from(frame.header_len);
+    let (len, processed) = (frame.len as usize, frame.processed as usize);
+    let arrived = buf.len().saturating_sub(header_len).min(len);
+    if arrived > processed {
+        let fresh = &mut buf[header_len + processed..header_len + arrived];
+        apply_mask(fresh, frame.key, processed);
         if frame.is_text {
             utf8.feed(fresh).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        frame.processed = arrived;
+        // At most `len`, which fits in u32.
+        frame.processed = arrived as u32;
     }
     Ok(frame.processed == frame.len)
 }

@@ -339,6 +339,25 @@ fn frame_size_limit_is_enforced_from_the_header_before_the_payload() {
 }
 
 #[test]
+fn frames_over_4_gib_are_refused_whatever_the_limit() {
+    let config = DecoderConfig::default()
+        .max_frame_size(usize::MAX)
+        .max_message_size(usize::MAX);
+    let len = (u32::MAX as u64) + 1;
+    let mut wire = vec![0x82, 0xFF];
+    wire.extend_from_slice(&len.to_be_bytes());
+    wire.extend_from_slice(&KEY);
+    let (_, err) = decode_chunked(&wire, &[wire.len()], &config);
+    assert_eq!(
+        err,
+        Some(ProtocolError::FrameTooLarge {
+            len,
+            max: usize::MAX
+        })
+    );
+}
+
+#[test]
 fn message_size_limit_is_enforced_from_the_header_of_the_crossing_fragment() {
     let config = DecoderConfig::default().max_message_size(100);
     let mut wire = frame(false, OpCode::Binary, &[0; 60]);
