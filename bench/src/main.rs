@@ -254,19 +254,13 @@ fn compare(options: &Options, baseline: &str) -> io::Result<()> {
         ratios.push(ratio);
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
-    let meaning = match herald_headline_kind(&options.scenario) {
-        "throughput" => "herald's deliveries per second over the baseline's",
-        _ => "herald's p99 latency over the baseline's (lower is better)",
+    let meaning = if matches!(options.scenario, Scenario::Latency { .. }) {
+        "herald's p99 latency over the baseline's (lower is better)"
+    } else {
+        "herald's deliveries per second over the baseline's"
     };
     println!("mean ratio    {mean:.3}x ({meaning})");
     Ok(())
-}
-
-fn herald_headline_kind(scenario: &Scenario) -> &'static str {
-    match scenario {
-        Scenario::Latency { .. } => "latency",
-        _ => "throughput",
-    }
 }
 
 /// Runs the scenario once; returns its headline figure where it has one.
@@ -659,7 +653,7 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         join_all(&mut poll, &mut clients, &path_of)?;
     }
     let filler = "x".repeat(payload.saturating_sub(if phoenix { 40 } else { 16 }));
-    let mut run = FanoutRun::new(subscribers)?;
+    let mut run = FanoutRun::new()?;
     let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
@@ -824,7 +818,7 @@ struct FanoutRun {
 }
 
 impl FanoutRun {
-    fn new(_subscribers: usize) -> io::Result<Self> {
+    fn new() -> io::Result<Self> {
         let histogram =
             || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other);
         Ok(Self {
@@ -900,7 +894,7 @@ fn rooms(
     let (mut clients, _) =
         open_connections_to(options, &mut poll, rooms * per_room, 256, &path_of)?;
     let mut runs = (0..rooms)
-        .map(|_| FanoutRun::new(size))
+        .map(|_| FanoutRun::new())
         .collect::<io::Result<Vec<_>>>()?;
     let filler = "x".repeat(payload - 16);
     let top_up = |clients: &mut [Client], run: &mut FanoutRun, room: usize| -> io::Result<()> {
@@ -1020,7 +1014,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     let (mut clients, _) = open_connections_to(options, &mut poll, stable + 1, 256, &path_of)?;
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = ProcessSample::read(pid)?.rss_bytes;
-    let mut run = FanoutRun::new(stable)?;
+    let mut run = FanoutRun::new()?;
     let filler = "x".repeat(48);
     let publisher = stable;
     let top_up = |clients: &mut [Client], run: &mut FanoutRun| -> io::Result<()> {

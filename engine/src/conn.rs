@@ -78,11 +78,17 @@ impl Outbox {
         dirty: &mut Vec<usize>,
     ) -> bool {
         let queued = self.enqueue(frame.clone(), config, stats).is_ok();
+        self.mark_dirty(key, dirty);
+        queued
+    }
+
+    /// Puts the connection on the turn's flush list, once.
+    #[inline]
+    pub(crate) fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
         if !self.dirty {
             self.dirty = true;
             dirty.push(key);
         }
-        queued
     }
 
     /// Queues a control frame the protocol requires (a pong, a heartbeat

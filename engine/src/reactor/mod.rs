@@ -149,10 +149,7 @@ impl LoopContext {
     /// Puts a connection on this turn's flush list, once.
     #[inline]
     pub(crate) fn mark_dirty(&mut self, key: usize, outbox: &mut Outbox) {
-        if !outbox.dirty {
-            outbox.dirty = true;
-            self.dirty.push(key);
-        }
+        outbox.mark_dirty(key, &mut self.dirty);
     }
 
     pub(crate) fn handle_for(&self, key: usize, generation: u32) -> ConnHandle {
