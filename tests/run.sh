@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # herald's whole test suite, as CI runs it (`.ci/run` calls this script).
 #
-# Installs what the tests need, then runs, in order: formatting, clippy with
-# warnings as errors, the docs with warnings as errors, every unit,
+# Installs what the tests need (Debian packages: chromium for the browser
+# test; npm packages with npm ci), then runs, in order: formatting, clippy
+# with warnings as errors, the docs with warnings as errors, every unit,
 # integration and doc test in the workspace, the JavaScript client tests
-# (npm ci installs the phoenix and ws packages), and a short smoke run of
-# each fuzz target. Set HERALD_FUZZ_SECONDS to change the per-target fuzz time
+# (the phoenix and ws packages), the browser test of the demo page
+# (playwright-core driving Debian's chromium), and a short smoke run of each
+# fuzz target. Set HERALD_FUZZ_SECONDS to change the per-target fuzz time
 # (default 20; 0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the tests need, installed only when missing.
+debian_packages=()
+command -v chromium >/dev/null 2>&1 || debian_packages+=(chromium)
+if [ "${#debian_packages[@]}" -gt 0 ]; then
+  step "installing Debian packages: ${debian_packages[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${debian_packages[@]}" >/dev/null
+fi
 
 step "formatting"
 cargo fmt --all -- --check
@@ -28,6 +41,12 @@ step "JavaScript client tests (the phoenix npm package under Node.js)"
 cargo build -p herald-tests --bin channels-test-server --locked --quiet
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 HERALD_TEST_SERVER="$PWD/target/debug/channels-test-server" npm test --prefix tests/js
+
+step "browser test (the demo page in headless Chromium, two pages)"
+cargo build -p herald --bin herald --locked --quiet
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+HERALD_BIN="$PWD/target/debug/herald" npm test --prefix tests/browser
+echo "screenshot: tests/browser/artifacts/demo.png"
 
 fuzz_seconds="${HERALD_FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" -gt 0 ]; then

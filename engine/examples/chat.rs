@@ -10,8 +10,6 @@
 //! # then open http://127.0.0.1:4000/ in two browser tabs
 //! ```
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use herald::{
     Reject, Request, Server,
@@ -28,12 +26,6 @@ struct Options {
     /// Port to listen on.
     #[arg(long, default_value_t = 4000)]
     port: u16,
-    /// The phoenix client's ES module, served at /phoenix.mjs.
-    #[arg(
-        long,
-        default_value = "tests/js/node_modules/phoenix/priv/static/phoenix.mjs"
-    )]
-    phoenix_js: PathBuf,
 }
 
 /// Everyone may connect; the name comes from the `name` parameter.
@@ -91,20 +83,19 @@ impl Channel<Member> for ChatRoom {
 
 fn main() -> std::io::Result<()> {
     let options = Options::parse();
-    let mut builder = Server::builder()
+    let builder = Server::builder()
         .bind(([127, 0, 0, 1], options.port).into())
         .static_file(
             "/",
             "text/html; charset=utf-8",
             include_str!("chat/index.html"),
+        )
+        // The unmodified phoenix client (MIT), vendored for the demo pages.
+        .static_file(
+            "/phoenix.mjs",
+            "text/javascript",
+            include_str!("../assets/phoenix.mjs"),
         );
-    match std::fs::read(&options.phoenix_js) {
-        Ok(script) => builder = builder.static_file("/phoenix.mjs", "text/javascript", script),
-        Err(err) => eprintln!(
-            "note: {} not readable ({err}); run `npm ci --prefix tests/js` for the page's client",
-            options.phoenix_js.display()
-        ),
-    }
     let engine = Channels::new()
         .phoenix(
             "/socket/websocket",

@@ -78,10 +78,10 @@ pub fn handshake(data: &[u8]) {
         request.cookies().count(),
     );
     let _ = request.subprotocols().count();
-    if let Ok(crate::handshake::Route::Upgrade) = route(&request, |_| true, |_| None) {
-        if let Ok(key) = check_upgrade(&request, http_minor) {
-            assert_eq!(key.len(), 24, "accepted keys are the base64 of 16 bytes");
-        }
+    if let Ok(crate::handshake::Route::Upgrade) = route(&request, |_| true, |_| None)
+        && let Ok(key) = check_upgrade(&request, http_minor)
+    {
+        assert_eq!(key.len(), 24, "accepted keys are the base64 of 16 bytes");
     }
 }
 
@@ -90,12 +90,11 @@ pub fn handshake(data: &[u8]) {
 pub fn channel_messages(data: &[u8]) {
     use crate::protocol::{amber, phoenix};
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(message) = phoenix::decode_text(text) {
-            if let phoenix::Payload::Json(payload) = message.payload {
-                let frame =
-                    phoenix::push(message.join_ref, &message.topic, &message.event, payload);
-                assert!(frame.len() > payload.get().len());
-            }
+        if let Ok(message) = phoenix::decode_text(text)
+            && let phoenix::Payload::Json(payload) = message.payload
+        {
+            let frame = phoenix::push(message.join_ref, &message.topic, &message.event, payload);
+            assert!(frame.len() > payload.get().len());
         }
         if let Ok(message) = amber::decode(text) {
             let null = serde_json::value::RawValue::NULL;

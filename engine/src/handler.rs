@@ -147,7 +147,8 @@ impl<S> Accept<S> {
     }
 }
 
-/// Refuses an upgrade with an HTTP status.
+/// Refuses an upgrade with an HTTP status and, optionally, a reason the
+/// client reads in the response body.
 ///
 /// # Examples
 ///
@@ -156,21 +157,28 @@ impl<S> Accept<S> {
 ///
 /// assert_eq!(Reject::unauthorized().status(), 401);
 /// assert_eq!(Reject::with_status(999).status(), 400); // not an error status
+///
+/// let reject = Reject::forbidden().with_reason("origin not allowed");
+/// assert_eq!(reject.reason(), Some("origin not allowed"));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     status: u16,
+    reason: Option<Box<str>>,
 }
+
+/// The longest reason a [`Reject`] keeps, in bytes.
+const MAX_REJECT_REASON: usize = 256;
 
 impl Reject {
     /// 401: missing or bad credentials.
     pub const fn unauthorized() -> Self {
-        Self { status: 401 }
+        Self::with_status(401)
     }
 
     /// 403: authenticated, but not allowed.
     pub const fn forbidden() -> Self {
-        Self { status: 403 }
+        Self::with_status(403)
     }
 
     /// Any 4xx or 5xx status; anything else becomes 400.
@@ -180,12 +188,39 @@ impl Reject {
         } else {
             400
         };
-        Self { status }
+        Self {
+            status,
+            reason: None,
+        }
+    }
+
+    /// Says why, in the response body: one line, cut to 256 bytes, control
+    /// characters replaced. Say what the client can fix ("token expired"),
+    /// never a secret.
+    pub fn with_reason(mut self, reason: &str) -> Self {
+        let mut line = String::with_capacity(reason.len().min(MAX_REJECT_REASON));
+        for c in reason.chars() {
+            if line.len() + c.len_utf8() > MAX_REJECT_REASON {
+                break;
+            }
+            line.push(if c.is_control() { ' ' } else { c });
+        }
+        self.reason = Some(line.into_boxed_str());
+        self
     }
 
     /// The status sent.
     pub const fn status(&self) -> u16 {
         self.status
+    }
+
+    /// The reason sent, if one was given.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    pub(crate) fn into_parts(self) -> (u16, Option<Box<str>>) {
+        (self.status, self.reason)
     }
 }
 

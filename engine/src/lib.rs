@@ -128,7 +128,7 @@ pub use config::{ServerConfig, SlowConsumerPolicy, StaticFile};
 pub use handler::{Accept, Conn, Handler, Reject, SendError};
 pub use handshake::{HEALTH_PATH, HandshakeError, Request};
 pub use reactor::{ConnHandle, Server, ServerBuilder, ServerHandle};
-pub use stats::ServerStats;
+pub use stats::{ServerStats, TURN_BUCKETS_MICROS, TurnTimes};
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]

@@ -14,6 +14,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub(crate) struct LoopStats {
             $( pub(crate) $name: AtomicU64, )*
+            /// How long this loop's turns take.
+            pub(crate) turns: TurnHistogram,
         }
 
         /// A snapshot of the server's counters, summed over its loops.
@@ -49,6 +51,8 @@ counters! {
     handshakes_refused,
     /// Messages received from clients (text, binary, ping, pong, close).
     messages_received,
+    /// Publishes (broadcasts) this loop delivered to its subscribers.
+    publishes_handled,
     /// Frames queued for subscribers by publishes (one per subscriber).
     published_deliveries,
     /// Bytes handed to the kernel by `writev`.
@@ -78,4 +82,69 @@ counters! {
 #[inline]
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed) + n, Relaxed);
+}
+
+/// Upper bounds, in microseconds, of the buckets of [`TurnTimes`]; a last
+/// bucket holds the longer turns.
+pub const TURN_BUCKETS_MICROS: [u64; 10] =
+    [10, 50, 100, 250, 500, 1_000, 5_000, 10_000, 50_000, 100_000];
+
+const TURN_BUCKET_COUNT: usize = TURN_BUCKETS_MICROS.len() + 1;
+
+/// How long one loop's turns took, from waking up to polling again; written
+/// only by that loop's thread.
+#[derive(Debug, Default)]
+pub(crate) struct TurnHistogram {
+    counts: [AtomicU64; TURN_BUCKET_COUNT],
+    sum_nanos: AtomicU64,
+}
+
+impl TurnHistogram {
+    /// Records one turn.
+    #[inline]
+    pub(crate) fn record(&self, elapsed: std::time::Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = TURN_BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        bump(&self.counts[bucket], 1);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        bump(&self.sum_nanos, nanos);
+    }
+}
+
+/// A snapshot of loop turn times, summed over the loops: a long turn delays
+/// every connection of its loop, so this is the first place to look when
+/// latency grows.
+///
+/// # Examples
+///
+/// ```
+/// use herald::{TurnTimes, TURN_BUCKETS_MICROS};
+///
+/// let times = TurnTimes::default();
+/// assert_eq!(times.counts.len(), TURN_BUCKETS_MICROS.len() + 1);
+/// assert_eq!(times.total(), 0);
+/// ```
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TurnTimes {
+    /// Turns per bucket (not cumulative): bucket `i` holds the turns of at
+    /// most `TURN_BUCKETS_MICROS[i]` µs that did not fit bucket `i - 1`;
+    /// the last one holds the rest.
+    pub counts: [u64; TURN_BUCKET_COUNT],
+    /// The time all turns took, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl TurnTimes {
+    /// Turns recorded.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub(crate) fn add(&mut self, histogram: &TurnHistogram) {
+        for (count, bucket) in self.counts.iter_mut().zip(&histogram.counts) {
+            *count += bucket.load(Relaxed);
+        }
+        self.sum_nanos += histogram.sum_nanos.load(Relaxed);
+    }
 }

@@ -161,11 +161,11 @@ impl Floor {
     }
 
     fn mark_dirty(&mut self, fd: RawFd) {
-        if let Some(conn) = self.conn(fd) {
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(fd);
-            }
+        if let Some(conn) = self.conn(fd)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(fd);
         }
     }
 

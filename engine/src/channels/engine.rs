@@ -1,7 +1,7 @@
 //! Mounting endpoints, starting the engine, and the handle that broadcasts
 //! from anywhere.
 
-use std::{any::Any, io, net::SocketAddr};
+use std::{any::Any, io, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -10,28 +10,46 @@ use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket,
     context::{JoinInfo, encode_binary_broadcast, encode_broadcast},
     handler::{ChannelConn, ChannelsHandler, SOCKET_ID_PREFIX},
+    stats::{ChannelCounters, ChannelStats},
 };
 use crate::{
     Broadcast, Conn, ConnHandle, Reject, Request, Server, ServerBuilder, ServerHandle,
     protocol::WireProtocol,
 };
 
-/// A topic pattern: exact, or a prefix when it ends with `*`.
-#[derive(Debug, Clone)]
-enum Pattern {
+/// A topic pattern, as channel routes declare them: an exact topic, or a
+/// prefix when it ends with `*` (`"room:*"`; `"*"` alone matches every
+/// topic).
+///
+/// # Examples
+///
+/// ```
+/// use herald::channels::TopicPattern;
+///
+/// let rooms = TopicPattern::new("room:*");
+/// assert!(rooms.matches("room:lobby"));
+/// assert!(!rooms.matches("lobby"));
+/// assert!(TopicPattern::new("lobby").matches("lobby"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPattern {
+    /// This topic only.
     Exact(String),
+    /// Every topic that starts with this.
     Prefix(String),
 }
 
-impl Pattern {
-    fn new(pattern: &str) -> Self {
+impl TopicPattern {
+    /// Parses a pattern: a trailing `*` makes it a prefix.
+    pub fn new(pattern: &str) -> Self {
         match pattern.strip_suffix('*') {
             Some(prefix) => Self::Prefix(prefix.to_owned()),
             None => Self::Exact(pattern.to_owned()),
         }
     }
 
-    fn matches(&self, topic: &str) -> bool {
+    /// Whether `topic` matches.
+    pub fn matches(&self, topic: &str) -> bool {
         match self {
             Self::Exact(exact) => exact == topic,
             Self::Prefix(prefix) => topic.starts_with(prefix.as_str()),
@@ -69,7 +87,7 @@ pub struct Endpoint<S: Socket> {
 }
 
 /// A topic pattern and the channel its topics go to.
-type Route<A> = (Pattern, Box<dyn Channel<A>>);
+type Route<A> = (TopicPattern, Box<dyn Channel<A>>);
 
 impl<S: Socket> std::fmt::Debug for Endpoint<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +113,8 @@ impl<S: Socket> Endpoint<S> {
     /// as Phoenix and Amber declare them) to `channel`. The first matching
     /// route wins.
     pub fn channel(mut self, pattern: &str, channel: impl Channel<S::Assigns>) -> Self {
-        self.routes.push((Pattern::new(pattern), Box::new(channel)));
+        self.routes
+            .push((TopicPattern::new(pattern), Box::new(channel)));
         self
     }
 }
@@ -259,13 +278,16 @@ impl Channels {
         let builder = self.mounts.iter().fold(builder, |builder, mount| {
             builder.endpoint(mount.path.clone())
         });
+        let counters = Arc::new(ChannelCounters::default());
         let handler = ChannelsHandler {
             mounts: self.mounts,
             max_channels: self.max_channels,
+            counters: Arc::clone(&counters),
         };
         let server = builder.start(handler)?;
         let handle = EngineHandle {
             server: server.handle(),
+            counters,
         };
         Ok(Engine { server, handle })
     }
@@ -305,6 +327,7 @@ impl Engine {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     server: ServerHandle,
+    counters: Arc<ChannelCounters>,
 }
 
 impl EngineHandle {
@@ -378,6 +401,11 @@ impl EngineHandle {
         let topic = format!("{SOCKET_ID_PREFIX}{socket_id}");
         self.server
             .broadcast(Broadcast::raw(&topic, bytes::Bytes::new()))
+    }
+
+    /// The channels layer's counters: joins, leaves, client messages.
+    pub fn channel_stats(&self) -> ChannelStats {
+        self.counters.snapshot()
     }
 
     /// The underlying server's handle (stats, shutdown).

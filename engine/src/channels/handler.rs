@@ -16,6 +16,7 @@ use super::{
     LeaveReason, Reply,
     context::JoinInfo,
     engine::{Call, Mount},
+    stats::{ChannelCounters, count},
 };
 use crate::{
     Accept, Broadcast, Conn, Delivery, Handler, Reject, Request,
@@ -96,6 +97,7 @@ fn quote(text: &str) -> String {
 pub(crate) struct ChannelsHandler {
     pub(crate) mounts: Vec<Mount>,
     pub(crate) max_channels: usize,
+    pub(crate) counters: Arc<ChannelCounters>,
 }
 
 impl ChannelsHandler {
@@ -144,6 +146,7 @@ impl ChannelsHandler {
 
     /// Removes a joined topic and the server-side subscriptions it made.
     fn forget(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
+        count(&self.counters.leaves);
         let state = conn.state();
         state.joined.retain(|join| &*join.topic != topic);
         let mut gone = Vec::new();
@@ -293,6 +296,7 @@ impl ChannelsHandler {
             .mount(conn)
             .and_then(|mount| mount.endpoint.route(topic))
         else {
+            count(&self.counters.joins_refused);
             return Self::unmatched(conn, join_ref, msg_ref, topic);
         };
         if let Some(old) = Self::joined(conn, topic) {
@@ -310,6 +314,7 @@ impl ChannelsHandler {
             self.forget(conn, topic);
         }
         if conn.state().joined.len() >= self.max_channels {
+            count(&self.counters.joins_refused);
             return Self::phoenix_reply(
                 conn,
                 join_ref,
@@ -327,15 +332,18 @@ impl ChannelsHandler {
         };
         match self.run(conn, &join, None, Call::Join(payload)) {
             Some(Some(Ok(response))) => {
+                count(&self.counters.joins);
                 let endpoint = conn.state().endpoint;
                 conn.subscribe_with(topic, protocol, Tag::Client.pack(endpoint, route));
                 conn.state().joined.push(join);
                 Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Ok, &response);
             }
             Some(Some(Err(response))) => {
+                count(&self.counters.joins_refused);
                 Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Error, &response);
             }
             Some(None) | None => {
+                count(&self.counters.joins_refused);
                 Self::phoenix_reply(
                     conn,
                     join_ref,
@@ -382,6 +390,7 @@ impl ChannelsHandler {
         if join.protocol == WireProtocol::PhoenixV2 && *join.join_ref != *join_ref {
             return;
         }
+        count(&self.counters.client_messages);
         let msg_ref = msg_ref.filter(|r| !r.is_null()).map(|r| r.as_json());
         if self
             .run(conn, &join, msg_ref, Call::Message(event, payload))
@@ -488,6 +497,7 @@ impl Handler for ChannelsHandler {
 
     fn on_close(&self, conn: &mut Conn<'_, ChannelConn>, _code: CloseCode, _reason: &str) {
         for join in std::mem::take(&mut conn.state().joined) {
+            count(&self.counters.leaves);
             self.run(conn, &join, None, Call::Leave(LeaveReason::Disconnected));
         }
     }
@@ -518,13 +528,12 @@ impl Handler for ChannelsHandler {
                 let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
                     return;
                 };
-                if let Some(join) = Self::joined(conn, broadcast.topic()) {
-                    if self
+                if let Some(join) = Self::joined(conn, broadcast.topic())
+                    && self
                         .run(conn, &join, None, Call::Out(event, payload))
                         .is_none()
-                    {
-                        self.crash(conn, &join);
-                    }
+                {
+                    self.crash(conn, &join);
                 }
             }
             Some((Tag::Info, _, _)) => {
@@ -534,10 +543,10 @@ impl Handler for ChannelsHandler {
                     .iter()
                     .find(|(info, _)| &**info == broadcast.topic())
                     .map(|(_, owner)| Arc::clone(owner));
-                if let Some(join) = owner.and_then(|owner| Self::joined(conn, &owner)) {
-                    if self.run(conn, &join, None, Call::Info(broadcast)).is_none() {
-                        self.crash(conn, &join);
-                    }
+                if let Some(join) = owner.and_then(|owner| Self::joined(conn, &owner))
+                    && self.run(conn, &join, None, Call::Info(broadcast)).is_none()
+                {
+                    self.crash(conn, &join);
                 }
             }
             None => {}

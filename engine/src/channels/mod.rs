@@ -76,11 +76,13 @@ mod context;
 mod engine;
 mod handler;
 mod reply;
+mod stats;
 
 pub use context::ChannelContext;
-pub use engine::{Channels, Endpoint, Engine, EngineHandle};
+pub use engine::{Channels, Endpoint, Engine, EngineHandle, TopicPattern};
 pub use reply::{JoinResult, LeaveReason, Reply};
 use serde_json::value::RawValue;
+pub use stats::ChannelStats;
 
 use crate::{Broadcast, Reject, Request};
 

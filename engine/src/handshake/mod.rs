@@ -46,7 +46,7 @@ const MAX_HEADERS: usize = 64;
 /// assert_eq!(HandshakeError::UnsupportedVersion.status(), 426);
 /// assert_eq!(HandshakeError::HeadTooLarge { limit: 8192 }.status(), 431);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
     /// The request head exceeded the limit, or had more than 64 headers.
@@ -89,21 +89,26 @@ pub enum HandshakeError {
     #[error("server at its connection limit")]
     Overloaded,
     /// The application's `on_connect` refused the connection with this
-    /// status.
-    #[error("refused by the application with status {0}")]
-    Rejected(u16),
+    /// status and, perhaps, a reason.
+    #[error("{}", reason.as_deref().unwrap_or("refused by the application"))]
+    Rejected {
+        /// The status the application chose.
+        status: u16,
+        /// Why, as the application said it.
+        reason: Option<Box<str>>,
+    },
 }
 
 impl HandshakeError {
     /// The HTTP status the request is answered with.
-    pub const fn status(&self) -> u16 {
+    pub fn status(&self) -> u16 {
         match self {
             Self::HeadTooLarge { .. } => 431,
             Self::MethodNotAllowed => 405,
             Self::NotFound => 404,
             Self::UnsupportedVersion => 426,
             Self::Overloaded => 503,
-            Self::Rejected(status) => *status,
+            Self::Rejected { status, .. } => *status,
             Self::Malformed
             | Self::HttpVersion
             | Self::MissingHost

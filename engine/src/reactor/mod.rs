@@ -451,6 +451,15 @@ impl ServerHandle {
         total
     }
 
+    /// How long the loops' turns took, summed over the loops.
+    pub fn turn_times(&self) -> crate::TurnTimes {
+        let mut total = crate::TurnTimes::default();
+        for loop_stats in self.stats.iter() {
+            total.add(&loop_stats.turns);
+        }
+        total
+    }
+
     /// The counters of each loop, in loop order: shows how connections
     /// were spread.
     pub fn stats_per_loop(&self) -> Vec<ServerStats> {

@@ -198,6 +198,7 @@ impl<H: Handler> Worker<H> {
                 tracing::error!(%err, "poll failed; stopping this loop");
                 break;
             }
+            let turn_started = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -216,6 +217,7 @@ impl<H: Handler> Worker<H> {
             self.resume_accepting();
             self.expire_timers();
             self.flush_dirty();
+            self.ctx.stats.turns.record(turn_started.elapsed());
             if self.shutdown_complete() {
                 break;
             }
@@ -543,11 +545,21 @@ impl<H: Handler> Worker<H> {
         let decision = catch_unwind(AssertUnwindSafe(|| handler.on_connect(request)));
         let accept = match decision {
             Ok(Ok(accept)) => accept,
-            Ok(Err(reject)) => return self.refuse(key, HandshakeError::Rejected(reject.status())),
+            Ok(Err(reject)) => {
+                let (status, reason) = reject.into_parts();
+                return self.refuse(key, HandshakeError::Rejected { status, reason });
+            }
             Err(_) => {
                 bump(&self.ctx.stats.handler_panics, 1);
                 tracing::error!(path = request.path(), "on_connect panicked");
-                return self.refuse(key, HandshakeError::Rejected(500));
+                let reason = None;
+                return self.refuse(
+                    key,
+                    HandshakeError::Rejected {
+                        status: 500,
+                        reason,
+                    },
+                );
             }
         };
         let now = self.now_tick();
@@ -766,6 +778,7 @@ impl<H: Handler> Worker<H> {
                 Delivery::Skip => {}
             }
         }
+        bump(&stats.publishes_handled, 1);
         bump(&stats.published_deliveries, delivered);
         for (key, tag) in callbacks {
             self.call(key, |handler, conn| {

@@ -1,0 +1,401 @@
+//! The HTTP API, on its own port: publish from any backend, count a topic's
+//! subscribers, disconnect a user, and scrape metrics.
+//!
+//! | Method | Path                 | Key | Does                                   |
+//! |--------|----------------------|-----|----------------------------------------|
+//! | POST   | `/api/broadcast`     | yes | broadcasts one message, or a batch     |
+//! | GET    | `/api/topics/TOPIC`  | yes | subscribers of a topic                 |
+//! | POST   | `/api/disconnect`    | yes | closes a socket id's connections       |
+//! | GET    | `/metrics`           | no  | Prometheus text                        |
+//! | GET    | `/healthz`           | no  | `ok`                                   |
+//!
+//! The key travels as `Authorization: Bearer KEY`. Errors are 4xx with a
+//! JSON body `{"error": "..."}`. It is served by `tiny_http` on a few
+//! threads: requests only encode a frame and post it to the loops, so they
+//! never wait on a client.
+
+use std::{
+    io::{self, Read},
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    thread::JoinHandle,
+};
+
+use herald::channels::EngineHandle;
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+use tiny_http::{Header, Method, Response};
+
+use crate::metrics::{self, ApiCounters};
+
+/// The most broadcasts one batch may carry.
+const MAX_BATCH: usize = 1000;
+
+/// The longest topic or event accepted, in bytes.
+const MAX_NAME_BYTES: usize = 255;
+
+/// A refused API request; each maps to a status and a JSON error body.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("missing or wrong API key: send `Authorization: Bearer KEY`")]
+    Unauthorized,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ApiError {
+    fn status(&self) -> u16 {
+        match self {
+            Self::Unauthorized => 401,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::PayloadTooLarge(_) => 413,
+            Self::BadRequest(_) => 400,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::BadRequest(message.into())
+    }
+}
+
+/// A response ready to send.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Reply {
+    fn json(value: &serde_json::Value) -> Self {
+        Self {
+            status: 200,
+            content_type: "application/json",
+            body: value.to_string(),
+        }
+    }
+
+    fn text(content_type: &'static str, body: String) -> Self {
+        Self {
+            status: 200,
+            content_type,
+            body,
+        }
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(error: ApiError) -> Self {
+        Self {
+            status: error.status(),
+            content_type: "application/json",
+            body: json!({ "error": error.to_string() }).to_string(),
+        }
+    }
+}
+
+/// What the API serves with.
+#[derive(Debug)]
+pub(crate) struct Api {
+    pub(crate) engine: EngineHandle,
+    pub(crate) key: Option<String>,
+    pub(crate) counters: Arc<ApiCounters>,
+    pub(crate) max_body_bytes: usize,
+}
+
+/// One message of `POST /api/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastItem<'a> {
+    topic: String,
+    event: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+/// The body of `POST /api/broadcast`: one message, or `{"broadcasts": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody<'a> {
+    topic: Option<String>,
+    event: Option<String>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    broadcasts: Option<Vec<BroadcastItem<'a>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    socket_id: String,
+}
+
+impl Api {
+    /// Answers one request.
+    fn respond(&self, request: &mut tiny_http::Request) -> Reply {
+        let result = self.route(request);
+        result.unwrap_or_else(|error| {
+            self.counters.bad_requests.fetch_add(1, Relaxed);
+            Reply::from(error)
+        })
+    }
+
+    fn route(&self, request: &mut tiny_http::Request) -> Result<Reply, ApiError> {
+        let url = request.url().to_owned();
+        let path = url.split('?').next().unwrap_or_default();
+        let method = request.method().clone();
+        match path {
+            "/healthz" => {
+                expect_method(&method, &Method::Get)?;
+                return Ok(Reply::text("text/plain; charset=utf-8", "ok\n".into()));
+            }
+            "/metrics" => {
+                expect_method(&method, &Method::Get)?;
+                let text = metrics::render(&self.engine, &self.counters);
+                return Ok(Reply::text(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text,
+                ));
+            }
+            _ => {}
+        }
+        if !path.starts_with("/api/") {
+            return Err(ApiError::NotFound);
+        }
+        self.check_key(request)?;
+        if let Some(topic) = path.strip_prefix("/api/topics/") {
+            expect_method(&method, &Method::Get)?;
+            return self.topic(topic);
+        }
+        match path {
+            "/api/broadcast" => {
+                expect_method(&method, &Method::Post)?;
+                let body = self.read_body(request)?;
+                self.broadcast(&body)
+            }
+            "/api/disconnect" => {
+                expect_method(&method, &Method::Post)?;
+                let body = self.read_body(request)?;
+                self.disconnect(&body)
+            }
+            _ => Err(ApiError::NotFound),
+        }
+    }
+
+    fn check_key(&self, request: &tiny_http::Request) -> Result<(), ApiError> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        let presented = request
+            .headers()
+            .iter()
+            .find(|header| header.field.equiv("Authorization"))
+            .and_then(|header| header.value.as_str().strip_prefix("Bearer "));
+        match presented {
+            Some(presented) if constant_time_eq(presented.as_bytes(), key.as_bytes()) => Ok(()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+
+    fn read_body(&self, request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
+        let limit = self.max_body_bytes;
+        if request.body_length().is_some_and(|length| length > limit) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        let mut body = Vec::new();
+        request
+            .as_reader()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|err| ApiError::bad(format!("cannot read the body: {err}")))?;
+        if body.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        Ok(body)
+    }
+
+    fn broadcast(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let body: BroadcastBody<'_> = serde_json::from_slice(body)
+            .map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))?;
+        let items = match body {
+            BroadcastBody {
+                topic: Some(topic),
+                event: Some(event),
+                payload: Some(payload),
+                broadcasts: None,
+            } => vec![BroadcastItem {
+                topic,
+                event,
+                payload,
+            }],
+            BroadcastBody {
+                topic: None,
+                event: None,
+                payload: None,
+                broadcasts: Some(items),
+            } => items,
+            _ => {
+                return Err(ApiError::bad(
+                    "expected {\"topic\", \"event\", \"payload\"} or {\"broadcasts\": [...]}",
+                ));
+            }
+        };
+        if items.len() > MAX_BATCH {
+            return Err(ApiError::bad(format!(
+                "a batch holds at most {MAX_BATCH} broadcasts"
+            )));
+        }
+        for item in &items {
+            check_name("topic", &item.topic)?;
+            check_name("event", &item.event)?;
+            if item.event.starts_with("phx_") {
+                return Err(ApiError::bad("events starting with phx_ are reserved"));
+            }
+        }
+        for item in &items {
+            self.engine
+                .broadcast(&item.topic, &item.event, item.payload)
+                .map_err(|err| ApiError::bad(format!("payload: {err}")))?;
+            self.counters.broadcasts.fetch_add(1, Relaxed);
+        }
+        Ok(Reply::json(
+            &json!({ "ok": true, "broadcasts": items.len() }),
+        ))
+    }
+
+    fn topic(&self, encoded: &str) -> Result<Reply, ApiError> {
+        let topic = percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .map_err(|_| ApiError::bad("the topic is not UTF-8"))?;
+        check_name("topic", &topic)?;
+        let subscribers = self.engine.subscriber_count(&topic);
+        Ok(Reply::json(&json!({
+            "topic": topic,
+            "subscribers": subscribers,
+            "scope": "node",
+        })))
+    }
+
+    fn disconnect(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let body: DisconnectBody = serde_json::from_slice(body)
+            .map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))?;
+        check_name("socket_id", &body.socket_id)?;
+        self.engine.disconnect(&body.socket_id);
+        Ok(Reply::json(&json!({ "ok": true })))
+    }
+}
+
+fn expect_method(method: &Method, expected: &Method) -> Result<(), ApiError> {
+    if method == expected {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::bad(format!("{what} is empty")));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::bad(format!(
+            "{what} exceeds {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Compares secrets in time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// The API's listener and threads.
+pub(crate) struct ApiServer {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("local_addr", &self.local_addr)
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+impl ApiServer {
+    /// Binds `addr` and serves `api` on `threads` threads.
+    pub(crate) fn start(addr: SocketAddr, threads: usize, api: Api) -> io::Result<Self> {
+        let server = tiny_http::Server::http(addr).map_err(io::Error::other)?;
+        let local_addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| io::Error::other("the API listener has no IP address"))?;
+        let server = Arc::new(server);
+        let api = Arc::new(api);
+        let threads = (0..threads.max(1))
+            .map(|index| {
+                let server = Arc::clone(&server);
+                let api = Arc::clone(&api);
+                std::thread::Builder::new()
+                    .name(format!("herald-api-{index}"))
+                    .spawn(move || serve(&server, &api))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self {
+            server,
+            threads,
+            local_addr,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting requests and waits for the threads.
+    pub(crate) fn stop(self) {
+        for _ in &self.threads {
+            self.server.unblock();
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, api: &Api) {
+    for mut request in server.incoming_requests() {
+        let reply = api.respond(&mut request);
+        let content_type = Header::from_bytes("Content-Type", reply.content_type)
+            .expect("a static header is valid");
+        let response = Response::from_string(reply.body)
+            .with_status_code(reply.status)
+            .with_header(content_type);
+        if let Err(err) = request.respond(response) {
+            tracing::debug!(%err, "API client went away before its response");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn keys_compare_by_content_and_length() {
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kez"));
+        assert!(!constant_time_eq(b"key", b"keys"));
+    }
+}

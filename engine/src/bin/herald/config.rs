@@ -1,0 +1,484 @@
+//! Configuration: built-in defaults, then a TOML file, then environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! Every key is documented in `herald.toml` at the repository root; clap
+//! reads a flag's environment variable itself when the flag is absent, so
+//! flags win over the environment without code of ours.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// The whole configuration, as the file spells it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) server: ServerSection,
+    pub(crate) api: ApiSection,
+    pub(crate) auth: AuthSection,
+    pub(crate) log: LogSection,
+    pub(crate) broker: BrokerSection,
+    /// Which topics clients may join and what their messages do; the first
+    /// rule whose pattern matches a topic applies.
+    pub(crate) channels: Vec<ChannelRule>,
+}
+
+/// The WebSocket side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    pub(crate) listen: SocketAddr,
+    /// Event loops; 0 means one per core.
+    pub(crate) loops: usize,
+    pub(crate) pin_cores: bool,
+    /// Phoenix V2 endpoint path; empty turns it off.
+    pub(crate) phoenix_path: String,
+    /// Amber endpoint path; empty turns it off.
+    pub(crate) amber_path: String,
+    /// Serve the demo chat page at `/`.
+    pub(crate) demo: bool,
+    /// Origins allowed to connect; empty allows any.
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) max_connections: usize,
+    /// Channels one connection may join.
+    pub(crate) max_channels: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) ping_interval_secs: u64,
+    pub(crate) idle_timeout_secs: u64,
+    pub(crate) shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            loops: 0,
+            pin_cores: true,
+            phoenix_path: "/socket/websocket".into(),
+            amber_path: "/amber".into(),
+            demo: true,
+            allowed_origins: Vec::new(),
+            max_connections: 1_000_000,
+            max_channels: 100,
+            max_message_bytes: 1 << 20,
+            max_queued_bytes: 4 << 20,
+            slow_consumer: SlowConsumer::Close,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 60,
+            shutdown_timeout_secs: 5,
+        }
+    }
+}
+
+impl ServerSection {
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub(crate) fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+/// What to do with a client that cannot keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SlowConsumer {
+    /// Close it with 1013.
+    Close,
+    /// Drop its oldest unsent frames.
+    DropOldest,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ApiSection {
+    pub(crate) enabled: bool,
+    pub(crate) listen: SocketAddr,
+    /// Bearer key every `/api/` request must carry. Without one the API is
+    /// open, which is allowed only on a loopback address.
+    pub(crate) key: Option<String>,
+    pub(crate) threads: usize,
+    pub(crate) max_body_bytes: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            key: None,
+            threads: 2,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Connect-time tokens.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    /// HMAC secret of HS256 JWTs; set, every connection needs a token.
+    pub(crate) jwt_secret: Option<String>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogSection {
+    pub(crate) level: LogLevel,
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How much to log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => Self::ERROR,
+            LogLevel::Warn => Self::WARN,
+            LogLevel::Info => Self::INFO,
+            LogLevel::Debug => Self::DEBUG,
+            LogLevel::Trace => Self::TRACE,
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines with `key=value` fields.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The cluster broker.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct BrokerSection {
+    pub(crate) kind: BrokerKind,
+}
+
+/// Which broker joins the nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BrokerKind {
+    /// None: a single node.
+    #[default]
+    Memory,
+}
+
+/// A channel rule: topics matching `pattern` may be joined, and client
+/// messages on them are handled as `messages` says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelRule {
+    pub(crate) pattern: String,
+    #[serde(default)]
+    pub(crate) messages: MessagePolicy,
+    /// Broadcast `user_joined` / `user_left` notices to the topic.
+    #[serde(default)]
+    pub(crate) presence: bool,
+}
+
+/// What a client's message on a joined topic does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum MessagePolicy {
+    /// Refused with an error reply: only the server publishes.
+    #[default]
+    Refuse,
+    /// Broadcast to every subscriber, the sender included.
+    Rebroadcast,
+    /// Broadcast to every subscriber but the sender.
+    BroadcastFrom,
+}
+
+impl Config {
+    /// The rules in force: the file's, or the defaults (rooms where clients
+    /// chat, every other topic read-only).
+    pub(crate) fn channel_rules(&self) -> Vec<ChannelRule> {
+        if !self.channels.is_empty() {
+            return self.channels.clone();
+        }
+        vec![
+            ChannelRule {
+                pattern: "room:*".into(),
+                messages: MessagePolicy::Rebroadcast,
+                presence: true,
+            },
+            ChannelRule {
+                pattern: "*".into(),
+                messages: MessagePolicy::Refuse,
+                presence: false,
+            },
+        ]
+    }
+}
+
+/// herald: a WebSocket channels server for the Phoenix and Amber
+/// JavaScript clients, with an HTTP API to publish from any backend.
+///
+/// Settings come from the defaults, then `--config FILE`, then `HERALD_*`
+/// environment variables, then these flags. `herald.toml` in the
+/// repository documents every key.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version)]
+pub(crate) struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// WebSocket address [default: 127.0.0.1:4000].
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Event loops, 0 for one per core [default: 0].
+    #[arg(long, env = "HERALD_LOOPS")]
+    pub(crate) loops: Option<usize>,
+    /// Do not pin event loops to cores.
+    #[arg(long, env = "HERALD_NO_PIN")]
+    pub(crate) no_pin: bool,
+    /// Do not serve the demo page at `/`.
+    #[arg(long, env = "HERALD_NO_DEMO")]
+    pub(crate) no_demo: bool,
+    /// Comma-separated origins allowed to connect [default: any].
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    /// Connections past which new ones get 503 [default: 1000000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// HTTP API address [default: 127.0.0.1:4001].
+    #[arg(long, env = "HERALD_API_LISTEN")]
+    pub(crate) api_listen: Option<SocketAddr>,
+    /// Key the HTTP API requires as `Authorization: Bearer KEY`.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// Turn the HTTP API off.
+    #[arg(long, env = "HERALD_NO_API")]
+    pub(crate) no_api: bool,
+    /// HMAC secret for HS256 connect tokens; set, tokens are required.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub(crate) jwt_secret: Option<String>,
+    /// Which broker joins the nodes [default: memory].
+    #[arg(long, env = "HERALD_BROKER")]
+    pub(crate) broker: Option<BrokerKind>,
+    /// Log level [default: info].
+    #[arg(long, env = "HERALD_LOG_LEVEL")]
+    pub(crate) log_level: Option<LogLevel>,
+    /// Log format [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file named by `cli` (if any) and applies the flags and
+    /// environment variables over it.
+    pub(crate) fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(cli);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    fn apply(&mut self, cli: &Cli) {
+        let server = &mut self.server;
+        set(&mut server.listen, cli.listen);
+        set(&mut server.loops, cli.loops);
+        set(&mut server.max_connections, cli.max_connections);
+        set(&mut server.allowed_origins, cli.allowed_origins.clone());
+        server.pin_cores &= !cli.no_pin;
+        server.demo &= !cli.no_demo;
+        set(&mut self.api.listen, cli.api_listen);
+        if cli.api_key.is_some() {
+            self.api.key.clone_from(&cli.api_key);
+        }
+        self.api.enabled &= !cli.no_api;
+        if cli.jwt_secret.is_some() {
+            self.auth.jwt_secret.clone_from(&cli.jwt_secret);
+        }
+        set(&mut self.broker.kind, cli.broker);
+        set(&mut self.log.level, cli.log_level);
+        set(&mut self.log.format, cli.log_format);
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.server.phoenix_path.is_empty() && self.server.amber_path.is_empty() {
+            return invalid("server: phoenix_path and amber_path are both empty".into());
+        }
+        for path in [&self.server.phoenix_path, &self.server.amber_path] {
+            if !path.is_empty() && !path.starts_with('/') {
+                return invalid(format!(
+                    "server: endpoint path {path:?} must start with '/'"
+                ));
+            }
+        }
+        if self.server.phoenix_path == self.server.amber_path {
+            return invalid("server: phoenix_path and amber_path must differ".into());
+        }
+        if self.api.enabled && self.api.key.is_none() && !self.api.listen.ip().is_loopback() {
+            return invalid(format!(
+                "api: listening on {} needs a key (api.key, HERALD_API_KEY or --api-key); \
+                 an open API is allowed on loopback only",
+                self.api.listen
+            ));
+        }
+        if self.api.key.as_deref().is_some_and(str::is_empty) {
+            return invalid("api: the key is empty".into());
+        }
+        if self.auth.jwt_secret.as_deref().is_some_and(str::is_empty) {
+            return invalid("auth: jwt_secret is empty".into());
+        }
+        for rule in &self.channels {
+            if rule.pattern.is_empty() {
+                return invalid("channels: a rule has an empty pattern".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn defaults_serve_phoenix_and_amber_on_loopback() {
+        let config = Config::load(&cli(&[])).expect("defaults are valid");
+        assert_eq!(config.server.listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.server.phoenix_path, "/socket/websocket");
+        assert_eq!(config.api.listen, "127.0.0.1:4001".parse().unwrap());
+        assert!(config.server.demo);
+        assert_eq!(config.broker.kind, BrokerKind::Memory);
+        assert_eq!(config.channel_rules().len(), 2);
+    }
+
+    #[test]
+    fn file_then_flags_override_in_order() {
+        let dir = std::env::temp_dir().join(format!("herald-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("herald.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [server]
+            listen = "127.0.0.1:5000"
+            loops = 3
+            [api]
+            key = "from-file"
+            [[channels]]
+            pattern = "feed:*"
+            messages = "broadcast_from"
+            "#,
+        )
+        .unwrap();
+        let path_arg = path.to_str().unwrap();
+        let config = Config::load(&cli(&["--config", path_arg, "--loops", "2"])).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(config.server.loops, 2, "the flag wins over the file");
+        assert_eq!(config.api.key.as_deref(), Some("from-file"));
+        let rules = config.channel_rules();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].messages, MessagePolicy::BroadcastFrom);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_sample_file_parses_to_the_defaults() {
+        let sample = include_str!("../../../../herald.toml");
+        let config: Config = toml::from_str(sample).expect("herald.toml parses");
+        let defaults = Config::default();
+        assert_eq!(
+            format!("{:?}", config.server),
+            format!("{:?}", defaults.server)
+        );
+        assert_eq!(format!("{:?}", config.api), format!("{:?}", defaults.api));
+        assert_eq!(
+            format!("{:?}", config.channel_rules()),
+            format!("{:?}", defaults.channel_rules())
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let error = toml::from_str::<Config>("[server]\nlisten_on = 1\n").unwrap_err();
+        assert!(error.to_string().contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn an_open_api_off_loopback_is_refused() {
+        let error = Config::load(&cli(&["--api-listen", "0.0.0.0:4001"])).unwrap_err();
+        assert!(error.to_string().contains("needs a key"), "{error}");
+        Config::load(&cli(&["--api-listen", "0.0.0.0:4001", "--api-key", "k"]))
+            .expect("a key makes it valid");
+    }
+}

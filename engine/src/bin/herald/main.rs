@@ -1,0 +1,181 @@
+//! The `herald` standalone server.
+//!
+//! Starts the channels engine with Phoenix V2 and Amber endpoints, channel
+//! rules and token auth from configuration, the HTTP API on its own port,
+//! and the demo chat page at `/`; runs until SIGTERM or SIGINT, then closes
+//! every client with 1001, drains, and exits 0.
+//!
+//! ```text
+//! herald                              # defaults: ws 127.0.0.1:4000, API 127.0.0.1:4001
+//! herald --config herald.toml --log-level debug
+//! HERALD_API_KEY=secret herald --listen 0.0.0.0:4000
+//! ```
+
+mod api;
+mod auth;
+mod config;
+mod metrics;
+mod policy;
+
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use herald::{
+    Server, SlowConsumerPolicy,
+    channels::{Channels, Engine},
+    wire::{CloseCode, DecoderConfig},
+};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
+
+use crate::{
+    api::{Api, ApiServer},
+    auth::TokenVerifier,
+    config::{Cli, Config, LogFormat, SlowConsumer},
+    metrics::ApiCounters,
+    policy::ServerSocket,
+};
+
+/// The demo chat page, served at `/`.
+const DEMO_PAGE: &str = include_str!("../../../assets/demo.html");
+/// The unmodified phoenix JavaScript client (MIT), served at `/phoenix.mjs`
+/// for the demo page.
+const PHOENIX_CLIENT: &str = include_str!("../../../assets/phoenix.mjs");
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("herald: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(%err, "herald stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let level = tracing::Level::from(config.log.level);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: &Config) -> std::io::Result<()> {
+    // Register the handlers before anything starts, so that a signal that
+    // arrives early still shuts down gracefully.
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let engine = start_engine(config)?;
+    let counters = Arc::new(ApiCounters::default());
+    let api = if config.api.enabled {
+        let api = Api {
+            engine: engine.handle(),
+            key: config.api.key.clone(),
+            counters,
+            max_body_bytes: config.api.max_body_bytes,
+        };
+        let server = ApiServer::start(config.api.listen, config.api.threads, api)?;
+        if config.api.key.is_none() {
+            tracing::warn!(addr = %server.local_addr(), "HTTP API has no key: open to anyone who can reach it");
+        }
+        tracing::info!(addr = %server.local_addr(), "HTTP API listening");
+        Some(server)
+    } else {
+        None
+    };
+    announce(config, &engine);
+    let signal = signals.forever().next();
+    tracing::info!(signal, "shutting down: closing clients with 1001");
+    if let Some(api) = api {
+        api.stop();
+    }
+    engine.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn start_engine(config: &Config) -> std::io::Result<Engine> {
+    let server = &config.server;
+    let verifier = config
+        .auth
+        .jwt_secret
+        .as_deref()
+        .map(|secret| Arc::new(TokenVerifier::new(secret)));
+    let origins: Arc<[String]> = server.allowed_origins.clone().into();
+    let rules = config.channel_rules();
+    let endpoint = || {
+        policy::endpoint(
+            ServerSocket::new(verifier.clone(), Arc::clone(&origins)),
+            &rules,
+        )
+    };
+    let mut channels = Channels::new().max_channels(server.max_channels);
+    if !server.phoenix_path.is_empty() {
+        channels = channels.phoenix(&server.phoenix_path, endpoint());
+    }
+    if !server.amber_path.is_empty() {
+        channels = channels.amber(&server.amber_path, endpoint());
+    }
+    let loops = match server.loops {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        loops => loops,
+    };
+    let decoder = DecoderConfig::default()
+        .max_frame_size(server.max_message_bytes)
+        .max_message_size(server.max_message_bytes);
+    let mut builder = Server::builder()
+        .bind(server.listen)
+        .loops(loops)
+        .pin_cores(server.pin_cores)
+        .max_connections(server.max_connections)
+        .max_queued_bytes(server.max_queued_bytes)
+        .slow_consumer(match server.slow_consumer {
+            SlowConsumer::Close => SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER),
+            SlowConsumer::DropOldest => SlowConsumerPolicy::DropOldest,
+        })
+        .ping_interval(server.ping_interval())
+        .idle_timeout(server.idle_timeout())
+        .shutdown_timeout(server.shutdown_timeout())
+        .decoder(decoder);
+    if server.demo {
+        builder = builder
+            .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)
+            .static_file(
+                "/phoenix.mjs",
+                "text/javascript; charset=utf-8",
+                PHOENIX_CLIENT,
+            );
+    }
+    channels.start(builder)
+}
+
+fn announce(config: &Config, engine: &Engine) {
+    let addr = engine.local_addr();
+    let server = &config.server;
+    tracing::info!(
+        %addr,
+        phoenix = %server.phoenix_path,
+        amber = %server.amber_path,
+        auth = config.auth.jwt_secret.is_some(),
+        broker = ?config.broker.kind,
+        "herald {} listening",
+        env!("CARGO_PKG_VERSION"),
+    );
+    if server.demo {
+        tracing::info!("demo chat: open http://{addr}/ in two browser tabs");
+    }
+}

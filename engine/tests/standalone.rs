@@ -1,0 +1,465 @@
+//! The `herald` binary over real sockets: configuration precedence, the
+//! HTTP API and its errors, token auth, the Origin allow-list, channel
+//! rules, metrics, and graceful shutdown on SIGTERM.
+//!
+//! Each test starts its own server process on free ports (port 0; the
+//! addresses are read from its JSON log) and kills it when done.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use herald_tests::{
+    phoenix::Client,
+    server::{http_exchange, upgrade_request},
+};
+use serde_json::{Value, json};
+use tungstenite::{Message, protocol::frame::coding::CloseCode};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `herald` process.
+struct Herald {
+    child: Child,
+    ws: SocketAddr,
+    api: SocketAddr,
+}
+
+impl Herald {
+    fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--loops",
+                "2",
+                "--no-pin",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("HERALD_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().expect("start herald");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines, addresses) = mpsc::channel();
+        // Reads the log to its end (so the process never blocks on a full
+        // pipe), reporting each listening address.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let fields = &entry["fields"];
+                let message = fields["message"].as_str().unwrap_or_default();
+                if let Some(addr) = fields["addr"].as_str().and_then(|a| a.parse().ok()) {
+                    let _ = lines.send((message.contains("API"), addr));
+                }
+            }
+        });
+        let (mut ws, mut api) = (None, None);
+        while ws.is_none() || api.is_none() {
+            let (is_api, addr) = addresses
+                .recv_timeout(START_TIMEOUT)
+                .expect("herald logs both listening addresses");
+            if is_api {
+                api = Some(addr)
+            } else {
+                ws = Some(addr)
+            }
+        }
+        Self {
+            child,
+            ws: ws.unwrap(),
+            api: api.unwrap(),
+        }
+    }
+
+    /// `METHOD path` on the API with `headers` and `body`: status and body.
+    fn api(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        let (status, response) = http_exchange(self.api, request.as_bytes());
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned());
+        (status, body.unwrap_or_default())
+    }
+
+    fn phoenix(&self, params: &str) -> Client {
+        Client::connect(self.ws, "/socket/websocket", params).expect("phoenix connect")
+    }
+
+    fn send_sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: `kill` has no memory-safety preconditions; the pid is our
+        // own child's, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {body:?}"))
+}
+
+fn token(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+fn in_an_hour() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+/// Joins `topic` and asserts the join was accepted.
+fn join(client: &mut Client, topic: &str) -> String {
+    let (join_ref, reply) = client.join(topic, json!({"name": "tester"}));
+    assert_eq!(reply["status"], "ok", "join {topic}: {reply}");
+    join_ref
+}
+
+#[test]
+fn api_broadcasts_reach_phoenix_clients_and_topics_count_them() {
+    let herald = Herald::start_with_env(&[], &[("HERALD_API_KEY", "k1")]);
+    let auth = "Authorization: Bearer k1";
+    let mut client = herald.phoenix("");
+    join(&mut client, "room:lobby");
+
+    let (status, body) = herald.api("GET", "/api/topics/room%3Alobby", &[auth], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["subscribers"], 1);
+
+    let one = json!({"topic": "room:lobby", "event": "new_msg", "payload": {"body": "one"}});
+    let (status, body) = herald.api("POST", "/api/broadcast", &[auth], &one.to_string());
+    assert_eq!(
+        (status, json_of(&body)["ok"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    let message = client.recv();
+    assert_eq!(
+        message,
+        json!([null, null, "room:lobby", "new_msg", {"body": "one"}])
+    );
+
+    let batch = json!({"broadcasts": [
+        {"topic": "room:lobby", "event": "new_msg", "payload": {"n": 1}},
+        {"topic": "room:lobby", "event": "new_msg", "payload": {"n": 2}},
+    ]});
+    let (status, body) = herald.api("POST", "/api/broadcast", &[auth], &batch.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["broadcasts"], 2);
+    assert_eq!(client.recv()[4], json!({"n": 1}));
+    assert_eq!(client.recv()[4], json!({"n": 2}));
+}
+
+#[test]
+fn the_api_refuses_bad_requests_with_json_errors() {
+    let herald = Herald::start(&["--api-key", "k2"]);
+    let auth = "Authorization: Bearer k2";
+    let valid = json!({"topic": "t", "event": "e", "payload": {}}).to_string();
+    let cases = [
+        ("POST", "/api/broadcast", None, valid.clone(), 401),
+        (
+            "POST",
+            "/api/broadcast",
+            Some("Authorization: Bearer nope"),
+            valid.clone(),
+            401,
+        ),
+        (
+            "POST",
+            "/api/broadcast",
+            Some(auth),
+            "{not json".to_owned(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/broadcast",
+            Some(auth),
+            r#"{"topic":"t"}"#.to_owned(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/broadcast",
+            Some(auth),
+            json!({"topic": "t", "event": "phx_reply", "payload": {}}).to_string(),
+            400,
+        ),
+        ("GET", "/api/broadcast", Some(auth), String::new(), 405),
+        ("GET", "/api/nothing", Some(auth), String::new(), 404),
+        ("POST", "/api/disconnect", Some(auth), "{}".to_owned(), 400),
+        (
+            "POST",
+            "/api/broadcast",
+            Some(auth),
+            "x".repeat((1 << 20) + 1),
+            413,
+        ),
+    ];
+    for (method, path, header, body, expected) in cases {
+        let headers: Vec<&str> = header.into_iter().collect();
+        let (status, response) = herald.api(method, path, &headers, &body);
+        assert_eq!(status, expected, "{method} {path}: {response}");
+        assert!(
+            json_of(&response)["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{method} {path}: error body {response:?}"
+        );
+    }
+    let (status, body) = herald.api("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("herald_api_bad_requests_total 9"), "{body}");
+}
+
+#[test]
+fn flags_win_over_environment_variables() {
+    let herald = Herald::start_with_env(
+        &["--api-key", "from-flag"],
+        &[("HERALD_API_KEY", "from-env")],
+    );
+    let (status, _) = herald.api(
+        "GET",
+        "/api/topics/x",
+        &["Authorization: Bearer from-env"],
+        "",
+    );
+    assert_eq!(status, 401);
+    let (status, _) = herald.api(
+        "GET",
+        "/api/topics/x",
+        &["Authorization: Bearer from-flag"],
+        "",
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn tokens_are_checked_at_connect_and_join_and_name_the_socket() {
+    let herald = Herald::start(&["--jwt-secret", "s3cret"]);
+    let refused = |params: &str| {
+        let path = format!("/socket/websocket?vsn=2.0.0&{params}");
+        http_exchange(herald.ws, upgrade_request(&path).as_bytes())
+    };
+    let (status, response) = refused("");
+    assert_eq!(status, 401);
+    assert!(response.contains("missing token"), "{response}");
+    let forged = token("other", &json!({"sub": "ada", "exp": in_an_hour()}));
+    let (status, response) = refused(&format!("token={forged}"));
+    assert_eq!(status, 401);
+    assert!(response.contains("signature"), "{response}");
+    let expired = token("s3cret", &json!({"sub": "ada", "exp": 1_000}));
+    let (status, response) = refused(&format!("token={expired}"));
+    assert_eq!(status, 401);
+    assert!(response.contains("expired"), "{response}");
+
+    let good = token(
+        "s3cret",
+        &json!({"sub": "ada", "exp": in_an_hour(), "channels": ["room:*"]}),
+    );
+    let mut client = herald.phoenix(&format!("token={good}"));
+    let (_, reply) = client.join("room:a", json!({}));
+    assert_eq!(reply, json!({"status": "ok", "response": {"user": "ada"}}));
+    let (_, reply) = client.join("feed:x", json!({}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "unauthorized"}})
+    );
+
+    let (status, body) = herald.api("POST", "/api/disconnect", &[], r#"{"socket_id": "ada"}"#);
+    assert_eq!(status, 200, "{body}");
+    loop {
+        match client.ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, CloseCode::Away);
+                break;
+            }
+            Ok(_) => {}
+            Err(err) => panic!("expected a close frame, got {err}"),
+        }
+    }
+}
+
+#[test]
+fn the_origin_allow_list_refuses_other_origins() {
+    let herald = Herald::start(&[
+        "--allowed-origins",
+        "https://ok.example,https://also.example",
+    ]);
+    let request = |origin: &str| {
+        let head = upgrade_request("/socket/websocket?vsn=2.0.0");
+        let head = head.replacen(
+            "Host: test\r\n",
+            &format!("Host: test\r\nOrigin: {origin}\r\n"),
+            1,
+        );
+        let mut stream = herald_tests::server::raw(herald.ws);
+        std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+        herald_tests::server::read_head(&mut stream)
+    };
+    let refused = http_exchange(
+        herald.ws,
+        upgrade_request("/socket/websocket?vsn=2.0.0")
+            .replacen(
+                "Host: test\r\n",
+                "Host: test\r\nOrigin: https://evil.example\r\n",
+                1,
+            )
+            .as_bytes(),
+    );
+    assert_eq!(refused.0, 403);
+    assert!(refused.1.contains("origin not allowed"), "{}", refused.1);
+    assert!(request("https://also.example").starts_with("HTTP/1.1 101"));
+}
+
+#[test]
+fn channel_rules_from_a_config_file_decide_joins_and_messages() {
+    let dir = std::env::temp_dir().join(format!("herald-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("herald.toml");
+    std::fs::write(
+        &path,
+        r#"
+        [[channels]]
+        pattern = "feed:*"
+        messages = "refuse"
+
+        [[channels]]
+        pattern = "chat:*"
+        messages = "broadcast_from"
+        "#,
+    )
+    .unwrap();
+    let herald = Herald::start(&["--config", path.to_str().unwrap()]);
+    let mut alice = herald.phoenix("");
+    let mut bob = herald.phoenix("");
+
+    let (_, reply) = alice.join("room:lobby", json!({}));
+    assert_eq!(reply["status"], "error", "no rule matches room:*: {reply}");
+
+    let feed = join(&mut alice, "feed:prices");
+    let msg_ref = alice.push(&feed, "feed:prices", "tick", json!({}));
+    let (reply, _) = alice.reply_to(&msg_ref);
+    assert_eq!(reply["status"], "error", "{reply}");
+
+    let chat = join(&mut alice, "chat:1");
+    join(&mut bob, "chat:1");
+    alice.push(&chat, "chat:1", "new_msg", json!({"body": "hi"}));
+    assert_eq!(
+        bob.recv(),
+        json!([null, null, "chat:1", "new_msg", {"body": "hi"}])
+    );
+    let before_sync = alice.sync();
+    assert!(
+        before_sync.iter().all(|m| m[3] != "new_msg"),
+        "broadcast_from must skip the sender: {before_sync:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn presence_notices_and_metrics_follow_joins() {
+    let herald = Herald::start(&[]);
+    let mut alice = herald.phoenix("");
+    let mut bob = herald.phoenix("");
+    let (_, reply) = alice.join("room:1", json!({"name": "alice"}));
+    assert_eq!(reply["response"], json!({"user": "alice"}));
+    join(&mut bob, "room:1");
+    assert_eq!(
+        alice.recv(),
+        json!([null, null, "room:1", "user_joined", {"user": "tester"}])
+    );
+    drop(bob);
+    assert_eq!(
+        alice.recv(),
+        json!([null, null, "room:1", "user_left", {"user": "tester"}])
+    );
+
+    let (status, metrics) = herald.api("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    for line in [
+        "herald_channel_joins_total 2",
+        "herald_channel_leaves_total 1",
+        "herald_deliveries_total 2",
+        "herald_connections 1",
+        "# TYPE herald_loop_turn_seconds histogram",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    let mut herald = Herald::start(&[]);
+    let mut client = herald.phoenix("");
+    join(&mut client, "room:1");
+    herald.send_sigterm();
+    let close = loop {
+        match client.ws.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => {}
+            Err(err) => panic!("expected a close frame, got {err}"),
+        }
+    };
+    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Away));
+    // tungstenite answered the close; the server has nobody left to wait for.
+    let _ = client.ws.flush();
+    let status = herald.child.wait().expect("wait for herald");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_bad_configuration_exits_with_status_2_and_says_why() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--api-listen", "0.0.0.0:0"])
+        .env_remove("HERALD_API_KEY")
+        .output()
+        .expect("run herald");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs a key"), "{stderr}");
+}
