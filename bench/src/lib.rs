@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod compare;
+pub mod http_publisher;
 pub mod proc_stats;
 
 use bytes::BytesMut;

@@ -28,6 +28,7 @@ use hdrhistogram::Histogram;
 use herald::wire::OpCode;
 use herald_bench::{
     client::{Client, Stage, drive, drive_paced},
+    http_publisher::HttpPublisher,
     compare::{self, Contender},
     proc_stats::{ProcessSample, raise_fd_limit},
 };
@@ -108,6 +109,8 @@ enum Scenario {
         /// broadcasts (the `fanout` example with `--phoenix`).
         #[arg(long)]
         phoenix: bool,
+        #[command(flatten)]
+        api: ApiPublish,
     },
     /// Many topics ("rooms") with a chatty publisher each: deliveries per
     /// second and latency across all rooms.
@@ -167,6 +170,8 @@ enum Scenario {
         /// Speak Phoenix Channels V2 (see `fanout --phoenix`).
         #[arg(long)]
         phoenix: bool,
+        #[command(flatten)]
+        api: ApiPublish,
     },
     /// Server memory per idle connection.
     Idle {
@@ -177,6 +182,19 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+}
+
+/// Publishing through the standalone server's HTTP API instead of a
+/// WebSocket publisher (implies `--phoenix`).
+#[derive(Debug, Clone, clap::Args)]
+struct ApiPublish {
+    /// The `herald` server's HTTP API address: publish each message with
+    /// `POST /api/broadcast`.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// The API key, if the server has one.
+    #[arg(long, requires = "api")]
+    api_key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -315,6 +333,7 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
             payload,
             seconds,
             phoenix,
+            api,
         } => fanout(
             options,
             &FanoutPlan {
@@ -323,7 +342,8 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
                 rate: Some(rate.max(1)),
                 payload: payload.max(16),
                 duration: Duration::from_secs(seconds),
-                phoenix,
+                phoenix: phoenix || api.api.is_some(),
+                api,
             },
         ),
         Scenario::Fanout {
@@ -332,6 +352,7 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
             payload,
             seconds,
             phoenix,
+            api,
         } => fanout(
             options,
             &FanoutPlan {
@@ -340,7 +361,8 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
                 rate: None,
                 payload: payload.max(16),
                 duration: Duration::from_secs(seconds),
-                phoenix,
+                phoenix: phoenix || api.api.is_some(),
+                api,
             },
         ),
     }
@@ -552,6 +574,8 @@ struct FanoutPlan {
     payload: usize,
     duration: Duration,
     phoenix: bool,
+    /// Publish through the HTTP API instead of a WebSocket publisher.
+    api: ApiPublish,
 }
 
 /// The topic the fan-out scenario uses.
@@ -564,6 +588,13 @@ fn fanout_message(phoenix: bool, seq: u64, filler: &str) -> String {
     } else {
         format!("{seq:016x}{filler}")
     }
+}
+
+/// The `POST /api/broadcast` body of message `seq`.
+fn api_message(seq: u64, filler: &str) -> String {
+    format!(
+        r#"{{"topic":"{FANOUT_TOPIC}","event":"new_msg","payload":{{"s":"{seq:016x}","f":"{filler}"}}}}"#
+    )
 }
 
 /// The sequence number in a received frame's leading bytes.
@@ -629,6 +660,8 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
     let subscribers = connections_within_fd_limit(plan.subscribers + 1)
         .saturating_sub(1)
         .max(1);
+    // Through the API, every WebSocket is a subscriber.
+    let websocket_publisher = usize::from(plan.api.api.is_none());
     let separator = if options.path.contains('?') { '&' } else { '?' };
     let subscriber_path = if phoenix {
         format!("{}{separator}vsn=2.0.0", options.path)
@@ -648,10 +681,21 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         }
     };
     let mut poll = Poll::new()?;
-    let (mut clients, _) = open_connections_to(options, &mut poll, subscribers + 1, 256, &path_of)?;
+    let (mut clients, _) = open_connections_to(
+        options,
+        &mut poll,
+        subscribers + websocket_publisher,
+        256,
+        &path_of,
+    )?;
     if phoenix {
         join_all(&mut poll, &mut clients, &path_of)?;
     }
+    let http_publisher = plan
+        .api
+        .api
+        .map(|addr| HttpPublisher::start(addr, plan.api.api_key.clone()))
+        .transpose()?;
     let filler = "x".repeat(payload.saturating_sub(if phoenix { 40 } else { 16 }));
     let mut run = FanoutRun::new()?;
     let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
@@ -667,8 +711,13 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
             None => run.oldest_seq + window as u64,
         };
         while run.next_seq < due && run.in_flight.len() < MAX_IN_FLIGHT {
-            let message = fanout_message(phoenix, run.next_seq, &filler);
-            clients[publisher].send(OpCode::Text, message.as_bytes())?;
+            match &http_publisher {
+                Some(api) => api.publish(api_message(run.next_seq, &filler))?,
+                None => {
+                    let message = fanout_message(phoenix, run.next_seq, &filler);
+                    clients[publisher].send(OpCode::Text, message.as_bytes())?;
+                }
+            }
             run.sent(subscribers);
         }
         Ok(())
@@ -695,10 +744,10 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         return Err(err);
     }
     let elapsed = start.elapsed();
-    let protocol = if phoenix {
-        "Phoenix V2 channels"
-    } else {
-        "plain WebSocket"
+    let protocol = match (phoenix, &http_publisher) {
+        (_, Some(_)) => "Phoenix V2 channels, published with POST /api/broadcast",
+        (true, None) => "Phoenix V2 channels",
+        (false, None) => "plain WebSocket",
     };
     let pacing = match plan.rate {
         Some(rate) => format!("{rate} publishes/s"),
@@ -716,6 +765,14 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
     );
     println!("latency       {}", quantiles(&run.delivery_latency));
     println!("to last sub   {}", quantiles(&run.last_latency));
+    if let Some(api) = http_publisher {
+        let report = api.finish()?;
+        println!(
+            "API requests  {:.1} /s answered 200; round trip {}",
+            report.requests as f64 / elapsed.as_secs_f64(),
+            quantiles(&report.latency)
+        );
+    }
     if let Some(rate) = plan.rate {
         // Keeping up: what is still in flight at the end is about what the
         // latency to the last subscriber accounts for, not a growing pile.
