@@ -66,14 +66,20 @@ impl HttpPublisher {
     }
 }
 
-fn post_all(stream: TcpStream, key: Option<&str>, bodies: &Receiver<String>) -> io::Result<PublisherReport> {
+fn post_all(
+    stream: TcpStream,
+    key: Option<&str>,
+    bodies: &Receiver<String>,
+) -> io::Result<PublisherReport> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut report = PublisherReport {
         requests: 0,
         latency: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?,
     };
-    let auth = key.map(|key| format!("Authorization: Bearer {key}\r\n")).unwrap_or_default();
+    let auth = key
+        .map(|key| format!("Authorization: Bearer {key}\r\n"))
+        .unwrap_or_default();
     for body in bodies {
         let started = Instant::now();
         write!(
@@ -84,7 +90,9 @@ fn post_all(stream: TcpStream, key: Option<&str>, bodies: &Receiver<String>) -> 
         )?;
         let status = read_response(&mut reader)?;
         if status != 200 {
-            return Err(io::Error::other(format!("POST /api/broadcast answered {status}")));
+            return Err(io::Error::other(format!(
+                "POST /api/broadcast answered {status}"
+            )));
         }
         let _ = report.latency.record(started.elapsed().as_micros() as u64);
         report.requests += 1;

@@ -28,8 +28,8 @@ use hdrhistogram::Histogram;
 use herald::wire::OpCode;
 use herald_bench::{
     client::{Client, Stage, drive, drive_paced},
-    http_publisher::HttpPublisher,
     compare::{self, Contender},
+    http_publisher::HttpPublisher,
     proc_stats::{ProcessSample, raise_fd_limit},
 };
 use mio::{Poll, Token};
