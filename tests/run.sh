@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # herald's whole test suite, as CI runs it (`.ci/run` calls this script).
 #
-# Installs what the tests need (Debian packages: chromium for the browser
-# test; npm packages with npm ci), then runs, in order: formatting, clippy
+# Installs what the tests need (Debian packages: redis-server and
+# nats-server for the cluster tests, chromium for the browser test; npm
+# packages with npm ci), then runs, in order: formatting, clippy
 # with warnings as errors, the docs with warnings as errors, every unit,
 # integration and doc test in the workspace, the JavaScript client tests
 # (the phoenix and ws packages), the browser test of the demo page
@@ -14,8 +15,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests need, installed only when missing.
+# Debian packages the tests need, installed only when missing: the brokers
+# of the cluster tests and Chromium for the browser test.
+export PATH="$PATH:/usr/sbin:/sbin"
 debian_packages=()
+command -v redis-server >/dev/null 2>&1 || debian_packages+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || debian_packages+=(nats-server)
 command -v chromium >/dev/null 2>&1 || debian_packages+=(chromium)
 if [ "${#debian_packages[@]}" -gt 0 ]; then
   step "installing Debian packages: ${debian_packages[*]}"

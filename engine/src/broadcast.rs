@@ -31,6 +31,9 @@ pub struct Broadcast {
     topic: Arc<str>,
     message: Option<Arc<ChannelMessage>>,
     frames: [Option<Bytes>; WireProtocol::COUNT],
+    /// A binary channel broadcast: its frames, not its message, are what
+    /// other nodes need.
+    binary: bool,
     /// The connection that must not receive it (`broadcast_from`): its
     /// loop and its id there.
     exclude: Option<(usize, ConnId)>,
@@ -64,10 +67,16 @@ impl Broadcast {
     pub fn raw(topic: &str, frame: Bytes) -> Self {
         let mut frames: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
         frames[WireProtocol::Raw.index()] = Some(frame);
+        Self::frames(topic, frames)
+    }
+
+    /// Frames already encoded per protocol, with no channel message.
+    pub fn frames(topic: &str, frames: [Option<Bytes>; WireProtocol::COUNT]) -> Self {
         Self {
             topic: Arc::from(topic),
             message: None,
             frames,
+            binary: false,
             exclude: None,
         }
     }
@@ -83,8 +92,25 @@ impl Broadcast {
             topic: Arc::from(topic),
             message: Some(Arc::new(message)),
             frames,
+            binary: false,
             exclude: None,
         }
+    }
+
+    /// Marks a channel broadcast as binary (its frames carry the data).
+    pub(crate) fn into_binary(mut self) -> Self {
+        self.binary = true;
+        self
+    }
+
+    /// Whether this is a binary channel broadcast.
+    pub(crate) fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The channel message, if this is a channel broadcast.
+    pub(crate) fn message(&self) -> Option<&ChannelMessage> {
+        self.message.as_deref()
     }
 
     /// Excludes one connection (the sender, for `broadcast_from`).
@@ -128,6 +154,7 @@ impl Broadcast {
                 .frames
                 .each_ref()
                 .map(|frame| frame.as_ref().map(|frame| Bytes::copy_from_slice(frame))),
+            binary: self.binary,
             exclude: self.exclude,
         }
     }

@@ -109,6 +109,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channels;
+pub mod cluster;
 pub mod protocol;
 pub mod pubsub;
 pub mod wire;

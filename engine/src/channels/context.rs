@@ -240,7 +240,7 @@ pub(crate) fn encode_binary_broadcast(
         event: Box::from(event),
         payload: RawValue::NULL.to_owned(),
     };
-    Ok(Broadcast::channel(topic, message, frames))
+    Ok(Broadcast::channel(topic, message, frames).into_binary())
 }
 
 /// A push to one client, in its protocol.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     Broadcast, Conn, ConnHandle, Reject, Request, Server, ServerBuilder, ServerHandle,
-    protocol::WireProtocol,
+    protocol::WireProtocol, pubsub::TopicEntry,
 };
 
 /// A topic pattern, as channel routes declare them: an exact topic, or a
@@ -361,8 +361,13 @@ impl EngineHandle {
         payload: &T,
         exclude: Option<&ConnHandle>,
     ) -> Result<usize, serde_json::Error> {
-        let Some(entry) = self.server.topic(topic) else {
-            return Ok(0);
+        // With a cluster bus, other nodes may have subscribers even when
+        // this one has none: the message goes to the bus regardless, and
+        // its frames are encoded only for the protocols in use here.
+        let entry = match self.server.topic(topic) {
+            Some(entry) => entry,
+            None if self.server.has_bus() => TopicEntry::default(),
+            None => return Ok(0),
         };
         let payload = serde_json::value::to_raw_value(payload)?;
         let mut broadcast = encode_broadcast(topic, event, payload, &entry);
@@ -382,8 +387,11 @@ impl EngineHandle {
         event: &str,
         data: &[u8],
     ) -> Result<usize, crate::protocol::MessageError> {
-        let Some(entry) = self.server.topic(topic) else {
-            return Ok(0);
+        let entry = match self.server.topic(topic) {
+            Some(entry) => entry,
+            // Other nodes need the Phoenix binary frame, encoded here.
+            None if self.server.has_bus() => TopicEntry::with_protocol(WireProtocol::PhoenixV2),
+            None => return Ok(0),
         };
         Ok(self
             .server

@@ -79,6 +79,8 @@ mod reply;
 mod stats;
 
 pub use context::ChannelContext;
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub(crate) use context::encode_broadcast;
 pub use engine::{Channels, Endpoint, Engine, EngineHandle, TopicPattern};
 pub use reply::{JoinResult, LeaveReason, Reply};
 use serde_json::value::RawValue;

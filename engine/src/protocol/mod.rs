@@ -51,4 +51,23 @@ impl WireProtocol {
             Self::Amber => 2,
         }
     }
+
+    /// The protocol with this [`index`](Self::index), if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herald::protocol::WireProtocol;
+    ///
+    /// assert_eq!(WireProtocol::from_index(1), Some(WireProtocol::PhoenixV2));
+    /// assert_eq!(WireProtocol::from_index(3), None);
+    /// ```
+    pub const fn from_index(index: usize) -> Option<Self> {
+        match index {
+            0 => Some(Self::Raw),
+            1 => Some(Self::PhoenixV2),
+            2 => Some(Self::Amber),
+            _ => None,
+        }
+    }
 }

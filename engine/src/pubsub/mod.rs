@@ -21,6 +21,7 @@ mod registry;
 use std::sync::Arc;
 
 pub(crate) use local::LocalIndex;
+pub(crate) use registry::InterestHook;
 pub use registry::{MAX_LOOPS, TopicEntry, TopicRegistry};
 
 use crate::protocol::WireProtocol;

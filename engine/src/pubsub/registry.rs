@@ -20,6 +20,14 @@ impl TopicEntry {
         self.loops.iter().fold(0, |all, loops| all | loops)
     }
 
+    /// An entry as if some loop had subscribers speaking `protocol`: what
+    /// an encoder is given to produce that protocol's frame.
+    pub(crate) fn with_protocol(protocol: WireProtocol) -> Self {
+        let mut entry = Self::default();
+        entry.loops[protocol.index()] = 1;
+        entry
+    }
+
     /// Whether any loop has subscribers speaking `protocol`.
     pub fn has_protocol(&self, protocol: WireProtocol) -> bool {
         self.loops[protocol.index()] != 0
@@ -42,10 +50,27 @@ impl TopicEntry {
 /// ```
 pub struct TopicRegistry {
     topics: papaya::HashMap<Box<str>, TopicEntry, ahash::RandomState>,
+    /// Told the topic whenever one gains its first subscriber on this node
+    /// or loses its last (the cluster bus subscribes on the broker only to
+    /// topics with local interest). May be called for the same change more
+    /// than once, and from any loop thread: the listener re-reads the
+    /// registry rather than trusting the order of calls.
+    on_interest: Option<InterestHook>,
 }
+
+/// What [`TopicRegistry`] calls when a topic's local interest changes.
+pub(crate) type InterestHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Default for TopicRegistry {
     fn default() -> Self {
+        Self::with_interest_hook(None)
+    }
+}
+
+impl TopicRegistry {
+    /// A registry that calls `hook` when a topic gains its first subscriber
+    /// or loses its last.
+    pub(crate) fn with_interest_hook(on_interest: Option<InterestHook>) -> Self {
         Self {
             // Blocking resizes: the writer that grows the table migrates it
             // all at once. With papaya's default incremental resizing, a
@@ -57,7 +82,20 @@ impl Default for TopicRegistry {
                 .hasher(ahash::RandomState::new())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
+            on_interest,
         }
+    }
+
+    fn interest_changed(&self, topic: &str) {
+        if let Some(hook) = &self.on_interest {
+            hook(topic);
+        }
+    }
+
+    /// Every topic with subscribers on this node, for a broker that must
+    /// subscribe again after a reconnect.
+    pub(crate) fn topics(&self) -> Vec<Box<str>> {
+        self.topics.pin().keys().cloned().collect()
     }
 }
 
@@ -95,7 +133,8 @@ impl TopicRegistry {
         first_on_loop: bool,
     ) {
         let bit = loop_bit(loop_index);
-        self.topics.pin().compute(Box::from(topic), |current| {
+        let topics = self.topics.pin();
+        let outcome = topics.compute(Box::from(topic), |current| {
             let mut entry = current.map(|(_, entry)| *entry).unwrap_or_default();
             entry.subscribers += 1;
             if first_on_loop {
@@ -103,6 +142,9 @@ impl TopicRegistry {
             }
             papaya::Operation::<_, ()>::Insert(entry)
         });
+        if matches!(outcome, papaya::Compute::Inserted(..)) {
+            self.interest_changed(topic);
+        }
     }
 
     /// Counts a subscriber gone from `loop_index`; clears the loop's bit if
@@ -116,7 +158,8 @@ impl TopicRegistry {
         last_on_loop: bool,
     ) {
         let bit = loop_bit(loop_index);
-        self.topics.pin().compute(Box::from(topic), |current| {
+        let topics = self.topics.pin();
+        let outcome = topics.compute(Box::from(topic), |current| {
             let Some((_, entry)) = current else {
                 return papaya::Operation::Abort(());
             };
@@ -131,6 +174,9 @@ impl TopicRegistry {
                 papaya::Operation::Insert(entry)
             }
         });
+        if matches!(outcome, papaya::Compute::Removed(..)) {
+            self.interest_changed(topic);
+        }
     }
 }
 

@@ -96,6 +96,40 @@ pub(crate) struct LoopContext {
     /// Publishes made by the callback that is running, delivered when it
     /// returns (a callback cannot reach the other connections' queues).
     pub(crate) publishes: Vec<Arc<Broadcast>>,
+    /// The cluster bus, if this node has a broker.
+    pub(crate) bus: Option<Arc<Bus>>,
+}
+
+/// The cluster bus handle, or a type with no values when no broker is
+/// compiled in.
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub(crate) use crate::cluster::Bus;
+#[cfg(not(any(feature = "redis", feature = "nats")))]
+pub(crate) use no_bus::Bus;
+
+#[cfg(not(any(feature = "redis", feature = "nats")))]
+mod no_bus {
+    /// No broker is compiled in: there is never a bus.
+    #[derive(Debug)]
+    pub(crate) enum Bus {}
+
+    impl Bus {
+        pub(crate) fn forward(&self, _: &crate::Broadcast) {
+            match *self {}
+        }
+
+        pub(crate) fn stop(&self) {
+            match *self {}
+        }
+
+        pub(crate) fn stats(&self) -> crate::cluster::ClusterStats {
+            match *self {}
+        }
+
+        pub(crate) fn interest_hook(&self) -> crate::pubsub::InterestHook {
+            match *self {}
+        }
+    }
 }
 
 /// A connection's subscription to a topic: the protocol whose frame it
@@ -235,6 +269,9 @@ impl ServerBuilder {
         shutdown_timeout: Duration,
         /// Bytes per `recv` (default 16 KiB).
         read_chunk: usize,
+        /// The broker joining this node to others (default
+        /// [`Broker::Memory`](crate::cluster::Broker::Memory): none).
+        broker: crate::cluster::Broker,
     }
 
     /// Where to listen; same as [`addr`](Self::addr).
@@ -285,7 +322,10 @@ impl ServerBuilder {
         let local_addr = listeners[0].local_addr()?;
         let open = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
-        let registry = Arc::new(TopicRegistry::default());
+        let (bus, bus_receiver) = new_bus(&config.broker);
+        let registry = Arc::new(TopicRegistry::with_interest_hook(
+            bus.as_ref().map(|bus| bus.interest_hook()),
+        ));
         let cores = if config.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -300,6 +340,7 @@ impl ServerBuilder {
                 Arc::clone(&handler),
                 Arc::clone(&open),
                 Arc::clone(&registry),
+                bus.clone(),
             )?);
         }
         let mailboxes: Arc<[Arc<Mailbox>]> = workers.iter().map(worker::Worker::mailbox).collect();
@@ -318,17 +359,60 @@ impl ServerBuilder {
                 })?;
             threads.push(thread);
         }
-        Ok(Server {
-            handle: ServerHandle {
-                mailboxes,
-                stats,
-                local_addr,
-                open,
-                registry,
-            },
-            threads,
-        })
+        let handle = ServerHandle {
+            mailboxes,
+            stats,
+            local_addr,
+            open,
+            registry,
+            bus,
+        };
+        if let (Some(bus), Some(receiver)) = (&handle.bus, bus_receiver) {
+            threads.push(spawn_bus(&config.broker, bus, receiver, handle.clone())?);
+        }
+        Ok(Server { handle, threads })
     }
+}
+
+/// The bus for `broker` and its receiving side, or neither for a single
+/// node.
+#[cfg(any(feature = "redis", feature = "nats"))]
+fn new_bus(
+    broker: &crate::cluster::Broker,
+) -> (Option<Arc<Bus>>, Option<crate::cluster::BusReceiver>) {
+    match broker {
+        crate::cluster::Broker::Memory => (None, None),
+        #[allow(unreachable_patterns)]
+        _ => {
+            let (bus, receiver) = Bus::new();
+            (Some(bus), Some(receiver))
+        }
+    }
+}
+
+#[cfg(not(any(feature = "redis", feature = "nats")))]
+fn new_bus(_: &crate::cluster::Broker) -> (Option<Arc<Bus>>, Option<std::convert::Infallible>) {
+    (None, None)
+}
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+fn spawn_bus(
+    broker: &crate::cluster::Broker,
+    bus: &Bus,
+    receiver: crate::cluster::BusReceiver,
+    handle: ServerHandle,
+) -> io::Result<JoinHandle<()>> {
+    crate::cluster::spawn(broker.clone(), bus, receiver, handle)
+}
+
+#[cfg(not(any(feature = "redis", feature = "nats")))]
+fn spawn_bus(
+    _: &crate::cluster::Broker,
+    bus: &Bus,
+    _: std::convert::Infallible,
+    _: ServerHandle,
+) -> io::Result<JoinHandle<()>> {
+    match *bus {}
 }
 
 /// A running server. Dropping it does not stop it: call
@@ -383,6 +467,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     open: Arc<AtomicUsize>,
     registry: Arc<TopicRegistry>,
+    bus: Option<Arc<Bus>>,
 }
 
 impl ServerHandle {
@@ -392,6 +477,9 @@ impl ServerHandle {
         for mailbox in self.mailboxes.iter() {
             // A loop that has already stopped has nothing left to shut down.
             let _ = mailbox.post(Command::Shutdown);
+        }
+        if let Some(bus) = &self.bus {
+            bus.stop();
         }
     }
 
@@ -419,10 +507,34 @@ impl ServerHandle {
     }
 
     /// Sends a broadcast built with its frames per protocol (what the
-    /// channels layer does) to every loop with subscribers of its topic.
-    /// Returns how many loops it was sent to.
+    /// channels layer does) to every loop with subscribers of its topic,
+    /// and to the other nodes through the cluster bus, if there is one.
+    /// Returns how many local loops it was sent to.
     pub fn broadcast(&self, broadcast: Broadcast) -> usize {
+        if let Some(bus) = &self.bus {
+            bus.forward(&broadcast);
+        }
+        self.broadcast_local(broadcast)
+    }
+
+    /// Sends a broadcast to this node's loops only.
+    pub(crate) fn broadcast_local(&self, broadcast: Broadcast) -> usize {
         route_publish(&self.registry, &self.mailboxes, &Arc::new(broadcast), None)
+    }
+
+    /// Whether a cluster bus carries broadcasts to other nodes (then a
+    /// broadcast is worth making even with no subscriber here).
+    pub fn has_bus(&self) -> bool {
+        self.bus.is_some()
+    }
+
+    /// The cluster bus's counters, if this node has a broker.
+    pub fn cluster_stats(&self) -> Option<crate::cluster::ClusterStats> {
+        self.bus.as_ref().map(|bus| bus.stats())
+    }
+
+    pub(crate) fn registry(&self) -> &TopicRegistry {
+        &self.registry
     }
 
     /// Which loops have subscribers of `topic`, by protocol, and how many

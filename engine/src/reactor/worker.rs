@@ -24,7 +24,7 @@ use mio::{
 };
 use slab::Slab;
 
-use super::{Command, LoopContext, Mailbox, route_publish, sys::recv_into};
+use super::{Bus, Command, LoopContext, Mailbox, route_publish, sys::recv_into};
 use crate::{
     Broadcast, Conn, Delivery, Handler, ServerConfig,
     conn::Outbox,
@@ -138,6 +138,7 @@ impl<H: Handler> Worker<H> {
         handler: Arc<H>,
         open: Arc<AtomicUsize>,
         registry: Arc<TopicRegistry>,
+        bus: Option<Arc<Bus>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry()
@@ -163,6 +164,7 @@ impl<H: Handler> Worker<H> {
                 topics: LoopTopics::new(loop_index, registry),
                 peers: Arc::from(Vec::new()),
                 publishes: Vec::new(),
+                bus,
             },
             handler,
             open,
@@ -719,6 +721,9 @@ impl<H: Handler> Worker<H> {
         while !self.ctx.publishes.is_empty() {
             let publishes = std::mem::take(&mut self.ctx.publishes);
             for broadcast in &publishes {
+                if let Some(bus) = &self.ctx.bus {
+                    bus.forward(broadcast);
+                }
                 let skip = Some(self.ctx.loop_index);
                 route_publish(self.ctx.topics.registry(), &self.ctx.peers, broadcast, skip);
                 self.deliver(broadcast);

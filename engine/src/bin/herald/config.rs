@@ -185,6 +185,25 @@ pub(crate) enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct BrokerSection {
     pub(crate) kind: BrokerKind,
+    /// The broker's URL; default `redis://127.0.0.1:6379/` or
+    /// `nats://127.0.0.1:4222`.
+    pub(crate) url: Option<String>,
+}
+
+impl BrokerSection {
+    /// The engine's broker setting.
+    pub(crate) fn broker(&self) -> herald::cluster::Broker {
+        let url = |default: &str| self.url.clone().unwrap_or_else(|| default.to_owned());
+        match self.kind {
+            BrokerKind::Memory => herald::cluster::Broker::Memory,
+            BrokerKind::Redis => herald::cluster::Broker::Redis {
+                url: url("redis://127.0.0.1:6379/"),
+            },
+            BrokerKind::Nats => herald::cluster::Broker::Nats {
+                url: url("nats://127.0.0.1:4222"),
+            },
+        }
+    }
 }
 
 /// Which broker joins the nodes.
@@ -194,6 +213,10 @@ pub(crate) enum BrokerKind {
     /// None: a single node.
     #[default]
     Memory,
+    /// Redis pub/sub.
+    Redis,
+    /// Core NATS.
+    Nats,
 }
 
 /// A channel rule: topics matching `pattern` may be joined, and client
@@ -289,6 +312,9 @@ pub(crate) struct Cli {
     /// Which broker joins the nodes [default: memory].
     #[arg(long, env = "HERALD_BROKER")]
     pub(crate) broker: Option<BrokerKind>,
+    /// The broker's URL [default: redis://127.0.0.1:6379/ or nats://127.0.0.1:4222].
+    #[arg(long, env = "HERALD_BROKER_URL")]
+    pub(crate) broker_url: Option<String>,
     /// Log level [default: info].
     #[arg(long, env = "HERALD_LOG_LEVEL")]
     pub(crate) log_level: Option<LogLevel>,
@@ -355,6 +381,9 @@ impl Config {
             self.auth.jwt_secret.clone_from(&cli.jwt_secret);
         }
         set(&mut self.broker.kind, cli.broker);
+        if cli.broker_url.is_some() {
+            self.broker.url.clone_from(&cli.broker_url);
+        }
         set(&mut self.log.level, cli.log_level);
         set(&mut self.log.format, cli.log_format);
     }

@@ -150,7 +150,8 @@ fn start_engine(config: &Config) -> std::io::Result<Engine> {
         .ping_interval(server.ping_interval())
         .idle_timeout(server.idle_timeout())
         .shutdown_timeout(server.shutdown_timeout())
-        .decoder(decoder);
+        .decoder(decoder)
+        .broker(config.broker.broker());
     if server.demo {
         builder = builder
             .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)
@@ -171,7 +172,7 @@ fn announce(config: &Config, engine: &Engine) {
         phoenix = %server.phoenix_path,
         amber = %server.amber_path,
         auth = config.auth.jwt_secret.is_some(),
-        broker = ?config.broker.kind,
+        broker = config.broker.broker().name(),
         "herald {} listening",
         env!("CARGO_PKG_VERSION"),
     );

@@ -159,8 +159,49 @@ pub(crate) fn render(engine: &EngineHandle, api: &ApiCounters) -> String {
         "HTTP API requests answered with a 4xx status.",
         api.bad_requests.load(Relaxed),
     );
+    if let Some(bus) = server.cluster_stats() {
+        render_bus(&mut out, &bus);
+    }
     render_turn_times(&mut out, engine);
     out.text
+}
+
+fn render_bus(out: &mut Exposition, bus: &herald::cluster::ClusterStats) {
+    out.gauge(
+        "bus_connected",
+        "1 while connected to the cluster broker.",
+        bus.connected,
+    );
+    out.counter(
+        "bus_reconnects_total",
+        "Broker connections re-established after a loss.",
+        bus.reconnects,
+    );
+    out.counter(
+        "bus_publishes_total",
+        "Broadcasts published to the broker for other nodes.",
+        bus.publishes,
+    );
+    out.counter(
+        "bus_publishes_dropped_total",
+        "Broadcasts not published: queue full or broker unreachable.",
+        bus.publishes_dropped,
+    );
+    out.counter(
+        "bus_received_total",
+        "Broadcasts received from other nodes.",
+        bus.received,
+    );
+    out.counter(
+        "bus_decode_errors_total",
+        "Broker messages that were not valid envelopes.",
+        bus.decode_errors,
+    );
+    out.gauge(
+        "bus_subscriptions",
+        "Topics subscribed on the broker.",
+        bus.subscriptions,
+    );
 }
 
 fn render_turn_times(out: &mut Exposition, engine: &EngineHandle) {

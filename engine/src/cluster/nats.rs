@@ -1,0 +1,239 @@
+//! The bus on core NATS (the `async-nats` client).
+//!
+//! Topic `T` is the subject `herald.` followed by `T` with the bytes NATS
+//! gives meaning to (`.`, `*`, `>`, whitespace, `%` and non-ASCII)
+//! percent-escaped, so every topic maps to one subject token and no topic
+//! is a wildcard. One subscription per topic with local subscribers, each
+//! forwarded by a small task; dropping the task's subscriber unsubscribes.
+//!
+//! The client reconnects and resubscribes by itself (forever: no attempt
+//! limit); the bus reports its state through the client's events. The
+//! connection uses `no_echo`, so a node does not even receive its own
+//! envelopes back; the origin check stays as a second guard.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use async_nats::{ConnectOptions, Event, connection::State};
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::{
+    BusCounters,
+    runtime::{Backoff, BusReceiver, Inbound, Outgoing, stopped, wait_dropping},
+};
+
+/// The longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most envelopes taken from the queue at once.
+const MAX_BATCH: usize = 512;
+
+/// Runs the bus until the server stops.
+pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound) {
+    let counters = Arc::clone(&inbound.counters);
+    let mut backoff = Backoff::new();
+    let client = loop {
+        let attempt = options(Arc::clone(&counters)).connect(url.as_str());
+        let result = tokio::select! {
+            () = stopped(&mut receiver.stop) => return,
+            result = tokio::time::timeout(CONNECT_TIMEOUT, attempt) => result,
+        };
+        match result {
+            Ok(Ok(client)) => break client,
+            Ok(Err(err)) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%url, %err, retry_in = ?delay, "cannot reach NATS; serving local traffic only");
+                if !wait_dropping(&mut receiver, &counters, delay).await {
+                    return;
+                }
+            }
+            Err(_) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%url, retry_in = ?delay, "connecting to NATS timed out; serving local traffic only");
+                if !wait_dropping(&mut receiver, &counters, delay).await {
+                    return;
+                }
+            }
+        }
+    };
+    BusCounters::set(&counters.connected, 1);
+    tracing::info!(%url, "cluster bus connected to NATS");
+    let mut bus = NatsBus {
+        client,
+        subscriptions: HashMap::new(),
+        inbound: &inbound,
+        counters: &counters,
+        outage_drops: 0,
+    };
+    bus.serve(&mut receiver).await;
+    for (_, task) in bus.subscriptions.drain() {
+        task.abort();
+    }
+}
+
+/// Connection options: reconnect forever, no echo, events into counters.
+fn options(counters: Arc<BusCounters>) -> ConnectOptions {
+    let ever_connected = Arc::new(AtomicBool::new(false));
+    ConnectOptions::new()
+        .name("herald")
+        .no_echo()
+        .max_reconnects(None::<usize>)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .event_callback(move |event| {
+            let counters = Arc::clone(&counters);
+            let ever_connected = Arc::clone(&ever_connected);
+            async move {
+                match event {
+                    Event::Connected => {
+                        BusCounters::set(&counters.connected, 1);
+                        if ever_connected.swap(true, Relaxed) {
+                            BusCounters::add(&counters.reconnects, 1);
+                            tracing::info!(
+                                "cluster bus reconnected to NATS; subscriptions restored"
+                            );
+                        }
+                    }
+                    Event::Disconnected => {
+                        BusCounters::set(&counters.connected, 0);
+                        tracing::warn!(
+                            "lost the NATS connection; reconnecting, local traffic continues"
+                        );
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        })
+}
+
+struct NatsBus<'a> {
+    client: async_nats::Client,
+    /// The forwarding task of each subscribed topic.
+    subscriptions: HashMap<Box<str>, JoinHandle<()>>,
+    inbound: &'a Inbound,
+    counters: &'a BusCounters,
+    /// Publishes dropped since the connection was lost (logged once).
+    outage_drops: u64,
+}
+
+impl NatsBus<'_> {
+    async fn serve(&mut self, receiver: &mut BusReceiver) {
+        for topic in self.inbound.registry().topics() {
+            self.settle(&topic).await;
+        }
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut receiver.stop) => return,
+                Some(topic) = receiver.interest.recv() => self.settle(&topic).await,
+                count = receiver.publishes.recv_many(&mut batch, MAX_BATCH) => {
+                    if count == 0 {
+                        return;
+                    }
+                    self.publish(&mut batch).await;
+                }
+            }
+        }
+    }
+
+    /// Subscribes to `topic` if this node has subscribers of it and is not
+    /// subscribed yet; unsubscribes if it has none left.
+    async fn settle(&mut self, topic: &str) {
+        let wanted = self.inbound.registry().lookup(topic).is_some();
+        if wanted && !self.subscriptions.contains_key(topic) {
+            match self.client.subscribe(subject(topic)).await {
+                Ok(mut subscriber) => {
+                    let inbound = self.inbound.clone();
+                    let task = tokio::spawn(async move {
+                        while let Some(message) = subscriber.next().await {
+                            inbound.deliver(&message.payload);
+                        }
+                    });
+                    self.subscriptions.insert(Box::from(topic), task);
+                    // A round trip, so the server has the subscription
+                    // before anything else this node does.
+                    if let Err(err) = self.client.flush().await {
+                        tracing::debug!(topic, %err, "NATS flush after subscribe failed");
+                    }
+                }
+                Err(err) => tracing::warn!(topic, %err, "NATS subscribe failed"),
+            }
+        } else if !wanted && let Some(task) = self.subscriptions.remove(topic) {
+            // Dropping the subscriber inside the task unsubscribes.
+            task.abort();
+        }
+        BusCounters::set(
+            &self.counters.subscriptions,
+            self.subscriptions.len() as u64,
+        );
+    }
+
+    /// Publishes a batch; while the connection is down, drops and counts it
+    /// (core NATS is at-most-once, and a stale broadcast delivered late is
+    /// worse than none).
+    async fn publish(&mut self, batch: &mut Vec<Outgoing>) {
+        let count = batch.len() as u64;
+        if self.client.connection_state() != State::Connected {
+            if self.outage_drops == 0 {
+                tracing::warn!(
+                    "NATS unreachable: dropping broadcasts for other nodes until it is back"
+                );
+            }
+            self.outage_drops += count;
+            BusCounters::add(&self.counters.publishes_dropped, count);
+            batch.clear();
+            return;
+        }
+        if self.outage_drops > 0 {
+            tracing::warn!(
+                dropped = self.outage_drops,
+                "NATS is back; broadcasts dropped during the outage"
+            );
+            self.outage_drops = 0;
+        }
+        for (topic, envelope) in batch.drain(..) {
+            match self.client.publish(subject(&topic), envelope).await {
+                Ok(()) => BusCounters::add(&self.counters.publishes, 1),
+                Err(err) => {
+                    BusCounters::add(&self.counters.publishes_dropped, 1);
+                    tracing::debug!(%err, "NATS publish failed");
+                }
+            }
+        }
+    }
+}
+
+/// The subject of a topic: `herald.` and the topic, escaped to one token.
+fn subject(topic: &str) -> String {
+    let mut subject = String::with_capacity(7 + topic.len());
+    subject.push_str("herald.");
+    for byte in topic.bytes() {
+        let plain = byte.is_ascii_graphic() && !matches!(byte, b'.' | b'*' | b'>' | b'%');
+        if plain {
+            subject.push(char::from(byte));
+        } else {
+            subject.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    subject
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject;
+
+    #[test]
+    fn every_topic_is_one_literal_subject_token() {
+        assert_eq!(subject("room:lobby"), "herald.room:lobby");
+        assert_eq!(subject("a.b c*>%"), "herald.a%2Eb%20c%2A%3E%25");
+        assert_eq!(subject("é"), "herald.%C3%A9");
+        assert_ne!(subject("a.b"), subject("a%2Eb"));
+    }
+}

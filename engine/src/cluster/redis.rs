@@ -1,0 +1,205 @@
+//! The bus on Redis pub/sub.
+//!
+//! Two connections: a pub/sub connection (split into the sink that
+//! subscribes and the stream of messages) and a multiplexed connection that
+//! publishes, pipelining everything queued at once into one round trip.
+//! Topic `T` is the Redis channel `herald:T` (channels are binary-safe).
+//!
+//! Redis forgets a connection's subscriptions when it drops, so on every
+//! (re)connection the bus subscribes again to every topic in the registry.
+
+use std::{collections::HashSet, time::Duration};
+
+use futures_util::StreamExt;
+use redis::{AsyncCommands as _, aio::PubSubSink};
+
+use super::{
+    BusCounters,
+    runtime::{Backoff, BusReceiver, Inbound, Outgoing, stopped, wait_dropping},
+};
+
+/// The prefix of herald's Redis channels.
+const CHANNEL_PREFIX: &str = "herald:";
+
+/// The longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most envelopes pipelined in one round trip.
+const MAX_BATCH: usize = 512;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+/// Runs the bus until the server stops.
+pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound) {
+    let counters = std::sync::Arc::clone(&inbound.counters);
+    let client = match redis::Client::open(url.as_str()) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(%url, %err, "invalid Redis URL; cluster bus disabled, every broadcast counted as dropped");
+            while wait_dropping(&mut receiver, &counters, Duration::from_secs(3600)).await {}
+            return;
+        }
+    };
+    let mut backoff = Backoff::new();
+    let mut ever_connected = false;
+    loop {
+        let connection = tokio::select! {
+            () = stopped(&mut receiver.stop) => return,
+            result = tokio::time::timeout(CONNECT_TIMEOUT, connect(&client)) => {
+                result.unwrap_or_else(|_| Err(redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))))
+            }
+        };
+        let (sink, stream, publisher) = match connection {
+            Ok(connection) => connection,
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%url, %err, retry_in = ?delay, "cannot reach Redis; serving local traffic only");
+                if !wait_dropping(&mut receiver, &counters, delay).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        if ever_connected {
+            BusCounters::add(&counters.reconnects, 1);
+        }
+        ever_connected = true;
+        BusCounters::set(&counters.connected, 1);
+        tracing::info!(%url, "cluster bus connected to Redis");
+        let mut session = Session {
+            sink,
+            publisher,
+            subscribed: HashSet::new(),
+            inbound: &inbound,
+            counters: &counters,
+        };
+        let ended = session.serve(&mut receiver, stream).await;
+        BusCounters::set(&counters.connected, 0);
+        BusCounters::set(&counters.subscriptions, 0);
+        match ended {
+            Ended::Stopped => return,
+            Ended::Lost(err) => {
+                tracing::warn!(%url, %err, "lost the Redis connection; reconnecting, local traffic continues");
+            }
+        }
+    }
+}
+
+type Connection = (
+    PubSubSink,
+    redis::aio::PubSubStream,
+    redis::aio::MultiplexedConnection,
+);
+
+async fn connect(client: &redis::Client) -> redis::RedisResult<Connection> {
+    let (sink, stream) = client.get_async_pubsub().await?.split();
+    let publisher = client.get_multiplexed_async_connection().await?;
+    Ok((sink, stream, publisher))
+}
+
+/// One connection's life.
+struct Session<'a> {
+    sink: PubSubSink,
+    publisher: redis::aio::MultiplexedConnection,
+    subscribed: HashSet<Box<str>>,
+    inbound: &'a Inbound,
+    counters: &'a BusCounters,
+}
+
+impl Session<'_> {
+    async fn serve(
+        &mut self,
+        receiver: &mut BusReceiver,
+        mut stream: redis::aio::PubSubStream,
+    ) -> Ended {
+        // Whatever gained or lost interest while disconnected is settled by
+        // subscribing to the registry's topics as they are now.
+        while receiver.interest.try_recv().is_ok() {}
+        for topic in self.inbound.registry().topics() {
+            if let Err(err) = self.settle(&topic).await {
+                return Ended::Lost(err.to_string());
+            }
+        }
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut receiver.stop) => return Ended::Stopped,
+                Some(topic) = receiver.interest.recv() => {
+                    if let Err(err) = self.settle(&topic).await {
+                        return Ended::Lost(err.to_string());
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => self.inbound.deliver(message.get_payload_bytes()),
+                    None => return Ended::Lost("subscription stream ended".into()),
+                },
+                count = receiver.publishes.recv_many(&mut batch, MAX_BATCH) => {
+                    if count == 0 {
+                        return Ended::Stopped;
+                    }
+                    if let Err(err) = self.publish(&mut batch).await {
+                        return Ended::Lost(err.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to `topic` if this node has subscribers of it and is not
+    /// subscribed yet; unsubscribes if it has none left.
+    async fn settle(&mut self, topic: &str) -> redis::RedisResult<()> {
+        let wanted = self.inbound.registry().lookup(topic).is_some();
+        let subscribed = self.subscribed.contains(topic);
+        if wanted && !subscribed {
+            self.sink.subscribe(channel(topic)).await?;
+            self.subscribed.insert(Box::from(topic));
+        } else if !wanted && subscribed {
+            self.sink.unsubscribe(channel(topic)).await?;
+            self.subscribed.remove(topic);
+        }
+        BusCounters::set(&self.counters.subscriptions, self.subscribed.len() as u64);
+        Ok(())
+    }
+
+    /// Publishes a batch in one pipelined round trip; on failure the whole
+    /// batch counts as dropped.
+    async fn publish(&mut self, batch: &mut Vec<Outgoing>) -> redis::RedisResult<()> {
+        let count = batch.len() as u64;
+        let result = if batch.len() == 1 {
+            let (topic, envelope) = &batch[0];
+            self.publisher
+                .publish::<_, _, ()>(channel(topic), envelope.as_ref())
+                .await
+        } else {
+            let mut pipe = redis::pipe();
+            for (topic, envelope) in batch.iter() {
+                pipe.publish(channel(topic), envelope.as_ref()).ignore();
+            }
+            pipe.query_async::<()>(&mut self.publisher).await
+        };
+        batch.clear();
+        match result {
+            Ok(()) => {
+                BusCounters::add(&self.counters.publishes, count);
+                Ok(())
+            }
+            Err(err) => {
+                BusCounters::add(&self.counters.publishes_dropped, count);
+                tracing::warn!(%err, dropped = count, "publishing to Redis failed");
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The Redis channel of a topic.
+fn channel(topic: &str) -> String {
+    format!("{CHANNEL_PREFIX}{topic}")
+}

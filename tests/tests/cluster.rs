@@ -1,0 +1,484 @@
+//! Several herald nodes joined through real brokers: `redis-server` and
+//! `nats-server` processes started here on free ports (`tests/run.sh`
+//! installs them from Debian's packages).
+//!
+//! Each scenario runs once per broker: cross-node broadcast exactly once,
+//! `broadcast_from` across nodes, interest moving the bus subscription, and
+//! a broker restart in the middle of a stream. All waits are bounded and
+//! wait on observable events (a message, a counter), never on sleeps alone.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use herald::{
+    Reject, Request, Server,
+    channels::{Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket},
+    cluster::{Broker, ClusterStats},
+};
+use herald_tests::{phoenix::Client, server::wait_until};
+use serde_json::{Value, json, value::RawValue};
+
+const WAIT: Duration = Duration::from_secs(20);
+const PATH: &str = "/socket/websocket";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Redis,
+    Nats,
+}
+
+/// A broker process on a fixed port, restartable.
+struct BrokerProcess {
+    kind: Kind,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl BrokerProcess {
+    fn start(kind: Kind) -> Self {
+        let mut broker = Self {
+            kind,
+            port: free_port(),
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut command = match self.kind {
+            Kind::Redis => {
+                let mut command = Command::new(find_binary("redis-server"));
+                command.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                command
+            }
+            Kind::Nats => {
+                let mut command = Command::new(find_binary("nats-server"));
+                command.args(["-a", "127.0.0.1", "-p", &port]);
+                command
+            }
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "start {:?} (install it: see tests/run.sh): {err}",
+                    self.kind
+                )
+            });
+        self.child = Some(child);
+        let addr = self.addr();
+        assert!(
+            wait_until(WAIT, || TcpStream::connect(addr).is_ok()),
+            "{:?} did not start listening on {addr}",
+            self.kind
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn broker(&self) -> Broker {
+        match self.kind {
+            Kind::Redis => Broker::Redis {
+                url: format!("redis://127.0.0.1:{}/", self.port),
+            },
+            Kind::Nats => Broker::Nats {
+                url: format!("nats://127.0.0.1:{}", self.port),
+            },
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The binary on PATH, or in Debian's sbin directories.
+fn find_binary(name: &str) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .map_or_else(|| name.to_owned(), |found| found.display().to_string())
+}
+
+struct Anyone;
+
+impl Socket for Anyone {
+    type Assigns = ();
+
+    fn connect(&self, _: &Request) -> Result<(), Reject> {
+        Ok(())
+    }
+}
+
+/// `room:*`: rebroadcast. `quiet:*`: broadcast_from.
+struct Room {
+    include_sender: bool,
+}
+
+impl Channel<()> for Room {
+    fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult {
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, ()>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        if self.include_sender {
+            ctx.rebroadcast(event, payload);
+        } else {
+            ctx.broadcast_from(event, payload);
+        }
+    }
+}
+
+fn node(broker: &BrokerProcess) -> Engine {
+    let endpoint = Endpoint::new(Anyone)
+        .channel(
+            "room:*",
+            Room {
+                include_sender: true,
+            },
+        )
+        .channel(
+            "quiet:*",
+            Room {
+                include_sender: false,
+            },
+        );
+    Channels::new()
+        .phoenix(PATH, endpoint)
+        .start(
+            Server::builder()
+                .bind("127.0.0.1:0".parse().unwrap())
+                .loops(1)
+                .pin_cores(false)
+                .broker(broker.broker()),
+        )
+        .expect("start a node")
+}
+
+fn stats(engine: &Engine) -> ClusterStats {
+    engine
+        .handle()
+        .server()
+        .cluster_stats()
+        .expect("a node with a broker has a bus")
+}
+
+fn client(engine: &Engine, topic: &str) -> (Client, String) {
+    let mut client = Client::connect(engine.local_addr(), PATH, "").expect("connect");
+    let (join_ref, reply) = client.join(topic, json!({}));
+    assert_eq!(reply["status"], "ok", "{reply}");
+    (client, join_ref)
+}
+
+/// Waits until every node's bus has subscribed to what its clients joined.
+fn wait_subscribed(nodes: &[&Engine], topics: u64) {
+    for node in nodes {
+        assert!(
+            wait_until(WAIT, || {
+                let stats = stats(node);
+                stats.connected == 1 && stats.subscriptions >= topics
+            }),
+            "bus never subscribed: {:?}",
+            stats(node)
+        );
+    }
+}
+
+/// The next broadcast a client receives: `(event, payload)`.
+fn next_broadcast(client: &mut Client) -> (String, Value) {
+    loop {
+        let message = client.recv();
+        if message[0].is_null() && message[1].is_null() {
+            return (
+                message[3].as_str().unwrap_or_default().to_owned(),
+                message[4].clone(),
+            );
+        }
+    }
+}
+
+fn cross_node_broadcasts_arrive_once_everywhere(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let (a, b, c) = (node(&broker), node(&broker), node(&broker));
+    let (mut on_a, _) = client(&a, "room:x");
+    let (mut on_b, _) = client(&b, "room:x");
+    let (mut on_c, _) = client(&c, "room:x");
+    wait_subscribed(&[&a, &b, &c], 1);
+
+    a.handle()
+        .broadcast("room:x", "new_msg", &json!({"n": 1}))
+        .unwrap();
+    for client in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(next_broadcast(client), ("new_msg".into(), json!({"n": 1})));
+    }
+    b.handle()
+        .broadcast("room:x", "new_msg", &json!({"n": 2}))
+        .unwrap();
+    for client in [&mut on_a, &mut on_b, &mut on_c] {
+        // A duplicate of n:1 would come before n:2.
+        assert_eq!(next_broadcast(client), ("new_msg".into(), json!({"n": 2})));
+    }
+    // A node without subscribers still publishes to the others.
+    let lonely = node(&broker);
+    lonely
+        .handle()
+        .broadcast("room:x", "new_msg", &json!({"n": 3}))
+        .unwrap();
+    for client in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(next_broadcast(client), ("new_msg".into(), json!({"n": 3})));
+    }
+    assert_eq!(stats(&a).decode_errors, 0);
+    assert!(stats(&b).received >= 2, "{:?}", stats(&b));
+}
+
+fn broadcast_from_excludes_the_sender_across_nodes(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let (a, b) = (node(&broker), node(&broker));
+    let (mut sender, join_ref) = client(&a, "quiet:1");
+    let (mut neighbour, _) = client(&a, "quiet:1");
+    let (mut remote, remote_ref) = client(&b, "quiet:1");
+    wait_subscribed(&[&a, &b], 1);
+
+    sender.push(&join_ref, "quiet:1", "new_msg", json!({"from": "a"}));
+    assert_eq!(next_broadcast(&mut neighbour).1, json!({"from": "a"}));
+    assert_eq!(next_broadcast(&mut remote).1, json!({"from": "a"}));
+    // The sender's next broadcast is the remote one: it never got its own,
+    // neither locally nor back through the bus.
+    remote.push(&remote_ref, "quiet:1", "new_msg", json!({"from": "b"}));
+    assert_eq!(next_broadcast(&mut sender).1, json!({"from": "b"}));
+    assert_eq!(next_broadcast(&mut neighbour).1, json!({"from": "b"}));
+}
+
+fn interest_moves_the_bus_subscription(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let a = node(&broker);
+    assert!(wait_until(WAIT, || stats(&a).connected == 1));
+    assert_eq!(
+        stats(&a).subscriptions,
+        0,
+        "no subscribers, no bus subscription"
+    );
+
+    let (mut first, first_ref) = client(&a, "room:moving");
+    assert!(wait_until(WAIT, || stats(&a).subscriptions == 1));
+    if kind == Kind::Redis {
+        assert!(wait_until(WAIT, || redis_numsub(
+            broker.addr(),
+            "herald:room:moving"
+        ) == 1));
+    }
+    let (second, _) = client(&a, "room:moving");
+    let (reply, _) = {
+        let msg_ref = first.next_ref();
+        first.send(
+            Some(&first_ref),
+            Some(&msg_ref),
+            "room:moving",
+            "phx_leave",
+            json!({}),
+        );
+        first.reply_to(&msg_ref)
+    };
+    assert_eq!(reply["status"], "ok");
+    // One subscriber left: still subscribed.
+    assert_eq!(stats(&a).subscriptions, 1);
+    drop(second);
+    assert!(
+        wait_until(WAIT, || stats(&a).subscriptions == 0),
+        "the last leave must unsubscribe: {:?}",
+        stats(&a)
+    );
+    if kind == Kind::Redis {
+        assert!(wait_until(WAIT, || redis_numsub(
+            broker.addr(),
+            "herald:room:moving"
+        ) == 0));
+    }
+}
+
+/// `PUBSUB NUMSUB channel` over RESP: how many connections subscribe.
+fn redis_numsub(addr: SocketAddr, channel: &str) -> i64 {
+    let mut stream = TcpStream::connect(addr).expect("connect to redis");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let command = format!(
+        "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    stream.write_all(command.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0; 256];
+    // *2\r\n$N\r\nchannel\r\n:count\r\n
+    while !reply.ends_with(b"\r\n") || !reply.contains(&b':') {
+        let n = stream.read(&mut buf).expect("read redis reply");
+        assert!(n > 0, "redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let count = text.rsplit(':').next().unwrap_or_default().trim();
+    count.parse().unwrap_or(-1)
+}
+
+fn a_broker_restart_mid_stream_is_survived(kind: Kind) {
+    let mut broker = BrokerProcess::start(kind);
+    let (a, b) = (node(&broker), node(&broker));
+    let (mut local, _) = client(&a, "room:stream");
+    let (mut remote, _) = client(&b, "room:stream");
+    wait_subscribed(&[&a, &b], 1);
+
+    // A publisher on node A, one message every 5 ms, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let latest = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let (handle, stop, latest) = (a.handle(), Arc::clone(&stop), Arc::clone(&latest));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                handle
+                    .broadcast("room:stream", "tick", &json!({"n": n}))
+                    .unwrap();
+                latest.store(n, Ordering::Relaxed);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        })
+    };
+    let seq = |(_, payload): (String, Value)| payload["n"].as_u64().expect("n");
+    // The stream flows across nodes.
+    let first_remote = seq(next_broadcast(&mut remote));
+    let _ = seq(next_broadcast(&mut remote));
+
+    broker.stop();
+    assert!(
+        wait_until(WAIT, || stats(&a).connected == 0
+            && stats(&a).publishes_dropped > 0),
+        "node A never noticed the outage: {:?}",
+        stats(&a)
+    );
+    broker.spawn();
+    assert!(
+        wait_until(WAIT, || {
+            let (a, b) = (stats(&a), stats(&b));
+            a.connected == 1 && b.connected == 1 && b.subscriptions >= 1
+        }),
+        "nodes did not reconnect: {:?} / {:?}",
+        stats(&a),
+        stats(&b)
+    );
+    // Cross-node delivery resumes: the remote client gets messages sent
+    // after the reconnection (some sent during the outage were dropped, and
+    // counted). Its reads time out (and fail the test) if none come.
+    let mark = latest.load(Ordering::Relaxed);
+    let mut last_remote = first_remote;
+    while last_remote <= mark {
+        let n = seq(next_broadcast(&mut remote));
+        assert!(
+            n > last_remote,
+            "remote messages out of order: {n} after {last_remote}"
+        );
+        last_remote = n;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.join().expect("publisher thread");
+    // Local delivery never stopped: the local client got every message in
+    // order, the outage included.
+    for expected in 0..sent {
+        assert_eq!(
+            seq(next_broadcast(&mut local)),
+            expected,
+            "a local message was lost"
+        );
+    }
+    let a_stats = stats(&a);
+    assert!(a_stats.publishes_dropped > 0, "{a_stats:?}");
+    if kind == Kind::Redis {
+        assert!(
+            a_stats.reconnects >= 1 && stats(&b).reconnects >= 1,
+            "{a_stats:?}"
+        );
+    }
+}
+
+fn a_node_starts_without_its_broker_and_joins_later(kind: Kind) {
+    let mut broker = BrokerProcess::start(kind);
+    broker.stop();
+    let a = node(&broker);
+    // Local traffic works with no broker at all.
+    let (mut local, _) = client(&a, "room:early");
+    a.handle()
+        .broadcast("room:early", "new_msg", &json!({"n": 1}))
+        .unwrap();
+    assert_eq!(next_broadcast(&mut local).1, json!({"n": 1}));
+    assert_eq!(stats(&a).connected, 0);
+    broker.spawn();
+    let b = node(&broker);
+    let (mut remote, _) = client(&b, "room:early");
+    wait_subscribed(&[&a, &b], 1);
+    a.handle()
+        .broadcast("room:early", "new_msg", &json!({"n": 2}))
+        .unwrap();
+    assert_eq!(next_broadcast(&mut remote).1, json!({"n": 2}));
+}
+
+macro_rules! per_broker {
+    ($($scenario:ident),* $(,)?) => {
+        mod redis {
+            $( #[test] fn $scenario() { super::$scenario(super::Kind::Redis) } )*
+        }
+        mod nats {
+            $( #[test] fn $scenario() { super::$scenario(super::Kind::Nats) } )*
+        }
+    };
+}
+
+per_broker!(
+    cross_node_broadcasts_arrive_once_everywhere,
+    broadcast_from_excludes_the_sender_across_nodes,
+    interest_moves_the_bus_subscription,
+    a_broker_restart_mid_stream_is_survived,
+    a_node_starts_without_its_broker_and_joins_later,
+);
