@@ -43,6 +43,11 @@ struct Options {
     /// WebSocket path.
     #[arg(long, default_value = "/", global = true)]
     path: String,
+    /// More server addresses (other nodes of a cluster): connections are
+    /// spread round-robin over `--addr` and these; a publisher connection
+    /// always goes to `--addr`.
+    #[arg(long, global = true, value_delimiter = ',')]
+    also: Vec<SocketAddr>,
     /// The server's process id, to report its CPU time and memory.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
@@ -394,6 +399,18 @@ fn open_connections(
 }
 
 /// As [`open_connections`], with a path per connection index.
+/// The node connection `index` of `count` goes to: round-robin over
+/// `--addr` and `--also`, except the last (a publisher, where a scenario
+/// has one), which goes to `--addr`.
+fn node_addr(options: &Options, index: usize, count: usize) -> SocketAddr {
+    let nodes = 1 + options.also.len();
+    if index + 1 == count || index % nodes == 0 {
+        options.addr
+    } else {
+        options.also[index % nodes - 1]
+    }
+}
+
 fn open_connections_to(
     options: &Options,
     poll: &mut Poll,
@@ -408,7 +425,8 @@ fn open_connections_to(
     while open < count {
         while in_flight < concurrency && clients.len() < count {
             let token = Token(clients.len());
-            clients.push(Client::connect(poll.registry(), options.addr, token)?);
+            let addr = node_addr(options, clients.len(), count);
+            clients.push(Client::connect(poll.registry(), addr, token)?);
             in_flight += 1;
         }
         let mut failure = None;

@@ -104,11 +104,13 @@ impl Broadcast {
     }
 
     /// Whether this is a binary channel broadcast.
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn is_binary(&self) -> bool {
         self.binary
     }
 
     /// The channel message, if this is a channel broadcast.
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn message(&self) -> Option<&ChannelMessage> {
         self.message.as_deref()
     }

@@ -91,6 +91,7 @@ macro_rules! bus_counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// The live counters, shared by the loops and the bus thread.
         #[derive(Debug, Default)]
+        #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
         pub(crate) struct BusCounters {
             $( pub(crate) $name: AtomicU64, )*
         }
@@ -109,6 +110,7 @@ macro_rules! bus_counters {
             $( $(#[$doc])* pub $name: u64, )*
         }
 
+        #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
         impl BusCounters {
             pub(crate) fn snapshot(&self) -> ClusterStats {
                 ClusterStats { $( $name: self.$name.load(Relaxed), )* }
@@ -137,6 +139,7 @@ bus_counters! {
     subscriptions,
 }
 
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 impl BusCounters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);

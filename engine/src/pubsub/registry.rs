@@ -94,6 +94,7 @@ impl TopicRegistry {
 
     /// Every topic with subscribers on this node, for a broker that must
     /// subscribe again after a reconnect.
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn topics(&self) -> Vec<Box<str>> {
         self.topics.pin().keys().cloned().collect()
     }

@@ -533,6 +533,7 @@ impl ServerHandle {
         self.bus.as_ref().map(|bus| bus.stats())
     }
 
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn registry(&self) -> &TopicRegistry {
         &self.registry
     }
