@@ -404,7 +404,7 @@ fn open_connections(
 /// has one), which goes to `--addr`.
 fn node_addr(options: &Options, index: usize, count: usize) -> SocketAddr {
     let nodes = 1 + options.also.len();
-    if index + 1 == count || index % nodes == 0 {
+    if index + 1 == count || index.is_multiple_of(nodes) {
         options.addr
     } else {
         options.also[index % nodes - 1]
