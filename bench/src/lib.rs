@@ -9,6 +9,8 @@ pub mod client;
 pub mod compare;
 pub mod http_publisher;
 pub mod proc_stats;
+pub mod progress;
+pub mod report;
 
 use bytes::BytesMut;
 use herald::wire::{OpCode, client_frame};

@@ -31,6 +31,8 @@ use herald_bench::{
     compare::{self, Contender},
     http_publisher::HttpPublisher,
     proc_stats::{ProcessSample, raise_fd_limit},
+    progress::{self, Running},
+    report::{Format, Report},
 };
 use mio::{Poll, Token};
 
@@ -62,6 +64,9 @@ struct Options {
     /// CPUs the compared servers are pinned to (taskset list).
     #[arg(long, default_value = "0", global = true)]
     server_cpus: String,
+    /// Print each report as one JSON line instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
     /// Where the server binaries are (`target/release` after `cargo build
     /// --release -p herald --example fanout -p herald-bench`).
     #[arg(long, default_value = "target/release", global = true)]
@@ -248,7 +253,9 @@ fn compare(options: &Options, baseline: &str) -> io::Result<()> {
             let mut run_options = options.clone();
             run_options.addr = server.addr;
             run_options.server_pid = Some(server.pid());
-            println!("\n== round {round}: {} ==", contender.name);
+            if !options.json {
+                println!("\n== round {round}: {} ==", contender.name);
+            }
             let headline = run(&run_options)?.ok_or_else(|| {
                 io::Error::other("--vs compares the fanout and latency scenarios")
             })?;
@@ -256,33 +263,44 @@ fn compare(options: &Options, baseline: &str) -> io::Result<()> {
         }
         rows.push((round, pair[0], pair[1]));
     }
-    println!("\n== herald vs {} ==", baseline.name);
-    let mut ratios = Vec::new();
-    for (round, herald, base) in rows {
-        let (text, ratio) = match (herald, base) {
-            (Headline::Throughput(h), Headline::Throughput(b)) => (
-                format!("round {round}: herald {h:.0}/s, {} {b:.0}/s", baseline.name),
-                h / b.max(1.0),
-            ),
-            (Headline::P99(h), Headline::P99(b)) => (
-                format!(
-                    "round {round}: herald p99 {h} µs, {} p99 {b} µs",
-                    baseline.name
-                ),
-                h as f64 / b.max(1) as f64,
-            ),
+    let (mut heralds, mut baselines, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for (_, herald, base) in rows {
+        let (h, b) = match (herald, base) {
+            (Headline::Throughput(h), Headline::Throughput(b)) => (h, b),
+            (Headline::P99(h), Headline::P99(b)) => (h as f64, b as f64),
             _ => continue,
         };
-        println!("{text}: {ratio:.3}x");
-        ratios.push(ratio);
+        heralds.push(h);
+        baselines.push(b);
+        ratios.push(h / b.max(1.0));
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
-    let meaning = if matches!(options.scenario, Scenario::Latency { .. }) {
-        "herald's p99 latency over the baseline's (lower is better)"
+    let (unit, meaning) = if matches!(options.scenario, Scenario::Latency { .. }) {
+        (
+            "µs",
+            "herald's p99 latency over the baseline's (lower is better)",
+        )
     } else {
-        "herald's deliveries per second over the baseline's"
+        ("/s", "herald's deliveries per second over the baseline's")
     };
-    println!("mean ratio    {mean:.3}x ({meaning})");
+    let rounded = |values: &[f64]| values.iter().map(|v| v.round()).collect::<Vec<_>>();
+    let mut report = Report::new(format!("herald vs {}", baseline.name));
+    report
+        .figure("herald", rounded(&heralds), unit)
+        .figure("baseline", rounded(&baselines), unit)
+        .figure(
+            "ratios",
+            ratios
+                .iter()
+                .map(|r| (r * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+            "x",
+        )
+        .note("mean_ratio", (mean * 1000.0).round() / 1000.0, "x", meaning);
+    if !options.json {
+        println!();
+    }
+    report.print(options.format());
     Ok(())
 }
 
@@ -422,6 +440,7 @@ fn open_connections_to(
     let (mut open, mut in_flight) = (0usize, 0usize);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);
+    let progress = progress::connecting(count, !options.json);
     while open < count {
         while in_flight < concurrency && clients.len() < count {
             let token = Token(clients.len());
@@ -443,6 +462,7 @@ fn open_connections_to(
             // Back to the caller to start more once the window has room.
             in_flight == concurrency
         })?;
+        progress.set_position(open as u64);
         if let Some(err) = failure {
             return Err(io::Error::other(format!("connection {open} failed: {err}")));
         }
@@ -452,6 +472,7 @@ fn open_connections_to(
             )));
         }
     }
+    progress.finish_and_clear();
     Ok((clients, start.elapsed()))
 }
 
@@ -497,32 +518,33 @@ fn echo(
     }
     let elapsed = start.elapsed();
     let client_cpu = ProcessSample::read_self()?.cpu_since(&client_before);
-    println!("scenario      echo");
-    println!("connections   {connections}");
-    println!("payload       {payload} B");
-    println!(
-        "round trips   {:.0} /s",
-        round_trips as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "latency       p50 {} µs, p99 {} µs, max {} µs",
-        latency.value_at_quantile(0.5),
-        latency.value_at_quantile(0.99),
-        latency.max()
-    );
-    println!(
-        "client CPU    {:.2} s in {:.2} s",
-        client_cpu.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
+    let mut report = Report::new("echo");
+    report
+        .figure("connections", connections, "")
+        .figure("payload", payload, "B")
+        .figure(
+            "round_trips",
+            round_trips as f64 / elapsed.as_secs_f64(),
+            "/s",
+        )
+        .latency("latency", &latency)
+        .note(
+            "client_cpu",
+            client_cpu.as_secs_f64(),
+            "s",
+            format!("in {:.2} s", elapsed.as_secs_f64()),
+        );
     if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
         let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
-        println!(
-            "server CPU    {:.2} s, {:.0} ns per round trip",
-            server_cpu.as_secs_f64(),
-            server_cpu.as_nanos() as f64 / round_trips.max(1) as f64
-        );
+        report
+            .figure("server_cpu", server_cpu.as_secs_f64(), "s")
+            .figure(
+                "server_cpu_per_round_trip",
+                server_cpu.as_nanos() as f64 / round_trips.max(1) as f64,
+                "ns",
+            );
     }
+    report.print(options.format());
     Ok(())
 }
 
@@ -531,22 +553,31 @@ fn connect(options: &Options, connections: usize, concurrency: usize) -> io::Res
     let mut poll = Poll::new()?;
     let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
     let (clients, took) = open_connections(options, &mut poll, connections, concurrency)?;
-    println!("scenario      connect");
-    println!("connections   {connections} (at most {concurrency} connecting at once)");
-    println!(
-        "handshakes    {:.0} /s ({} in {:.2} s)",
-        connections as f64 / took.as_secs_f64(),
-        connections,
-        took.as_secs_f64()
-    );
+    let mut report = Report::new("connect");
+    report
+        .note(
+            "connections",
+            connections,
+            "",
+            format!("at most {concurrency} connecting at once"),
+        )
+        .note(
+            "handshakes",
+            connections as f64 / took.as_secs_f64(),
+            "/s",
+            format!("{connections} in {:.2} s", took.as_secs_f64()),
+        );
     if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
         let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
-        println!(
-            "server CPU    {:.2} s, {:.1} µs per connection",
-            server_cpu.as_secs_f64(),
-            server_cpu.as_secs_f64() * 1e6 / connections as f64
-        );
+        report
+            .figure("server_cpu", server_cpu.as_secs_f64(), "s")
+            .figure(
+                "server_cpu_per_connection",
+                server_cpu.as_secs_f64() * 1e6 / connections as f64,
+                "µs",
+            );
     }
+    report.print(options.format());
     Ok(clients)
 }
 
@@ -562,17 +593,18 @@ fn idle(options: &Options, connections: usize, concurrency: usize) -> io::Result
     std::thread::sleep(Duration::from_millis(500));
     let after = ProcessSample::read(pid)?;
     let grown = after.rss_bytes.saturating_sub(before.rss_bytes);
-    println!("scenario      idle");
-    println!(
-        "server RSS    {:.1} MiB -> {:.1} MiB",
-        before.rss_bytes as f64 / (1 << 20) as f64,
-        after.rss_bytes as f64 / (1 << 20) as f64
-    );
-    println!(
-        "per conn      {:.0} B of user-space RSS ({} connections)",
-        grown as f64 / clients.len() as f64,
-        clients.len()
-    );
+    let mut report = Report::new("idle");
+    report
+        .figure("connections", clients.len(), "")
+        .figure("server_rss_before", mib(before.rss_bytes), "MiB")
+        .figure("server_rss_after", mib(after.rss_bytes), "MiB")
+        .note(
+            "rss_per_connection",
+            grown as f64 / clients.len() as f64,
+            "B",
+            "user-space RSS",
+        );
+    report.print(options.format());
     Ok(())
 }
 
@@ -741,12 +773,22 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         Ok(())
     };
     send_due(&mut clients, &mut run)?;
+    let running = Running::start(
+        if plan.rate.is_some() {
+            "latency"
+        } else {
+            "fanout"
+        },
+        duration,
+        !options.json,
+    );
     drive_paced(
         &mut poll,
         start + duration,
         Duration::from_millis(1),
         |wake| {
             let Some(token) = wake else {
+                running.tick();
                 if let Err(err) = send_due(&mut clients, &mut run) {
                     failure = Some(err);
                 }
@@ -758,6 +800,7 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
             failure.is_none()
         },
     )?;
+    running.finish();
     if let Some(err) = failure {
         return Err(err);
     }
@@ -771,25 +814,43 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         Some(rate) => format!("{rate} publishes/s"),
         None => format!("window {window}"),
     };
-    println!("scenario      fanout");
-    println!("subscribers   {subscribers} (one topic, {protocol}), {pacing}, payload {payload} B");
-    println!(
-        "deliveries    {:.0} /s",
-        run.deliveries as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "messages      {:.1} /s fully delivered",
-        run.completed as f64 / elapsed.as_secs_f64()
-    );
-    println!("latency       {}", quantiles(&run.delivery_latency));
-    println!("to last sub   {}", quantiles(&run.last_latency));
+    let mut report = Report::new(if plan.rate.is_some() {
+        "latency"
+    } else {
+        "fanout"
+    });
+    report
+        .note(
+            "subscribers",
+            subscribers,
+            "",
+            format!("one topic, {protocol}"),
+        )
+        .figure("pacing", pacing, "")
+        .figure("payload", payload, "B")
+        .figure(
+            "deliveries",
+            run.deliveries as f64 / elapsed.as_secs_f64(),
+            "/s",
+        )
+        .note(
+            "messages",
+            run.completed as f64 / elapsed.as_secs_f64(),
+            "/s",
+            "fully delivered",
+        )
+        .latency("latency", &run.delivery_latency)
+        .latency("to_last_subscriber", &run.last_latency);
     if let Some(api) = http_publisher {
-        let report = api.finish()?;
-        println!(
-            "API requests  {:.1} /s answered 200; round trip {}",
-            report.requests as f64 / elapsed.as_secs_f64(),
-            quantiles(&report.latency)
-        );
+        let api = api.finish()?;
+        report
+            .note(
+                "api_requests",
+                api.requests as f64 / elapsed.as_secs_f64(),
+                "/s",
+                "answered 200",
+            )
+            .latency("api_round_trip", &api.latency);
     }
     if let Some(rate) = plan.rate {
         // Keeping up: what is still in flight at the end is about what the
@@ -800,21 +861,27 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
             + 1;
         let kept_up = run.in_flight.len() <= expected_backlog.max(2)
             && run.next_seq < MAX_IN_FLIGHT as u64 * 1000;
-        println!(
-            "kept up       {} ({} sent, {} fully delivered, {} in flight at the end)",
-            if kept_up { "yes" } else { "no" },
-            run.next_seq,
-            run.completed,
-            run.in_flight.len()
+        report.note(
+            "kept_up",
+            kept_up,
+            "",
+            format!(
+                "{} sent, {} fully delivered, {} in flight at the end",
+                run.next_seq,
+                run.completed,
+                run.in_flight.len()
+            ),
         );
     }
-    print_cpu(
+    cpu_figures(
+        &mut report,
         options,
         server_before,
         &client_before,
         elapsed,
         run.deliveries,
     )?;
+    report.print(options.format());
     Ok(Some(match plan.rate {
         Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
         None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
@@ -835,21 +902,26 @@ fn receive(client: &mut Client, path: &str, run: &mut FanoutRun, phoenix: bool) 
         .try_for_each(|prefix| run.received(fanout_seq(phoenix, prefix)))
 }
 
-/// `p50 ... max` of a latency histogram, in µs.
-fn quantiles(histogram: &Histogram<u64>) -> String {
-    format!(
-        "p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-        histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.9),
-        histogram.value_at_quantile(0.99),
-        histogram.value_at_quantile(0.999),
-        histogram.max()
-    )
+/// Bytes in MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+impl Options {
+    /// How reports are printed.
+    fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            Format::Table
+        }
+    }
 }
 
 /// Prints the client's and (with `--server-pid`) the server's CPU time,
 /// per delivery.
-fn print_cpu(
+fn cpu_figures(
+    report: &mut Report,
     options: &Options,
     server_before: Option<ProcessSample>,
     client_before: &ProcessSample,
@@ -857,19 +929,20 @@ fn print_cpu(
     deliveries: u64,
 ) -> io::Result<()> {
     let client_cpu = ProcessSample::read_self()?.cpu_since(client_before);
-    println!(
-        "client CPU    {:.2} s in {:.2} s, {:.0} ns per delivery",
-        client_cpu.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        client_cpu.as_nanos() as f64 / deliveries.max(1) as f64
-    );
+    let per_delivery = |cpu: Duration| cpu.as_nanos() as f64 / deliveries.max(1) as f64;
+    report
+        .note(
+            "client_cpu",
+            client_cpu.as_secs_f64(),
+            "s",
+            format!("in {:.2} s", elapsed.as_secs_f64()),
+        )
+        .figure("client_cpu_per_delivery", per_delivery(client_cpu), "ns");
     if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
         let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
-        println!(
-            "server CPU    {:.2} s, {:.0} ns per delivery",
-            server_cpu.as_secs_f64(),
-            server_cpu.as_nanos() as f64 / deliveries.max(1) as f64
-        );
+        report
+            .figure("server_cpu", server_cpu.as_secs_f64(), "s")
+            .figure("server_cpu_per_delivery", per_delivery(server_cpu), "ns");
     }
     Ok(())
 }
@@ -987,12 +1060,14 @@ fn rooms(
         top_up(&mut clients, run, room)?;
     }
     let mut failure = None;
+    let running = Running::start("rooms", duration, !options.json);
     drive_paced(
         &mut poll,
         start + duration,
         Duration::from_millis(10),
         |wake| {
             let Some(token) = wake else {
+                running.tick();
                 return failure.is_none();
             };
             let room = token.0 / per_room;
@@ -1010,6 +1085,7 @@ fn rooms(
             failure.is_none()
         },
     )?;
+    running.finish();
     if let Some(err) = failure {
         return Err(err);
     }
@@ -1023,20 +1099,36 @@ fn rooms(
             .add(&run.delivery_latency)
             .map_err(io::Error::other)?;
     }
-    println!("scenario      rooms");
-    println!(
-        "rooms         {rooms} of {size} subscribers and 1 publisher, window {window}, payload {payload} B"
-    );
-    println!(
-        "deliveries    {:.0} /s",
-        deliveries as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "messages      {:.0} /s fully delivered",
-        completed as f64 / elapsed.as_secs_f64()
-    );
-    println!("latency       {}", quantiles(&latency));
-    print_cpu(options, server_before, &client_before, elapsed, deliveries)?;
+    let mut report = Report::new("rooms");
+    report
+        .note(
+            "rooms",
+            rooms,
+            "",
+            format!("{size} subscribers and 1 publisher each, window {window}"),
+        )
+        .figure("payload", payload, "B")
+        .figure(
+            "deliveries",
+            deliveries as f64 / elapsed.as_secs_f64(),
+            "/s",
+        )
+        .note(
+            "messages",
+            completed as f64 / elapsed.as_secs_f64(),
+            "/s",
+            "fully delivered",
+        )
+        .latency("latency", &latency);
+    cpu_figures(
+        &mut report,
+        options,
+        server_before,
+        &client_before,
+        elapsed,
+        deliveries,
+    )?;
+    report.print(options.format());
     Ok(Some(Headline::Throughput(
         deliveries as f64 / elapsed.as_secs_f64(),
     )))
@@ -1108,6 +1200,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     top_up(&mut clients, &mut run)?;
     let mut failure = None;
     let registry = poll.registry().try_clone()?;
+    let running = Running::start("churn", duration, !options.json);
     drive_paced(
         &mut poll,
         start + duration,
@@ -1144,6 +1237,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
                     }
                 }
                 None => {
+                    running.tick();
                     let now = Instant::now();
                     // Close the churners whose time is up.
                     for slot in &mut churners {
@@ -1188,6 +1282,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
             failure.is_none()
         },
     )?;
+    running.finish();
     if let Some(err) = failure {
         return Err(err);
     }
@@ -1199,29 +1294,48 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     std::thread::sleep(Duration::from_millis(1000));
     let rss_after = ProcessSample::read(pid)?.rss_bytes;
     let lost = run.next_seq - run.completed - run.in_flight.len() as u64;
-    println!("scenario      churn");
-    println!("stable        {stable} subscribers, window {window}");
-    println!(
-        "churn         {:.0} connections/s opened and closed ({opened} opened, {closed} closed, {failed} failed), each living {} ms",
-        opened as f64 / elapsed.as_secs_f64(),
-        lifetime.as_millis()
-    );
-    println!(
-        "deliveries    {:.0} /s to stable subscribers",
-        run.deliveries as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "lost          {lost} messages ({} sent, {} fully delivered, {} in flight at the end)",
-        run.next_seq,
-        run.completed,
-        run.in_flight.len()
-    );
-    println!(
-        "server RSS    {:.1} MiB before the churn, {:.1} MiB after it ({:+.1} MiB)",
-        rss_before as f64 / (1 << 20) as f64,
-        rss_after as f64 / (1 << 20) as f64,
-        (rss_after as f64 - rss_before as f64) / (1 << 20) as f64
-    );
+    let mut report = Report::new("churn");
+    report
+        .note(
+            "stable",
+            stable,
+            "",
+            format!("subscribers, window {window}"),
+        )
+        .note(
+            "churn",
+            opened as f64 / elapsed.as_secs_f64(),
+            "connections/s",
+            format!(
+                "{opened} opened, {closed} closed, {failed} failed, each living {} ms",
+                lifetime.as_millis()
+            ),
+        )
+        .note(
+            "deliveries",
+            run.deliveries as f64 / elapsed.as_secs_f64(),
+            "/s",
+            "to stable subscribers",
+        )
+        .note(
+            "lost",
+            lost,
+            "messages",
+            format!(
+                "{} sent, {} fully delivered, {} in flight at the end",
+                run.next_seq,
+                run.completed,
+                run.in_flight.len()
+            ),
+        )
+        .figure("server_rss_before", mib(rss_before), "MiB")
+        .note(
+            "server_rss_after",
+            mib(rss_after),
+            "MiB",
+            format!("{:+.1} MiB", mib(rss_after) - mib(rss_before)),
+        );
+    report.print(options.format());
     Ok(Some(Headline::Throughput(
         run.deliveries as f64 / elapsed.as_secs_f64(),
     )))
