@@ -53,6 +53,12 @@ struct Options {
     /// The server's process id, to report its CPU time and memory.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Start herald's fan-out server in this process (the `fanout`
+    /// example's servers, plain or `--phoenix`), its loops pinned to
+    /// `--server-cpus`, and run the scenario against it. Connections then
+    /// cost two descriptors here, so runs are capped at half the limit.
+    #[arg(long, global = true)]
+    embedded: bool,
     /// Compare with a baseline (`raw` or `tokio`): start herald's `fanout`
     /// example and the baseline here, alternately, and print the ratios
     /// (fanout and latency scenarios).
@@ -207,11 +213,23 @@ struct ApiPublish {
     api_key: Option<String>,
 }
 
+/// The name prefix of an embedded server's loop threads.
+const EMBEDDED_THREAD_PREFIX: &str = "herald-loop";
+
+/// The fan-out servers of herald's `fanout` example, run in process by
+/// `--embedded`: one implementation in and out of process.
+#[path = "../../engine/examples/fanout/servers.rs"]
+mod servers;
+
 fn main() -> ExitCode {
     let options = Options::parse();
-    let result = match &options.vs {
-        Some(baseline) => compare(&options, baseline),
-        None => run(&options).map(|_| ()),
+    let result = match (&options.vs, options.embedded) {
+        (Some(_), true) => Err(io::Error::other(
+            "--vs starts its servers as processes; leave out --embedded",
+        )),
+        (Some(baseline), false) => compare(&options, baseline),
+        (None, true) => run_embedded(&options),
+        (None, false) => run(&options).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,6 +238,61 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts the fan-out server in this process, runs the scenario against
+/// it, and shuts it down.
+fn run_embedded(options: &Options) -> io::Result<()> {
+    let phoenix = matches!(
+        options.scenario,
+        Scenario::Fanout { phoenix: true, .. } | Scenario::Latency { phoenix: true, .. }
+    );
+    let cores = parse_cpu_list(&options.server_cpus)?;
+    let builder = herald::Server::builder()
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .loops(cores.len())
+        .core_ids(cores);
+    let server = servers::start(builder, phoenix)?;
+    let mut embedded = options.clone();
+    embedded.addr = server.local_addr();
+    if phoenix {
+        embedded.path = "/socket/websocket".into();
+    }
+    let result = run(&embedded).map(|_| ());
+    let handle = server.handle();
+    handle.shutdown();
+    server.join();
+    result
+}
+
+/// A taskset-style CPU list: `0`, `0,2`, `0-3`.
+fn parse_cpu_list(list: &str) -> io::Result<Vec<usize>> {
+    let invalid = || {
+        io::Error::other(format!(
+            "--server-cpus {list:?}: expected e.g. 0 or 0-3 or 0,2"
+        ))
+    };
+    let mut cpus = Vec::new();
+    for part in list
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (usize, usize) = (
+                    first.parse().map_err(|_| invalid())?,
+                    last.parse().map_err(|_| invalid())?,
+                );
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().map_err(|_| invalid())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err(invalid());
+    }
+    Ok(cpus)
 }
 
 /// The figure a comparison sets side by side.
@@ -393,9 +466,13 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
 
 /// Clamps a connection count to what this process's descriptor limit
 /// allows, saying so.
-fn connections_within_fd_limit(wanted: usize) -> usize {
+fn connections_within_fd_limit(options: &Options, wanted: usize) -> usize {
     let limit = raise_fd_limit();
-    let usable = limit.saturating_sub(32) as usize;
+    let mut usable = limit.saturating_sub(32) as usize;
+    if options.embedded {
+        // Both ends of every connection live in this process.
+        usable /= 2;
+    }
     if wanted > usable {
         eprintln!(
             "note: the file-descriptor limit here is {limit}; running {usable} connections instead of {wanted}"
@@ -482,13 +559,13 @@ fn echo(
     payload: usize,
     duration: Duration,
 ) -> io::Result<()> {
-    let connections = connections_within_fd_limit(connections);
+    let connections = connections_within_fd_limit(options, connections);
     let mut poll = Poll::new()?;
     let (mut clients, _) = open_connections(options, &mut poll, connections, 256)?;
     let message = vec![b'x'; payload];
     let mut latency =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
-    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let server_before = options.server_sample()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
     for client in &mut clients {
@@ -534,8 +611,8 @@ fn echo(
             "s",
             format!("in {:.2} s", elapsed.as_secs_f64()),
         );
-    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
-        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+    if let (Some(now), Some(before)) = (options.server_sample()?, server_before) {
+        let server_cpu = now.cpu_since(&before);
         report
             .figure("server_cpu", server_cpu.as_secs_f64(), "s")
             .figure(
@@ -549,9 +626,9 @@ fn echo(
 }
 
 fn connect(options: &Options, connections: usize, concurrency: usize) -> io::Result<Vec<Client>> {
-    let connections = connections_within_fd_limit(connections);
+    let connections = connections_within_fd_limit(options, connections);
     let mut poll = Poll::new()?;
-    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let server_before = options.server_sample()?;
     let (clients, took) = open_connections(options, &mut poll, connections, concurrency)?;
     let mut report = Report::new("connect");
     report
@@ -567,8 +644,8 @@ fn connect(options: &Options, connections: usize, concurrency: usize) -> io::Res
             "/s",
             format!("{connections} in {:.2} s", took.as_secs_f64()),
         );
-    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
-        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+    if let (Some(now), Some(before)) = (options.server_sample()?, server_before) {
+        let server_cpu = now.cpu_since(&before);
         report
             .figure("server_cpu", server_cpu.as_secs_f64(), "s")
             .figure(
@@ -707,7 +784,7 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         phoenix,
         ..
     } = *plan;
-    let subscribers = connections_within_fd_limit(plan.subscribers + 1)
+    let subscribers = connections_within_fd_limit(options, plan.subscribers + 1)
         .saturating_sub(1)
         .max(1);
     // Through the API, every WebSocket is a subscriber.
@@ -748,7 +825,7 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         .transpose()?;
     let filler = "x".repeat(payload.saturating_sub(if phoenix { 40 } else { 16 }));
     let mut run = FanoutRun::new()?;
-    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let server_before = options.server_sample()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
     let publisher = subscribers;
@@ -908,6 +985,15 @@ fn mib(bytes: u64) -> f64 {
 }
 
 impl Options {
+    /// The server's CPU time and memory now: its process (`--server-pid`),
+    /// or the embedded server's loop threads.
+    fn server_sample(&self) -> io::Result<Option<ProcessSample>> {
+        if self.embedded {
+            return ProcessSample::read_threads(EMBEDDED_THREAD_PREFIX).map(Some);
+        }
+        self.server_pid.map(ProcessSample::read).transpose()
+    }
+
     /// How reports are printed.
     fn format(&self) -> Format {
         if self.json {
@@ -928,7 +1014,15 @@ fn cpu_figures(
     elapsed: Duration,
     deliveries: u64,
 ) -> io::Result<()> {
-    let client_cpu = ProcessSample::read_self()?.cpu_since(client_before);
+    let mut client_cpu = ProcessSample::read_self()?.cpu_since(client_before);
+    let server_cpu = match (options.server_sample()?, server_before) {
+        (Some(now), Some(before)) => Some(now.cpu_since(&before)),
+        _ => None,
+    };
+    if options.embedded {
+        // The process's CPU time includes the embedded server's threads.
+        client_cpu = client_cpu.saturating_sub(server_cpu.unwrap_or_default());
+    }
     let per_delivery = |cpu: Duration| cpu.as_nanos() as f64 / deliveries.max(1) as f64;
     report
         .note(
@@ -938,8 +1032,7 @@ fn cpu_figures(
             format!("in {:.2} s", elapsed.as_secs_f64()),
         )
         .figure("client_cpu_per_delivery", per_delivery(client_cpu), "ns");
-    if let (Some(pid), Some(before)) = (options.server_pid, server_before) {
-        let server_cpu = ProcessSample::read(pid)?.cpu_since(&before);
+    if let Some(server_cpu) = server_cpu {
         report
             .figure("server_cpu", server_cpu.as_secs_f64(), "s")
             .figure("server_cpu_per_delivery", per_delivery(server_cpu), "ns");
@@ -1030,7 +1123,7 @@ fn rooms(
     duration: Duration,
 ) -> io::Result<Option<Headline>> {
     let per_room = size + 1;
-    let usable = connections_within_fd_limit(rooms * per_room);
+    let usable = connections_within_fd_limit(options, rooms * per_room);
     let rooms = (usable / per_room).clamp(1, rooms);
     let separator = if options.path.contains('?') { '&' } else { '?' };
     let path_of = |index: usize| {
@@ -1053,7 +1146,7 @@ fn rooms(
         }
         Ok(())
     };
-    let server_before = options.server_pid.map(ProcessSample::read).transpose()?;
+    let server_before = options.server_sample()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
     for (room, run) in runs.iter_mut().enumerate() {
@@ -1164,7 +1257,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     } = *plan;
     // Room for the churners alive at once (rate x lifetime, doubled).
     let churners_alive = (f64::from(rate) * lifetime.as_secs_f64() * 2.0).ceil() as usize + 16;
-    let stable = connections_within_fd_limit(plan.subscribers + 1 + churners_alive)
+    let stable = connections_within_fd_limit(options, plan.subscribers + 1 + churners_alive)
         .saturating_sub(1 + churners_alive)
         .max(1);
     let separator = if options.path.contains('?') { '&' } else { '?' };

@@ -52,6 +52,26 @@ impl ProcessSample {
         })
     }
 
+    /// The CPU time of this process's threads whose name starts with
+    /// `prefix` (an embedded server's loops); memory is not per thread, so
+    /// `rss_bytes` is 0.
+    pub fn read_threads(prefix: &str) -> io::Result<Self> {
+        let mut cpu = Duration::ZERO;
+        for task in fs::read_dir("/proc/self/task")? {
+            let dir = task?.path();
+            // A thread that exited meanwhile has nothing to add.
+            let Ok(name) = fs::read_to_string(dir.join("comm")) else {
+                continue;
+            };
+            if name.trim_end().starts_with(prefix)
+                && let Ok(sample) = Self::read_path(&dir.display().to_string())
+            {
+                cpu += sample.cpu;
+            }
+        }
+        Ok(Self { cpu, rss_bytes: 0 })
+    }
+
     /// CPU time used since `earlier`.
     pub fn cpu_since(&self, earlier: &Self) -> Duration {
         self.cpu.saturating_sub(earlier.cpu)

@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// come from a per-loop pool and go back to it when a connection has
     /// no partial message, so idle connections hold none.
     pub read_chunk: usize,
+    /// The cores the loops are pinned to, in loop order (with
+    /// `pin_cores`); empty, the default, means the first cores the system
+    /// lists, one per loop.
+    pub core_ids: Vec<usize>,
     /// The broker joining this node to others. Default
     /// [`Broker::Memory`](crate::cluster::Broker::Memory): a single node,
     /// no bus.
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             pin_cores: true,
             endpoints: Vec::new(),
             static_files: Vec::new(),
+            core_ids: Vec::new(),
             broker: crate::cluster::Broker::Memory,
             max_connections: 1_000_000,
             max_head_bytes: 8 * 1024,

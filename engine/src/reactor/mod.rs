@@ -269,6 +269,9 @@ impl ServerBuilder {
         shutdown_timeout: Duration,
         /// Bytes per `recv` (default 16 KiB).
         read_chunk: usize,
+        /// The cores the loops are pinned to, in loop order (default: the
+        /// first cores listed, one per loop).
+        core_ids: Vec<usize>,
         /// The broker joining this node to others (default
         /// [`Broker::Memory`](crate::cluster::Broker::Memory): none).
         broker: crate::cluster::Broker,
@@ -326,10 +329,14 @@ impl ServerBuilder {
         let registry = Arc::new(TopicRegistry::with_interest_hook(
             bus.as_ref().map(|bus| bus.interest_hook()),
         ));
-        let cores = if config.pin_cores {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
+        let cores = match (config.pin_cores, config.core_ids.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => core_affinity::get_core_ids().unwrap_or_default(),
+            (true, false) => config
+                .core_ids
+                .iter()
+                .map(|&id| core_affinity::CoreId { id })
+                .collect(),
         };
         let mut workers = Vec::new();
         for (index, listener) in listeners.into_iter().enumerate() {
