@@ -166,6 +166,11 @@ enum Scenario {
         /// Measured seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Speak Phoenix Channels V2: stable subscribers and churners join
+        /// the topic; a churner leaves it (`phx_leave`) and then
+        /// disconnects (the `fanout` example with `--phoenix`).
+        #[arg(long)]
+        phoenix: bool,
     },
     /// Publish-to-receive latency at a fixed publish rate (fan-out to N
     /// subscribers of one topic), and whether delivery keeps up.
@@ -413,6 +418,7 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
             lifetime_ms,
             window,
             seconds,
+            phoenix,
         } => churn(
             options,
             &ChurnPlan {
@@ -421,6 +427,7 @@ fn run(options: &Options) -> io::Result<Option<Headline>> {
                 lifetime: Duration::from_millis(lifetime_ms),
                 window: window.max(1),
                 duration: Duration::from_secs(seconds),
+                phoenix,
             },
         ),
         Scenario::Latency {
@@ -1234,6 +1241,7 @@ struct ChurnPlan {
     lifetime: Duration,
     window: usize,
     duration: Duration,
+    phoenix: bool,
 }
 
 /// A churning connection and when it is due to close.
@@ -1253,6 +1261,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         lifetime,
         window,
         duration,
+        phoenix,
         ..
     } = *plan;
     // Room for the churners alive at once (rate x lifetime, doubled).
@@ -1261,8 +1270,16 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         .saturating_sub(1 + churners_alive)
         .max(1);
     let separator = if options.path.contains('?') { '&' } else { '?' };
-    let subscriber_path = format!("{}{separator}topic={FANOUT_TOPIC}", options.path);
-    let publisher_path = format!("{subscriber_path}&subscribe=0");
+    let subscriber_path = if phoenix {
+        format!("{}{separator}vsn=2.0.0", options.path)
+    } else {
+        format!("{}{separator}topic={FANOUT_TOPIC}", options.path)
+    };
+    let publisher_path = if phoenix {
+        subscriber_path.clone()
+    } else {
+        format!("{subscriber_path}&subscribe=0")
+    };
     let path_of = |index: usize| {
         if index == stable {
             publisher_path.clone()
@@ -1270,8 +1287,13 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
             subscriber_path.clone()
         }
     };
+    let join = format!(r#"["1","1","{FANOUT_TOPIC}","phx_join",{{}}]"#);
+    let leave = format!(r#"["1","2","{FANOUT_TOPIC}","phx_leave",{{}}]"#);
     let mut poll = Poll::new()?;
     let (mut clients, _) = open_connections_to(options, &mut poll, stable + 1, 256, &path_of)?;
+    if phoenix {
+        join_all(&mut poll, &mut clients, &path_of)?;
+    }
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = ProcessSample::read(pid)?.rss_bytes;
     let mut run = FanoutRun::new()?;
@@ -1279,7 +1301,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     let publisher = stable;
     let top_up = |clients: &mut [Client], run: &mut FanoutRun| -> io::Result<()> {
         while run.next_seq < run.oldest_seq + window as u64 {
-            let message = fanout_message(false, run.next_seq, &filler);
+            let message = fanout_message(phoenix, run.next_seq, &filler);
             clients[publisher].send(OpCode::Text, message.as_bytes())?;
             run.sent(stable);
         }
@@ -1302,7 +1324,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
             match wake {
                 Some(token) if token.0 < first_churn_token => {
                     if let Err(err) =
-                        receive(&mut clients[token.0], &path_of(token.0), &mut run, false)
+                        receive(&mut clients[token.0], &path_of(token.0), &mut run, phoenix)
                     {
                         failure = Some(err);
                     }
@@ -1319,7 +1341,13 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
                             Ok(())
                                 if before != Stage::Open && churner.client.stage == Stage::Open =>
                             {
-                                opened += 1
+                                opened += 1;
+                                if phoenix
+                                    && churner.client.send(OpCode::Text, join.as_bytes()).is_err()
+                                {
+                                    failed += 1;
+                                    *slot = None;
+                                }
                             }
                             Ok(()) => {}
                             Err(_) => {
@@ -1334,7 +1362,11 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
                     let now = Instant::now();
                     // Close the churners whose time is up.
                     for slot in &mut churners {
-                        if slot.as_ref().is_some_and(|churner| churner.close_at <= now) {
+                        if let Some(churner) = slot.as_mut().filter(|c| c.close_at <= now) {
+                            if phoenix && churner.client.stage == Stage::Open {
+                                // Leave, then hang up without waiting.
+                                let _ = churner.client.send(OpCode::Text, leave.as_bytes());
+                            }
                             *slot = None;
                             closed += 1;
                         }
@@ -1393,7 +1425,14 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
             "stable",
             stable,
             "",
-            format!("subscribers, window {window}"),
+            format!(
+                "subscribers, window {window}, {}",
+                if phoenix {
+                    "Phoenix V2 channels: churners join and leave"
+                } else {
+                    "plain WebSocket"
+                }
+            ),
         )
         .note(
             "churn",
