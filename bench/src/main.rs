@@ -20,6 +20,7 @@ use std::{
     io,
     net::SocketAddr,
     process::ExitCode,
+    sync::Barrier,
     time::{Duration, Instant},
 };
 
@@ -29,11 +30,13 @@ use herald::wire::OpCode;
 use herald_bench::{
     client::{Client, Stage, drive, drive_paced},
     compare::{self, Contender},
-    http_publisher::HttpPublisher,
+    http_publisher::{HttpPublisher, PublisherReport},
     proc_stats::{ProcessSample, raise_fd_limit},
     progress::{self, Running},
     report::{Format, Report},
+    tracker::{ThreadStats, Tracker},
 };
+use indicatif::ProgressBar;
 use mio::{Poll, Token};
 
 #[derive(Debug, Clone, Parser)]
@@ -70,6 +73,11 @@ struct Options {
     /// CPUs the compared servers are pinned to (taskset list).
     #[arg(long, default_value = "0", global = true)]
     server_cpus: String,
+    /// Load generator threads (fanout and latency): subscribers are
+    /// spread over them, each with its own poll; the first also publishes.
+    /// One per core the server does not use.
+    #[arg(long, default_value_t = 1, global = true)]
+    threads: usize,
     /// Print each report as one JSON line instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -520,11 +528,26 @@ fn open_connections_to(
     concurrency: usize,
     path_of: &dyn Fn(usize) -> String,
 ) -> io::Result<(Vec<Client>, Duration)> {
+    let progress = progress::connecting(count, !options.json);
+    let opened = open_connections_with(options, poll, count, concurrency, path_of, &progress);
+    progress.finish_and_clear();
+    opened
+}
+
+/// As [`open_connections_to`], advancing a progress bar shared with other
+/// threads.
+fn open_connections_with(
+    options: &Options,
+    poll: &mut Poll,
+    count: usize,
+    concurrency: usize,
+    path_of: &dyn Fn(usize) -> String,
+    progress: &ProgressBar,
+) -> io::Result<(Vec<Client>, Duration)> {
     let mut clients: Vec<Client> = Vec::with_capacity(count);
-    let (mut open, mut in_flight) = (0usize, 0usize);
+    let (mut open, mut in_flight, mut reported) = (0usize, 0usize, 0usize);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);
-    let progress = progress::connecting(count, !options.json);
     while open < count {
         while in_flight < concurrency && clients.len() < count {
             let token = Token(clients.len());
@@ -546,7 +569,8 @@ fn open_connections_to(
             // Back to the caller to start more once the window has room.
             in_flight == concurrency
         })?;
-        progress.set_position(open as u64);
+        progress.inc((open - reported) as u64);
+        reported = open;
         if let Some(err) = failure {
             return Err(io::Error::other(format!("connection {open} failed: {err}")));
         }
@@ -556,7 +580,6 @@ fn open_connections_to(
             )));
         }
     }
-    progress.finish_and_clear();
     Ok((clients, start.elapsed()))
 }
 
@@ -787,109 +810,60 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
     let FanoutPlan {
         window,
         payload,
-        duration,
         phoenix,
         ..
     } = *plan;
+    let threads = options.threads.max(1);
     let subscribers = connections_within_fd_limit(options, plan.subscribers + 1)
         .saturating_sub(1)
-        .max(1);
+        .max(threads);
     // Through the API, every WebSocket is a subscriber.
-    let websocket_publisher = usize::from(plan.api.api.is_none());
-    let separator = if options.path.contains('?') { '&' } else { '?' };
-    let subscriber_path = if phoenix {
-        format!("{}{separator}vsn=2.0.0", options.path)
-    } else {
-        format!("{}{separator}topic={FANOUT_TOPIC}", options.path)
-    };
-    let publisher_path = if phoenix {
-        subscriber_path.clone()
-    } else {
-        format!("{subscriber_path}&subscribe=0")
-    };
-    let path_of = |index: usize| {
-        if index == subscribers {
-            publisher_path.clone()
-        } else {
-            subscriber_path.clone()
-        }
-    };
-    let mut poll = Poll::new()?;
-    let (mut clients, _) = open_connections_to(
-        options,
-        &mut poll,
-        subscribers + websocket_publisher,
-        256,
-        &path_of,
-    )?;
-    if phoenix {
-        join_all(&mut poll, &mut clients, &path_of)?;
-    }
-    let http_publisher = plan
-        .api
-        .api
-        .map(|addr| HttpPublisher::start(addr, plan.api.api_key.clone()))
-        .transpose()?;
-    let filler = "x".repeat(payload.saturating_sub(if phoenix { 40 } else { 16 }));
-    let mut run = FanoutRun::new()?;
-    let server_before = options.server_sample()?;
-    let client_before = ProcessSample::read_self()?;
-    let start = Instant::now();
-    let publisher = subscribers;
-    let mut failure = None;
-    let send_due = |clients: &mut [Client], run: &mut FanoutRun| -> io::Result<()> {
-        let due = match plan.rate {
-            // On a schedule: every message whose time has come.
-            Some(rate) => (start.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1,
-            // Windowed: as many as keep `window` in flight.
-            None => run.oldest_seq + window as u64,
-        };
-        while run.next_seq < due && run.in_flight.len() < MAX_IN_FLIGHT {
-            match &http_publisher {
-                Some(api) => api.publish(api_message(run.next_seq, &filler))?,
-                None => {
-                    let message = fanout_message(phoenix, run.next_seq, &filler);
-                    clients[publisher].send(OpCode::Text, message.as_bytes())?;
-                }
-            }
-            run.sent(subscribers);
-        }
-        Ok(())
-    };
-    send_due(&mut clients, &mut run)?;
-    let running = Running::start(
-        if plan.rate.is_some() {
-            "latency"
-        } else {
-            "fanout"
-        },
-        duration,
+    let websocket_publisher = plan.api.api.is_none();
+    let tracker = Tracker::new(MAX_IN_FLIGHT, subscribers);
+    let progress = progress::connecting(
+        subscribers + usize::from(websocket_publisher),
         !options.json,
     );
-    drive_paced(
-        &mut poll,
-        start + duration,
-        Duration::from_millis(1),
-        |wake| {
-            let Some(token) = wake else {
-                running.tick();
-                if let Err(err) = send_due(&mut clients, &mut run) {
-                    failure = Some(err);
-                }
-                return failure.is_none();
-            };
-            if let Err(err) = receive(&mut clients[token.0], &path_of(token.0), &mut run, phoenix) {
-                failure = Some(err);
+    let connected = Barrier::new(threads);
+    let shared = FanoutShared::new(options, plan, &tracker, &progress, &connected);
+    // Thread t serves the subscribers whose index is t modulo the thread
+    // count; thread 0, this one, also publishes.
+    let outcome = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..threads)
+            .map(|t| {
+                let share = subscribers / threads + usize::from(t < subscribers % threads);
+                let shared = &shared;
+                scope.spawn(move || fanout_receiver(shared, share))
+            })
+            .collect();
+        let share = subscribers / threads + usize::from(!subscribers.is_multiple_of(threads));
+        let publisher = fanout_publisher(&shared, share);
+        if publisher.is_err() {
+            tracker.fail();
+        }
+        let mut stats = Vec::new();
+        for worker in workers {
+            match worker.join() {
+                Ok(result) => stats.push(result),
+                Err(_) => stats.push(Err(io::Error::other("a load generator thread panicked"))),
             }
-            failure.is_none()
-        },
-    )?;
-    running.finish();
-    if let Some(err) = failure {
-        return Err(err);
+        }
+        (publisher, stats)
+    });
+    progress.finish_and_clear();
+    let (publisher, others) = outcome;
+    let mut published = publisher?;
+    for stats in others {
+        published.stats.merge(&stats?)?;
     }
-    let elapsed = start.elapsed();
-    let protocol = match (phoenix, &http_publisher) {
+    let PublisherOutcome {
+        stats: run,
+        elapsed,
+        api,
+        server_before,
+        client_before,
+    } = published;
+    let protocol = match (phoenix, &api) {
         (_, Some(_)) => "Phoenix V2 channels, published with POST /api/broadcast",
         (true, None) => "Phoenix V2 channels",
         (false, None) => "plain WebSocket",
@@ -910,6 +884,7 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
             "",
             format!("one topic, {protocol}"),
         )
+        .figure("client_threads", threads, "")
         .figure("pacing", pacing, "")
         .figure("payload", payload, "B")
         .figure(
@@ -919,14 +894,13 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         )
         .note(
             "messages",
-            run.completed as f64 / elapsed.as_secs_f64(),
+            tracker.completed() as f64 / elapsed.as_secs_f64(),
             "/s",
             "fully delivered",
         )
         .latency("latency", &run.delivery_latency)
         .latency("to_last_subscriber", &run.last_latency);
-    if let Some(api) = http_publisher {
-        let api = api.finish()?;
+    if let Some(api) = api {
         report
             .note(
                 "api_requests",
@@ -941,19 +915,18 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         // latency to the last subscriber accounts for, not a growing pile.
         let expected_backlog = (f64::from(rate)
             * (run.last_latency.value_at_quantile(0.99) as f64 / 1e6))
-            .ceil() as usize
+            .ceil() as u64
             + 1;
-        let kept_up = run.in_flight.len() <= expected_backlog.max(2)
-            && run.next_seq < MAX_IN_FLIGHT as u64 * 1000;
+        let kept_up = tracker.in_flight() <= expected_backlog.max(2);
         report.note(
             "kept_up",
             kept_up,
             "",
             format!(
                 "{} sent, {} fully delivered, {} in flight at the end",
-                run.next_seq,
-                run.completed,
-                run.in_flight.len()
+                tracker.sent_count(),
+                tracker.completed(),
+                tracker.in_flight()
             ),
         );
     }
@@ -970,6 +943,227 @@ fn fanout(options: &Options, plan: &FanoutPlan) -> io::Result<Option<Headline>> 
         Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
         None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
     }))
+}
+
+/// What every thread of a fan-out run shares.
+struct FanoutShared<'a> {
+    options: &'a Options,
+    plan: &'a FanoutPlan,
+    tracker: &'a Tracker,
+    progress: &'a ProgressBar,
+    /// Every thread waits here once its connections are open and joined.
+    connected: &'a Barrier,
+    filler: String,
+    subscriber_path: String,
+    publisher_path: String,
+}
+
+impl<'a> FanoutShared<'a> {
+    fn new(
+        options: &'a Options,
+        plan: &'a FanoutPlan,
+        tracker: &'a Tracker,
+        progress: &'a ProgressBar,
+        connected: &'a Barrier,
+    ) -> Self {
+        let path = &options.path;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let subscriber_path = if plan.phoenix {
+            format!("{path}{separator}vsn=2.0.0")
+        } else {
+            format!("{path}{separator}topic={FANOUT_TOPIC}")
+        };
+        let publisher_path = if plan.phoenix {
+            subscriber_path.clone()
+        } else {
+            format!("{subscriber_path}&subscribe=0")
+        };
+        Self {
+            options,
+            plan,
+            tracker,
+            progress,
+            connected,
+            filler: "x".repeat(
+                plan.payload
+                    .saturating_sub(if plan.phoenix { 40 } else { 16 }),
+            ),
+            subscriber_path,
+            publisher_path,
+        }
+    }
+
+    /// Opens (and, for Phoenix, joins) `count` connections on a poll of
+    /// this thread's; the last is the publisher's if `with_publisher`.
+    /// Waits for the other threads before returning.
+    fn connect(&self, count: usize, with_publisher: bool) -> io::Result<(Poll, Vec<Client>)> {
+        let path_of = |index: usize| {
+            if with_publisher && index + 1 == count {
+                self.publisher_path.clone()
+            } else {
+                self.subscriber_path.clone()
+            }
+        };
+        let mut poll = Poll::new()?;
+        let opened =
+            open_connections_with(self.options, &mut poll, count, 256, &path_of, self.progress)
+                .and_then(|(mut clients, _)| {
+                    if self.plan.phoenix {
+                        join_all(&mut poll, &mut clients, &path_of)?;
+                    }
+                    Ok(clients)
+                });
+        if opened.is_err() {
+            self.tracker.fail();
+        }
+        self.connected.wait();
+        if self.tracker.has_failed() {
+            return Err(opened
+                .err()
+                .unwrap_or_else(|| io::Error::other("another thread failed")));
+        }
+        Ok((poll, opened?))
+    }
+
+    /// Reads a subscriber's frames and counts what arrived.
+    fn receive(&self, client: &mut Client, stats: &mut ThreadStats) -> io::Result<()> {
+        let mut arrived = Vec::new();
+        client.on_ready(&self.subscriber_path, |_, frame| {
+            if frame.opcode == OpCode::Text {
+                arrived.push(frame.prefix);
+            }
+        })?;
+        for prefix in arrived {
+            let seq = fanout_seq(self.plan.phoenix, &prefix)
+                .ok_or_else(|| io::Error::other("a frame without a sequence number"))?;
+            self.tracker.received(seq, stats)?;
+        }
+        Ok(())
+    }
+}
+
+/// A receiving thread: its share of the subscribers, until the run ends.
+fn fanout_receiver(shared: &FanoutShared<'_>, share: usize) -> io::Result<ThreadStats> {
+    let (mut poll, mut clients) = shared.connect(share, false)?;
+    let mut stats = ThreadStats::new()?;
+    let mut failure = None;
+    let deadline = Instant::now() + shared.plan.duration;
+    drive_paced(&mut poll, deadline, Duration::from_millis(5), |wake| {
+        match wake {
+            Some(token) => {
+                if let Err(err) = shared.receive(&mut clients[token.0], &mut stats) {
+                    failure = Some(err);
+                }
+            }
+            None if shared.tracker.has_failed() => return false,
+            None => {}
+        }
+        failure.is_none()
+    })?;
+    if let Some(err) = failure {
+        shared.tracker.fail();
+        return Err(err);
+    }
+    Ok(stats)
+}
+
+/// What the publishing thread brings back.
+struct PublisherOutcome {
+    stats: ThreadStats,
+    elapsed: Duration,
+    api: Option<PublisherReport>,
+    server_before: Option<ProcessSample>,
+    client_before: ProcessSample,
+}
+
+/// The publishing thread: its share of the subscribers, and the publisher
+/// (a WebSocket, or the HTTP API).
+fn fanout_publisher(shared: &FanoutShared<'_>, share: usize) -> io::Result<PublisherOutcome> {
+    let plan = shared.plan;
+    let websocket_publisher = plan.api.api.is_none();
+    let count = share + usize::from(websocket_publisher);
+    let (mut poll, mut clients) = shared.connect(count, websocket_publisher)?;
+    shared.progress.finish_and_clear();
+    let http_publisher = plan
+        .api
+        .api
+        .map(|addr| HttpPublisher::start(addr, plan.api.api_key.clone()))
+        .transpose()?;
+    let mut stats = ThreadStats::new()?;
+    let server_before = shared.options.server_sample()?;
+    let client_before = ProcessSample::read_self()?;
+    let start = Instant::now();
+    let tracker = shared.tracker;
+    let send_due = |clients: &mut [Client]| -> io::Result<()> {
+        let due = match plan.rate {
+            // On a schedule: every message whose time has come.
+            Some(rate) => (start.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1,
+            // Windowed: as many as keep `window` in flight.
+            None => tracker.advance() + plan.window as u64,
+        };
+        while tracker.sent_count() < due {
+            let Some(seq) = tracker.sent() else {
+                break;
+            };
+            match &http_publisher {
+                Some(api) => api.publish(api_message(seq, &shared.filler))?,
+                None => {
+                    let message = fanout_message(plan.phoenix, seq, &shared.filler);
+                    let publisher = clients.len() - 1;
+                    clients[publisher].send(OpCode::Text, message.as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut failure = None;
+    send_due(&mut clients)?;
+    let running = Running::start(
+        if plan.rate.is_some() {
+            "latency"
+        } else {
+            "fanout"
+        },
+        plan.duration,
+        !shared.options.json,
+    );
+    drive_paced(
+        &mut poll,
+        start + plan.duration,
+        Duration::from_millis(1),
+        |wake| {
+            let result = match wake {
+                Some(token) if websocket_publisher && token.0 + 1 == clients.len() => {
+                    // The publisher's own socket: drain what the server sends it.
+                    clients[token.0].on_ready(&shared.publisher_path, |_, _| {})
+                }
+                Some(token) => shared.receive(&mut clients[token.0], &mut stats),
+                None if tracker.has_failed() => return false,
+                None => {
+                    running.tick();
+                    send_due(&mut clients)
+                }
+            };
+            if let Err(err) = result {
+                failure = Some(err);
+            }
+            failure.is_none()
+        },
+    )?;
+    running.finish();
+    if let Some(err) = failure {
+        tracker.fail();
+        return Err(err);
+    }
+    let elapsed = start.elapsed();
+    let api = http_publisher.map(HttpPublisher::finish).transpose()?;
+    Ok(PublisherOutcome {
+        stats,
+        elapsed,
+        api,
+        server_before,
+        client_before,
+    })
 }
 
 /// Handles a subscriber's readiness: reads its frames and counts each
