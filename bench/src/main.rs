@@ -715,12 +715,6 @@ fn idle(options: &Options, connections: usize, concurrency: usize) -> io::Result
     Ok(())
 }
 
-/// One published message on its way to every subscriber.
-struct InFlight {
-    sent: Instant,
-    remaining: usize,
-}
-
 /// What a fan-out run does.
 struct FanoutPlan {
     subscribers: usize,
@@ -1027,18 +1021,13 @@ impl<'a> FanoutShared<'a> {
 
     /// Reads a subscriber's frames and counts what arrived.
     fn receive(&self, client: &mut Client, stats: &mut ThreadStats) -> io::Result<()> {
-        let mut arrived = Vec::new();
-        client.on_ready(&self.subscriber_path, |_, frame| {
-            if frame.opcode == OpCode::Text {
-                arrived.push(frame.prefix);
-            }
-        })?;
-        for prefix in arrived {
-            let seq = fanout_seq(self.plan.phoenix, &prefix)
-                .ok_or_else(|| io::Error::other("a frame without a sequence number"))?;
-            self.tracker.received(seq, stats)?;
-        }
-        Ok(())
+        receive(
+            client,
+            &self.subscriber_path,
+            self.plan.phoenix,
+            self.tracker,
+            stats,
+        )
     }
 }
 
@@ -1167,17 +1156,26 @@ fn fanout_publisher(shared: &FanoutShared<'_>, share: usize) -> io::Result<Publi
 }
 
 /// Handles a subscriber's readiness: reads its frames and counts each
-/// sequence number it received in `run`.
-fn receive(client: &mut Client, path: &str, run: &mut FanoutRun, phoenix: bool) -> io::Result<()> {
+/// sequence number it received.
+fn receive(
+    client: &mut Client,
+    path: &str,
+    phoenix: bool,
+    tracker: &Tracker,
+    stats: &mut ThreadStats,
+) -> io::Result<()> {
     let mut arrived = Vec::new();
     client.on_ready(path, |_, frame| {
         if frame.opcode == OpCode::Text {
             arrived.push(frame.prefix);
         }
     })?;
-    arrived
-        .iter()
-        .try_for_each(|prefix| run.received(fanout_seq(phoenix, prefix)))
+    for prefix in arrived {
+        let seq = fanout_seq(phoenix, &prefix)
+            .ok_or_else(|| io::Error::other("a frame without a sequence number"))?;
+        tracker.received(seq, stats)?;
+    }
+    Ok(())
 }
 
 /// Bytes in MiB.
@@ -1245,75 +1243,6 @@ fn cpu_figures(
 /// falls this far behind has not kept up.
 const MAX_IN_FLIGHT: usize = 100_000;
 
-/// The bookkeeping of a fan-out run: which messages are on their way, and
-/// how long they took.
-struct FanoutRun {
-    in_flight: std::collections::VecDeque<InFlight>,
-    next_seq: u64,
-    oldest_seq: u64,
-    deliveries: u64,
-    completed: u64,
-    /// Publish to each subscriber's receipt.
-    delivery_latency: Histogram<u64>,
-    /// Publish to the last subscriber's receipt.
-    last_latency: Histogram<u64>,
-}
-
-impl FanoutRun {
-    fn new() -> io::Result<Self> {
-        let histogram =
-            || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other);
-        Ok(Self {
-            in_flight: std::collections::VecDeque::new(),
-            next_seq: 0,
-            oldest_seq: 0,
-            deliveries: 0,
-            completed: 0,
-            delivery_latency: histogram()?,
-            last_latency: histogram()?,
-        })
-    }
-
-    fn sent(&mut self, subscribers: usize) {
-        self.in_flight.push_back(InFlight {
-            sent: Instant::now(),
-            remaining: subscribers,
-        });
-        self.next_seq += 1;
-    }
-
-    fn received(&mut self, seq: Option<u64>) -> io::Result<()> {
-        let Some(entry) = seq
-            .and_then(|seq| seq.checked_sub(self.oldest_seq))
-            .and_then(|index| self.in_flight.get_mut(index as usize))
-            .filter(|entry| entry.remaining > 0)
-        else {
-            return Err(io::Error::other(
-                "a subscriber received a message twice or out of thin air",
-            ));
-        };
-        entry.remaining -= 1;
-        let _ = self
-            .delivery_latency
-            .record(entry.sent.elapsed().as_micros() as u64);
-        self.deliveries += 1;
-        while self
-            .in_flight
-            .front()
-            .is_some_and(|front| front.remaining == 0)
-        {
-            if let Some(done) = self.in_flight.pop_front() {
-                let _ = self
-                    .last_latency
-                    .record(done.sent.elapsed().as_micros() as u64);
-            }
-            self.oldest_seq += 1;
-            self.completed += 1;
-        }
-        Ok(())
-    }
-}
-
 /// Many rooms, one publisher each, `window` messages in flight per room.
 fn rooms(
     options: &Options,
@@ -1335,23 +1264,26 @@ fn rooms(
     let mut poll = Poll::new()?;
     let (mut clients, _) =
         open_connections_to(options, &mut poll, rooms * per_room, 256, &path_of)?;
-    let mut runs = (0..rooms)
-        .map(|_| FanoutRun::new())
-        .collect::<io::Result<Vec<_>>>()?;
+    let trackers: Vec<Tracker> = (0..rooms).map(|_| Tracker::new(window * 2, size)).collect();
+    let mut stats = ThreadStats::new()?;
     let filler = "x".repeat(payload - 16);
-    let top_up = |clients: &mut [Client], run: &mut FanoutRun, room: usize| -> io::Result<()> {
-        while run.next_seq < run.oldest_seq + window as u64 {
-            let message = fanout_message(false, run.next_seq, &filler);
+    let top_up = |clients: &mut [Client], room: usize| -> io::Result<()> {
+        let tracker = &trackers[room];
+        let due = tracker.advance() + window as u64;
+        while tracker.sent_count() < due {
+            let Some(seq) = tracker.sent() else {
+                break;
+            };
+            let message = fanout_message(false, seq, &filler);
             clients[room * per_room + size].send(OpCode::Text, message.as_bytes())?;
-            run.sent(size);
         }
         Ok(())
     };
     let server_before = options.server_sample()?;
     let client_before = ProcessSample::read_self()?;
     let start = Instant::now();
-    for (room, run) in runs.iter_mut().enumerate() {
-        top_up(&mut clients, run, room)?;
+    for room in 0..rooms {
+        top_up(&mut clients, room)?;
     }
     let mut failure = None;
     let running = Running::start("rooms", duration, !options.json);
@@ -1365,15 +1297,17 @@ fn rooms(
                 return failure.is_none();
             };
             let room = token.0 / per_room;
+            let path = path_of(token.0);
             if let Err(err) = receive(
                 &mut clients[token.0],
-                &path_of(token.0),
-                &mut runs[room],
+                &path,
                 false,
+                &trackers[room],
+                &mut stats,
             ) {
                 failure = Some(err);
             }
-            if let Err(err) = top_up(&mut clients, &mut runs[room], room) {
+            if let Err(err) = top_up(&mut clients, room) {
                 failure = Some(err);
             }
             failure.is_none()
@@ -1384,15 +1318,9 @@ fn rooms(
         return Err(err);
     }
     let elapsed = start.elapsed();
-    let deliveries: u64 = runs.iter().map(|run| run.deliveries).sum();
-    let completed: u64 = runs.iter().map(|run| run.completed).sum();
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
-    for run in &runs {
-        latency
-            .add(&run.delivery_latency)
-            .map_err(io::Error::other)?;
-    }
+    let deliveries = stats.deliveries;
+    let completed: u64 = trackers.iter().map(Tracker::completed).sum();
+    let latency = &stats.delivery_latency;
     let mut report = Report::new("rooms");
     report
         .note(
@@ -1413,7 +1341,7 @@ fn rooms(
             "/s",
             "fully delivered",
         )
-        .latency("latency", &latency);
+        .latency("latency", latency);
     cpu_figures(
         &mut report,
         options,
@@ -1490,14 +1418,18 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     }
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = ProcessSample::read(pid)?.rss_bytes;
-    let mut run = FanoutRun::new()?;
+    let tracker = Tracker::new(MAX_IN_FLIGHT, stable);
+    let mut stats = ThreadStats::new()?;
     let filler = "x".repeat(48);
     let publisher = stable;
-    let top_up = |clients: &mut [Client], run: &mut FanoutRun| -> io::Result<()> {
-        while run.next_seq < run.oldest_seq + window as u64 {
-            let message = fanout_message(phoenix, run.next_seq, &filler);
+    let top_up = |clients: &mut [Client]| -> io::Result<()> {
+        let due = tracker.advance() + window as u64;
+        while tracker.sent_count() < due {
+            let Some(seq) = tracker.sent() else {
+                break;
+            };
+            let message = fanout_message(phoenix, seq, &filler);
             clients[publisher].send(OpCode::Text, message.as_bytes())?;
-            run.sent(stable);
         }
         Ok(())
     };
@@ -1506,7 +1438,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
     let mut churners: Vec<Option<Churner>> = Vec::new();
     let (mut opened, mut closed, mut failed) = (0u64, 0u64, 0u64);
     let start = Instant::now();
-    top_up(&mut clients, &mut run)?;
+    top_up(&mut clients)?;
     let mut failure = None;
     let registry = poll.registry().try_clone()?;
     let running = Running::start("churn", duration, !options.json);
@@ -1517,12 +1449,13 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         |wake| {
             match wake {
                 Some(token) if token.0 < first_churn_token => {
+                    let path = path_of(token.0);
                     if let Err(err) =
-                        receive(&mut clients[token.0], &path_of(token.0), &mut run, phoenix)
+                        receive(&mut clients[token.0], &path, phoenix, &tracker, &mut stats)
                     {
                         failure = Some(err);
                     }
-                    if let Err(err) = top_up(&mut clients, &mut run) {
+                    if let Err(err) = top_up(&mut clients) {
                         failure = Some(err);
                     }
                 }
@@ -1606,13 +1539,15 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         return Err(err);
     }
     let elapsed = start.elapsed();
+    // Lost: still missing a subscriber a second after it was sent (a live
+    // message takes milliseconds; a lost one would also stall the window).
+    let lost = tracker.stale(Duration::from_secs(1));
     let remaining = churners.iter().filter(|c| c.is_some()).count() as u64;
     churners.clear();
     closed += remaining;
     // Give the server a moment to notice the last closes.
     std::thread::sleep(Duration::from_millis(1000));
     let rss_after = ProcessSample::read(pid)?.rss_bytes;
-    let lost = run.next_seq - run.completed - run.in_flight.len() as u64;
     let mut report = Report::new("churn");
     report
         .note(
@@ -1639,7 +1574,7 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         )
         .note(
             "deliveries",
-            run.deliveries as f64 / elapsed.as_secs_f64(),
+            stats.deliveries as f64 / elapsed.as_secs_f64(),
             "/s",
             "to stable subscribers",
         )
@@ -1648,10 +1583,10 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
             lost,
             "messages",
             format!(
-                "{} sent, {} fully delivered, {} in flight at the end",
-                run.next_seq,
-                run.completed,
-                run.in_flight.len()
+                "still undelivered 1 s after sending; {} sent, {} fully delivered, {} in flight at the end",
+                tracker.sent_count(),
+                tracker.completed(),
+                tracker.in_flight()
             ),
         )
         .figure("server_rss_before", mib(rss_before), "MiB")
@@ -1663,6 +1598,6 @@ fn churn(options: &Options, plan: &ChurnPlan) -> io::Result<Option<Headline>> {
         );
     report.print(options.format());
     Ok(Some(Headline::Throughput(
-        run.deliveries as f64 / elapsed.as_secs_f64(),
+        stats.deliveries as f64 / elapsed.as_secs_f64(),
     )))
 }

@@ -179,6 +179,22 @@ impl Tracker {
         self.sent_count() - self.completed()
     }
 
+    /// Messages sent more than `age` ago that some subscriber still has not
+    /// received: at the end of a run, the lost ones (a live message takes
+    /// milliseconds, not `age`).
+    pub fn stale(&self, age: std::time::Duration) -> u64 {
+        let now = self.now_nanos();
+        let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        let (oldest, next) = (self.advance(), self.sent_count());
+        (oldest..next)
+            .filter(|&seq| {
+                let slot = self.slot(seq);
+                slot.remaining.load(Ordering::Acquire) > 0
+                    && now.saturating_sub(slot.sent_nanos.load(Ordering::Relaxed)) > age
+            })
+            .count() as u64
+    }
+
     /// Tells every thread to stop (one of them failed).
     pub fn fail(&self) {
         self.failed.store(true, Ordering::Relaxed);
@@ -207,6 +223,8 @@ mod tests {
         assert!(tracker.received(0, &mut stats).is_err(), "already complete");
         assert!(tracker.received(7, &mut stats).is_err(), "never sent");
         assert_eq!(tracker.in_flight(), 2);
+        assert_eq!(tracker.stale(std::time::Duration::ZERO), 2);
+        assert_eq!(tracker.stale(std::time::Duration::from_secs(60)), 0);
     }
 
     #[test]
