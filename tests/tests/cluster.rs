@@ -139,13 +139,19 @@ fn find_binary(name: &str) -> String {
         .map_or_else(|| name.to_owned(), |found| found.display().to_string())
 }
 
+/// Everyone may connect; `?user=NAME` names the socket, for
+/// `disconnect`.
 struct Anyone;
 
 impl Socket for Anyone {
-    type Assigns = ();
+    type Assigns = Option<String>;
 
-    fn connect(&self, _: &Request) -> Result<(), Reject> {
-        Ok(())
+    fn connect(&self, request: &Request) -> Result<Option<String>, Reject> {
+        Ok(request.query_param("user").map(|user| user.into_owned()))
+    }
+
+    fn id(&self, user: &Option<String>) -> Option<String> {
+        user.clone()
     }
 }
 
@@ -154,14 +160,18 @@ struct Room {
     include_sender: bool,
 }
 
-impl Channel<()> for Room {
-    fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult {
+impl Channel<Option<String>> for Room {
+    fn handle_joined(
+        &self,
+        _: &mut ChannelContext<'_, '_, Option<String>>,
+        _: &RawValue,
+    ) -> JoinResult {
         Ok(Reply::empty())
     }
 
     fn handle_message(
         &self,
-        ctx: &mut ChannelContext<'_, '_, ()>,
+        ctx: &mut ChannelContext<'_, '_, Option<String>>,
         event: &str,
         payload: &RawValue,
     ) {
@@ -264,6 +274,9 @@ fn cross_node_broadcasts_arrive_once_everywhere(kind: Kind) {
     }
     // A node without subscribers still publishes to the others.
     let lonely = node(&broker);
+    // Until its bus is connected, a node's broadcasts for others are
+    // dropped (and counted): wait for it.
+    assert!(wait_until(WAIT, || stats(&lonely).connected == 1));
     lonely
         .handle()
         .broadcast("room:x", "new_msg", &json!({"n": 3}))
@@ -443,6 +456,31 @@ fn a_broker_restart_mid_stream_is_survived(kind: Kind) {
     }
 }
 
+fn disconnecting_a_socket_id_reaches_every_node(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let (a, b) = (node(&broker), node(&broker));
+    let mut ada = Client::connect(b.local_addr(), PATH, "user=ada").expect("connect");
+    let (mut bystander, _) = client(&b, "room:d");
+    // The socket id's internal topic is what the bus subscribes to.
+    wait_subscribed(&[&b], 2);
+    a.handle().disconnect("ada");
+    loop {
+        match ada.ws.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                break;
+            }
+            Ok(_) => {}
+            Err(err) => panic!("expected close 1001 on the other node, got {err}"),
+        }
+    }
+    // Nobody else was touched.
+    b.handle()
+        .broadcast("room:d", "new_msg", &json!({"still": "here"}))
+        .unwrap();
+    assert_eq!(next_broadcast(&mut bystander).1, json!({"still": "here"}));
+}
+
 fn a_node_starts_without_its_broker_and_joins_later(kind: Kind) {
     let mut broker = BrokerProcess::start(kind);
     broker.stop();
@@ -480,5 +518,6 @@ per_broker!(
     broadcast_from_excludes_the_sender_across_nodes,
     interest_moves_the_bus_subscription,
     a_broker_restart_mid_stream_is_survived,
+    disconnecting_a_socket_id_reaches_every_node,
     a_node_starts_without_its_broker_and_joins_later,
 );
