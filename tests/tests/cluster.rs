@@ -262,6 +262,13 @@ fn cross_node_broadcasts_arrive_once_everywhere(kind: Kind) {
     a.handle()
         .broadcast("room:x", "new_msg", &json!({"n": 1}))
         .unwrap();
+    assert!(
+        wait_until(WAIT, || stats(&b).received >= 1 && stats(&c).received >= 1),
+        "the bus did not carry n:1: a {:?}, b {:?}, c {:?}",
+        stats(&a),
+        stats(&b),
+        stats(&c)
+    );
     for client in [&mut on_a, &mut on_b, &mut on_c] {
         assert_eq!(next_broadcast(client), ("new_msg".into(), json!({"n": 1})));
     }
@@ -463,6 +470,7 @@ fn disconnecting_a_socket_id_reaches_every_node(kind: Kind) {
     let (mut bystander, _) = client(&b, "room:d");
     // The socket id's internal topic is what the bus subscribes to.
     wait_subscribed(&[&b], 2);
+    assert!(wait_until(WAIT, || stats(&a).connected == 1));
     a.handle().disconnect("ada");
     loop {
         match ada.ws.read() {

@@ -21,6 +21,7 @@ use std::{
 };
 
 use async_nats::{ConnectOptions, Event, connection::State};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -31,6 +32,9 @@ use super::{
 
 /// The longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A subject no one subscribes to, for round trips through the server.
+const BARRIER_SUBJECT: &str = "_HERALD.barrier";
 
 /// The most envelopes taken from the queue at once.
 const MAX_BATCH: usize = 512;
@@ -157,11 +161,7 @@ impl NatsBus<'_> {
                         }
                     });
                     self.subscriptions.insert(Box::from(topic), task);
-                    // A round trip, so the server has the subscription
-                    // before anything else this node does.
-                    if let Err(err) = self.client.flush().await {
-                        tracing::debug!(topic, %err, "NATS flush after subscribe failed");
-                    }
+                    self.server_round_trip().await;
                 }
                 Err(err) => tracing::warn!(topic, %err, "NATS subscribe failed"),
             }
@@ -173,6 +173,21 @@ impl NatsBus<'_> {
             &self.counters.subscriptions,
             self.subscriptions.len() as u64,
         );
+    }
+
+    /// Waits until the server has processed everything this connection
+    /// sent so far (a subscription counts as live only then). The client's
+    /// `flush` only empties its write buffer, so this sends a request to a
+    /// subject nobody serves: the server's "no responders" answer comes
+    /// after it has handled the commands before it.
+    async fn server_round_trip(&self) {
+        let request = self.client.request(BARRIER_SUBJECT, Bytes::new());
+        if tokio::time::timeout(CONNECT_TIMEOUT, request)
+            .await
+            .is_err()
+        {
+            tracing::debug!("NATS round trip after subscribe timed out");
+        }
     }
 
     /// Publishes a batch; while the connection is down, drops and counts it
