@@ -361,13 +361,9 @@ impl EngineHandle {
         payload: &T,
         exclude: Option<&ConnHandle>,
     ) -> Result<usize, serde_json::Error> {
-        // With a cluster bus, other nodes may have subscribers even when
-        // this one has none: the message goes to the bus regardless, and
-        // its frames are encoded only for the protocols in use here.
-        let entry = match self.server.topic(topic) {
-            Some(entry) => entry,
-            None if self.server.has_bus() => TopicEntry::default(),
-            None => return Ok(0),
+        // Other nodes re-encode the message itself: no frame for them.
+        let Some(entry) = self.encoding_entry(topic, TopicEntry::default()) else {
+            return Ok(0);
         };
         let payload = serde_json::value::to_raw_value(payload)?;
         let mut broadcast = encode_broadcast(topic, event, payload, &entry);
@@ -387,15 +383,30 @@ impl EngineHandle {
         event: &str,
         data: &[u8],
     ) -> Result<usize, crate::protocol::MessageError> {
-        let entry = match self.server.topic(topic) {
-            Some(entry) => entry,
-            // Other nodes need the Phoenix binary frame, encoded here.
-            None if self.server.has_bus() => TopicEntry::with_protocol(WireProtocol::PhoenixV2),
-            None => return Ok(0),
+        // Other nodes get the Phoenix binary frame as encoded here.
+        let for_other_nodes = TopicEntry::with_protocol(WireProtocol::PhoenixV2);
+        let Some(entry) = self.encoding_entry(topic, for_other_nodes) else {
+            return Ok(0);
         };
         Ok(self
             .server
             .broadcast(encode_binary_broadcast(topic, event, data, &entry)?))
+    }
+
+    /// What a broadcast to `topic` is encoded for: the protocols this
+    /// node's subscribers speak, plus, with a cluster bus, those of
+    /// `for_other_nodes` (and then even with no subscriber here). `None`:
+    /// nobody to send to.
+    fn encoding_entry(&self, topic: &str, for_other_nodes: TopicEntry) -> Option<TopicEntry> {
+        let local = self.server.topic(topic);
+        if !self.server.has_bus() {
+            return local;
+        }
+        let mut entry = local.unwrap_or_default();
+        for (loops, extra) in entry.loops.iter_mut().zip(for_other_nodes.loops) {
+            *loops |= extra;
+        }
+        Some(entry)
     }
 
     /// Subscribers of `topic`, on all loops.

@@ -125,31 +125,18 @@ impl Envelope {
     /// assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
     /// ```
     pub fn encode(&self) -> Result<Bytes, EnvelopeError> {
-        let mut out = BytesMut::with_capacity(FIXED_HEADER + self.topic.len() + 64);
-        out.put_u8(VERSION);
-        out.put_u8(match self.content {
-            Content::Channel { .. } => KIND_CHANNEL,
-            Content::Frames(_) => KIND_FRAMES,
-        });
-        out.put_u64_le(self.origin);
-        put_short_str(&mut out, &self.topic)?;
         match &self.content {
             Content::Channel { event, payload } => {
-                put_short_str(&mut out, event)?;
-                out.put_slice(payload.get().as_bytes());
+                encode_channel(self.origin, &self.topic, event, payload)
             }
-            Content::Frames(frames) => {
-                let count = u8::try_from(frames.len()).map_err(|_| EnvelopeError::TooLong)?;
-                out.put_u8(count);
-                for (protocol, frame) in frames {
-                    let len = u32::try_from(frame.len()).map_err(|_| EnvelopeError::TooLong)?;
-                    out.put_u8(protocol.index() as u8);
-                    out.put_u32_le(len);
-                    out.put_slice(frame);
-                }
-            }
+            Content::Frames(frames) => encode_frames(
+                self.origin,
+                &self.topic,
+                frames
+                    .iter()
+                    .map(|(protocol, frame)| (*protocol, &frame[..])),
+            ),
         }
-        Ok(out.freeze())
     }
 
     /// Reads an envelope, checking everything.
@@ -194,6 +181,52 @@ impl Envelope {
             content,
         })
     }
+}
+
+/// Writes a channel message's envelope from borrowed parts (what a node
+/// publishes: no copy of the payload before the envelope's own).
+pub(crate) fn encode_channel(
+    origin: NodeId,
+    topic: &str,
+    event: &str,
+    payload: &RawValue,
+) -> Result<Bytes, EnvelopeError> {
+    let payload = payload.get().as_bytes();
+    let mut out = header(KIND_CHANNEL, origin, topic, event.len() + payload.len() + 2)?;
+    put_short_str(&mut out, event)?;
+    out.put_slice(payload);
+    Ok(out.freeze())
+}
+
+/// Writes a frames envelope from borrowed frames.
+pub(crate) fn encode_frames<'a>(
+    origin: NodeId,
+    topic: &str,
+    frames: impl Iterator<Item = (WireProtocol, &'a [u8])>,
+) -> Result<Bytes, EnvelopeError> {
+    let mut out = header(KIND_FRAMES, origin, topic, 64)?;
+    let count_at = out.len();
+    out.put_u8(0);
+    let mut count = 0u8;
+    for (protocol, frame) in frames {
+        count = count.checked_add(1).ok_or(EnvelopeError::TooLong)?;
+        let len = u32::try_from(frame.len()).map_err(|_| EnvelopeError::TooLong)?;
+        out.put_u8(protocol.index() as u8);
+        out.put_u32_le(len);
+        out.put_slice(frame);
+    }
+    out[count_at] = count;
+    Ok(out.freeze())
+}
+
+/// The fields every envelope starts with, in a buffer with room for `rest`.
+fn header(kind: u8, origin: NodeId, topic: &str, rest: usize) -> Result<BytesMut, EnvelopeError> {
+    let mut out = BytesMut::with_capacity(FIXED_HEADER + topic.len() + rest);
+    out.put_u8(VERSION);
+    out.put_u8(kind);
+    out.put_u64_le(origin);
+    put_short_str(&mut out, topic)?;
+    Ok(out)
 }
 
 fn put_short_str(out: &mut BytesMut, text: &str) -> Result<(), EnvelopeError> {

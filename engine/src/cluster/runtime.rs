@@ -7,7 +7,10 @@ use std::{io, sync::Arc, thread::JoinHandle, time::Duration};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::{BusCounters, ClusterStats, Content, Envelope, NodeId};
+use super::{
+    BusCounters, ClusterStats, Content, Envelope, NodeId,
+    envelope::{encode_channel, encode_frames},
+};
 use crate::{
     Broadcast, ServerHandle,
     channels::encode_broadcast,
@@ -92,28 +95,20 @@ impl Bus {
 
     /// Hands `broadcast` to the bus thread for the other nodes.
     pub(crate) fn forward(&self, broadcast: &Broadcast) {
-        let content = match (broadcast.message(), broadcast.is_binary()) {
-            (Some(message), false) => Content::Channel {
-                event: message.event.to_string(),
-                payload: message.payload.clone(),
-            },
-            _ => Content::Frames(
+        let topic = broadcast.topic();
+        let encoded = match (broadcast.message(), broadcast.is_binary()) {
+            (Some(message), false) => {
+                encode_channel(self.node, topic, &message.event, &message.payload)
+            }
+            _ => encode_frames(
+                self.node,
+                topic,
                 (0..WireProtocol::COUNT)
                     .filter_map(WireProtocol::from_index)
-                    .filter_map(|protocol| {
-                        broadcast
-                            .frame(protocol)
-                            .map(|frame| (protocol, frame.clone()))
-                    })
-                    .collect(),
+                    .filter_map(|protocol| broadcast.frame(protocol).map(|f| (protocol, &f[..]))),
             ),
         };
-        let envelope = Envelope {
-            origin: self.node,
-            topic: broadcast.topic().to_owned(),
-            content,
-        };
-        let Ok(bytes) = envelope.encode() else {
+        let Ok(bytes) = encoded else {
             tracing::warn!(
                 topic = broadcast.topic(),
                 "broadcast too large for the bus envelope"
