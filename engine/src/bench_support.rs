@@ -10,12 +10,11 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
-    ServerConfig,
+    config::ServerConfig,
     conn::Outbox,
+    metrics::LoopStats,
     protocol::WireProtocol,
-    pubsub::{LoopTopics, TopicRegistry, conn_id},
-    reactor::Sub,
-    stats::LoopStats,
+    pubsub::{ConnId, LoopTopics, Sub, TopicRegistry},
 };
 
 /// One loop's worth of subscribers of one topic, with their outboxes.
@@ -37,11 +36,8 @@ impl FanoutFixture {
         let mut outboxes = Slab::with_capacity(subscribers);
         for generation in 0..subscribers as u32 {
             let key = outboxes.insert((generation, Outbox::default()));
-            let sub = Sub {
-                protocol: WireProtocol::PhoenixV2,
-                tag: 0,
-            };
-            topics.subscribe(&topic, conn_id(key, generation), sub);
+            let sub = Sub::plain(WireProtocol::PhoenixV2);
+            topics.subscribe(&topic, ConnId::new(key, generation), sub);
         }
         Self {
             topic,
@@ -58,11 +54,11 @@ impl FanoutFixture {
     pub fn broadcast(&mut self, frame: &Bytes) -> usize {
         let mut delivered = 0;
         for (id, _) in self.topics.local().subscribers(&self.topic) {
-            let key = (id & 0xFFFF_FFFF) as usize;
+            let key = id.key();
             let Some((generation, outbox)) = self.outboxes.get_mut(key) else {
                 continue;
             };
-            if conn_id(key, *generation) != id {
+            if *generation != id.generation() {
                 continue;
             }
             delivered +=
@@ -103,17 +99,14 @@ impl TopicIndexFixture {
     /// included), as a join does.
     pub fn subscribe(&mut self, topic: usize, conn: u64) {
         let name = &self.names[topic % self.names.len()];
-        let sub = Sub {
-            protocol: WireProtocol::PhoenixV2,
-            tag: 0,
-        };
-        self.topics.subscribe(name, conn, sub);
+        let sub = Sub::plain(WireProtocol::PhoenixV2);
+        self.topics.subscribe(name, ConnId::from_bits(conn), sub);
     }
 
     /// Unsubscribes it again.
     pub fn unsubscribe(&mut self, topic: usize, conn: u64) {
         let name = &self.names[topic % self.names.len()];
-        self.topics.unsubscribe(name, conn);
+        self.topics.unsubscribe(name, ConnId::from_bits(conn));
     }
 
     /// Looks topic number `topic` up in the shared registry, as a

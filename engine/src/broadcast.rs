@@ -2,35 +2,44 @@
 //! for each wire protocol that has subscribers, and, for channel protocols,
 //! the event and raw payload that interceptors and server-side subscribers
 //! see.
+//!
+//! A broadcast is built once, by the publisher, and shared (`Arc`) by every
+//! loop it reaches; each frame is one `Bytes` that every subscriber's write
+//! queue clones (a refcount, never a copy).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::{protocol::WireProtocol, pubsub::ConnId};
+use crate::{
+    protocol::{MessageError, WireProtocol, amber, phoenix},
+    pubsub::{ConnId, TopicEntry},
+};
 
 /// The event and payload of a channel broadcast.
 #[derive(Debug)]
-pub struct ChannelMessage {
-    /// The event, such as `new_msg`.
-    pub event: Box<str>,
-    /// The payload, raw JSON.
-    pub payload: Box<RawValue>,
+struct ChannelMessage {
+    event: Box<str>,
+    payload: Box<RawValue>,
 }
 
-/// A message published to a topic.
+/// One frame per wire protocol, `None` for protocols nobody needs.
+type Frames = [Option<Bytes>; WireProtocol::COUNT];
+
+/// A message published to a topic, as a channel's
+/// [`handle_info`](crate::channels::Channel::handle_info) sees it.
 ///
 /// Built once by the publisher with one frame per wire protocol that has
 /// subscribers; every loop with subscribers gets it, copies each frame once
 /// (so that each subscriber's clone touches a refcount private to the loop),
 /// and queues the frame to every subscriber, or hands the broadcast to the
-/// handler for subscriptions that intercept it.
+/// channel for subscriptions that intercept it.
 #[derive(Debug, Clone)]
 pub struct Broadcast {
     topic: Arc<str>,
     message: Option<Arc<ChannelMessage>>,
-    frames: [Option<Bytes>; WireProtocol::COUNT],
+    frames: Frames,
     /// A binary channel broadcast: its frames, not its message, are what
     /// other nodes need.
     binary: bool,
@@ -40,38 +49,26 @@ pub struct Broadcast {
 }
 
 /// How a broadcast reaches one subscription (see
-/// [`Handler::delivery`](crate::Handler::delivery)).
+/// [`Service::delivery`](crate::reactor::Service::delivery)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Queue the frame encoded for the subscription's protocol.
     Frame,
-    /// Call [`Handler::on_broadcast`](crate::Handler::on_broadcast) for it.
+    /// Call the handler's `on_broadcast` for it.
     Callback,
-    /// Nothing.
-    Skip,
 }
 
 impl Broadcast {
     /// A plain WebSocket publish: `frame` goes to raw subscribers as is.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use herald::{Broadcast, protocol::WireProtocol, wire::text_frame};
-    ///
-    /// let broadcast = Broadcast::raw("ticker", text_frame("42"));
-    /// assert_eq!(broadcast.topic(), "ticker");
-    /// assert!(broadcast.frame(WireProtocol::Raw).is_some());
-    /// assert!(broadcast.event().is_none());
-    /// ```
-    pub fn raw(topic: &str, frame: Bytes) -> Self {
-        let mut frames: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
+    pub(crate) fn raw(topic: &str, frame: Bytes) -> Self {
+        let mut frames = Frames::default();
         frames[WireProtocol::Raw.index()] = Some(frame);
-        Self::frames(topic, frames)
+        Self::encoded(topic, frames)
     }
 
-    /// Frames already encoded per protocol, with no channel message.
-    pub fn frames(topic: &str, frames: [Option<Bytes>; WireProtocol::COUNT]) -> Self {
+    /// Frames already encoded per protocol, with no channel message (what
+    /// another node sent).
+    pub(crate) fn encoded(topic: &str, frames: Frames) -> Self {
         Self {
             topic: Arc::from(topic),
             message: None,
@@ -81,13 +78,49 @@ impl Broadcast {
         }
     }
 
-    /// A channel broadcast, with its frames per protocol (`None` for
-    /// protocols without subscribers).
-    pub fn channel(
+    /// A channel broadcast of `event` with `payload`, encoded once for each
+    /// protocol `entry` says has subscribers.
+    pub(crate) fn channel(
         topic: &str,
-        message: ChannelMessage,
-        frames: [Option<Bytes>; WireProtocol::COUNT],
+        event: &str,
+        payload: Box<RawValue>,
+        entry: &TopicEntry,
     ) -> Self {
+        let mut frames = Frames::default();
+        if entry.has_protocol(WireProtocol::PhoenixV2) {
+            frames[WireProtocol::PhoenixV2.index()] =
+                Some(phoenix::broadcast(topic, event, &payload));
+        }
+        if entry.has_protocol(WireProtocol::Amber) {
+            frames[WireProtocol::Amber.index()] = Some(amber::message(topic, event, &payload));
+        }
+        Self::with_message(topic, event, payload, frames)
+    }
+
+    /// A binary channel broadcast: the Phoenix binary V2 frame only (Amber
+    /// has no binary messages). Fails if the topic or event exceeds 255
+    /// bytes.
+    pub(crate) fn channel_binary(
+        topic: &str,
+        event: &str,
+        data: &[u8],
+        entry: &TopicEntry,
+    ) -> Result<Self, MessageError> {
+        let mut frames = Frames::default();
+        if entry.has_protocol(WireProtocol::PhoenixV2) {
+            frames[WireProtocol::PhoenixV2.index()] =
+                Some(phoenix::binary_broadcast(topic, event, data)?);
+        }
+        let mut broadcast = Self::with_message(topic, event, RawValue::NULL.to_owned(), frames);
+        broadcast.binary = true;
+        Ok(broadcast)
+    }
+
+    fn with_message(topic: &str, event: &str, payload: Box<RawValue>, frames: Frames) -> Self {
+        let message = ChannelMessage {
+            event: Box::from(event),
+            payload,
+        };
         Self {
             topic: Arc::from(topic),
             message: Some(Arc::new(message)),
@@ -95,24 +128,6 @@ impl Broadcast {
             binary: false,
             exclude: None,
         }
-    }
-
-    /// Marks a channel broadcast as binary (its frames carry the data).
-    pub(crate) fn into_binary(mut self) -> Self {
-        self.binary = true;
-        self
-    }
-
-    /// Whether this is a binary channel broadcast.
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-    pub(crate) fn is_binary(&self) -> bool {
-        self.binary
-    }
-
-    /// The channel message, if this is a channel broadcast.
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-    pub(crate) fn message(&self) -> Option<&ChannelMessage> {
-        self.message.as_deref()
     }
 
     /// Excludes one connection (the sender, for `broadcast_from`).
@@ -136,12 +151,19 @@ impl Broadcast {
         self.message.as_ref().map(|message| &*message.event)
     }
 
-    /// The payload of a channel broadcast.
+    /// The payload of a channel broadcast (`null` for a binary one).
     pub fn payload(&self) -> Option<&RawValue> {
         self.message.as_ref().map(|message| &*message.payload)
     }
 
-    /// The frame encoded for `protocol`, if there is one.
+    /// Whether this is a binary channel broadcast: its data is in its
+    /// Phoenix frame, not in its payload.
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The frame encoded for `protocol`, if subscribers of that protocol
+    /// were expected.
     pub fn frame(&self, protocol: WireProtocol) -> Option<&Bytes> {
         self.frames[protocol.index()].as_ref()
     }

@@ -1,9 +1,18 @@
-//! Server configuration: every limit and timeout, with its default and the
-//! reason for it.
+//! Server configuration: every limit and timeout, with its default, the
+//! reason for it, and the range the server accepts.
+//!
+//! A [`ServerConfig`] is built through
+//! [`ServerBuilder`](crate::ServerBuilder) and checked once, when the server
+//! starts: a value out of range is a [`ConfigError`] naming the setting,
+//! never silently clamped.
 
 use std::{net::SocketAddr, time::Duration};
 
 use crate::wire::{CloseCode, DecoderConfig};
+
+/// The most event loops a server runs: the topic index tracks loops as the
+/// bits of a `u64`.
+pub const MAX_LOOPS: usize = 64;
 
 /// What to do with a client whose outbound queue grows past
 /// [`ServerConfig::max_queued_bytes`] because it reads slower than it is
@@ -37,78 +46,95 @@ pub struct StaticFile {
 
 /// Everything a [`Server`](crate::Server) can be configured with.
 ///
-/// Built through [`ServerBuilder`](crate::ServerBuilder); the defaults are
-/// chosen for a fan-out server holding many mostly idle connections.
+/// Built through [`ServerBuilder`](crate::ServerBuilder), read through the
+/// methods of the same names; the defaults are chosen for a fan-out server
+/// holding many mostly idle connections.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::{ConfigError, Server};
+///
+/// let builder = Server::builder().ping_interval(Duration::from_secs(25));
+/// assert_eq!(builder.config().ping_interval(), Duration::from_secs(25));
+/// assert_eq!(builder.config().idle_timeout(), Duration::from_secs(60));
+///
+/// let too_many = Server::builder().loops(1000);
+/// assert!(matches!(
+///     too_many.config().validate(),
+///     Err(ConfigError::OutOfRange { setting: "loops", .. })
+/// ));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Where to listen. Default `127.0.0.1:9001`.
-    pub addr: SocketAddr,
-    /// Event loops, one thread each. Default: the available cores.
-    pub loops: usize,
+    pub(crate) addr: SocketAddr,
+    /// Event loops, one thread each. Default: the available cores (at most
+    /// 64). Range 1 to 64.
+    pub(crate) loops: usize,
     /// Pin each loop thread to its own core. Default `true`: a loop that
     /// keeps its core keeps its caches, which is most of fan-out speed.
-    pub pin_cores: bool,
+    pub(crate) pin_cores: bool,
     /// Paths that accept WebSocket upgrades; empty means every path.
-    pub endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// Small documents answered with `200` to a plain `GET` (a demo page,
     /// a client script), so an example needs no other web server.
-    pub static_files: Vec<StaticFile>,
+    pub(crate) static_files: Vec<StaticFile>,
     /// Connections (open or handshaking) past which new ones get 503.
     /// Default 1,000,000; the process's file-descriptor limit usually binds
     /// first.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// The largest request head. Default 8 KiB, as most HTTP servers;
     /// longer heads get 431.
-    pub max_head_bytes: usize,
+    pub(crate) max_head_bytes: usize,
     /// How long a client may take to send its request head. Default 10 s.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// How often the server pings an open connection. Default 30 s, the
     /// interval phoenix.js and amber.js use for their own heartbeats.
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// How long a connection may stay silent (nothing received, pongs
     /// included) before the server closes it with 1001. Default 60 s.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// How long the server waits for the peer's close frame, or for its
     /// FIN after a refused handshake, before dropping the TCP connection.
     /// Default 5 s.
-    pub close_timeout: Duration,
+    pub(crate) close_timeout: Duration,
     /// Frame and message limits for client messages. Default: 1 MiB each,
     /// ample for channel pushes; the echo example raises it to 16 MiB.
-    pub decoder: DecoderConfig,
+    pub(crate) decoder: DecoderConfig,
     /// Bytes a connection may have queued for sending before the
     /// [`slow_consumer`](Self::slow_consumer) policy applies. Default
     /// 4 MiB: thousands of typical broadcasts, and a bound on the memory one
     /// stuck client can hold.
-    pub max_queued_bytes: usize,
+    pub(crate) max_queued_bytes: usize,
     /// What happens past `max_queued_bytes`. Default: close with 1013.
-    pub slow_consumer: SlowConsumerPolicy,
+    pub(crate) slow_consumer: SlowConsumerPolicy,
     /// How long a graceful shutdown waits for clients to answer its 1001
     /// close frames. Default 5 s.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// Bytes read from a socket per `recv`. Default 16 KiB. Read buffers
     /// come from a per-loop pool and go back to it when a connection has
     /// no partial message, so idle connections hold none.
-    pub read_chunk: usize,
+    pub(crate) read_chunk: usize,
     /// The cores the loops are pinned to, in loop order (with
     /// `pin_cores`); empty, the default, means the first cores the system
     /// lists, one per loop.
-    pub core_ids: Vec<usize>,
-    /// The broker joining this node to others. Default
-    /// [`Broker::Memory`](crate::cluster::Broker::Memory): a single node,
-    /// no bus.
-    pub broker: crate::cluster::Broker,
+    pub(crate) core_ids: Vec<usize>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
-            loops: std::thread::available_parallelism().map_or(1, usize::from),
+            loops: std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_LOOPS),
             pin_cores: true,
             endpoints: Vec::new(),
             static_files: Vec::new(),
             core_ids: Vec::new(),
-            broker: crate::cluster::Broker::Memory,
             max_connections: 1_000_000,
             max_head_bytes: 8 * 1024,
             handshake_timeout: Duration::from_secs(10),
@@ -123,5 +149,160 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(5),
             read_chunk: 16 * 1024,
         }
+    }
+}
+
+/// A setting the server cannot run with, found when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A count or size outside the range the server supports: set it
+    /// within `min..=max`.
+    #[error("{setting} = {value} is out of range: it must be between {min} and {max}")]
+    OutOfRange {
+        /// The setting's name (the [`ServerBuilder`](crate::ServerBuilder)
+        /// method).
+        setting: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest value accepted.
+        min: u64,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A duration outside the range the server supports: set it within
+    /// `min..=max` (timers tick every 100 ms).
+    #[error("{setting} = {value:?} is out of range: it must be between {min:?} and {max:?}")]
+    DurationOutOfRange {
+        /// The setting's name.
+        setting: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The shortest value accepted.
+        min: Duration,
+        /// The longest value accepted.
+        max: Duration,
+    },
+}
+
+/// The shortest timeout or interval: one timer tick.
+const MIN_TIMER: Duration = Duration::from_millis(100);
+/// The longest timeout or interval.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn check_count(setting: &'static str, value: usize, min: u64, max: u64) -> Result<(), ConfigError> {
+    let value = u64::try_from(value).unwrap_or(u64::MAX);
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            setting,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+fn check_duration(
+    setting: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::DurationOutOfRange {
+            setting,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+macro_rules! getters {
+    ($( $(#[$doc:meta])* $name:ident: $ty:ty ),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> $ty {
+                self.$name
+            }
+        )*
+    };
+}
+
+impl ServerConfig {
+    getters! {
+        /// Where the server listens.
+        addr: SocketAddr,
+        /// How many event loops run.
+        loops: usize,
+        /// Whether loops are pinned to cores.
+        pin_cores: bool,
+        /// Connections past which new ones get 503.
+        max_connections: usize,
+        /// The largest request head.
+        max_head_bytes: usize,
+        /// Time allowed for the request head.
+        handshake_timeout: Duration,
+        /// How often each connection is pinged.
+        ping_interval: Duration,
+        /// Silence after which a connection is closed.
+        idle_timeout: Duration,
+        /// How long the server waits for the peer's side of a close.
+        close_timeout: Duration,
+        /// Limits on client frames and messages.
+        decoder: DecoderConfig,
+        /// Outbound bytes a connection may have queued.
+        max_queued_bytes: usize,
+        /// What happens past that limit.
+        slow_consumer: SlowConsumerPolicy,
+        /// How long a graceful shutdown waits for clients.
+        shutdown_timeout: Duration,
+        /// Bytes per `recv`.
+        read_chunk: usize,
+    }
+
+    /// The paths that accept upgrades (empty: every path).
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The documents served to a plain `GET`.
+    pub fn static_files(&self) -> &[StaticFile] {
+        &self.static_files
+    }
+
+    /// The cores the loops are pinned to (empty: the first ones listed).
+    pub fn core_ids(&self) -> &[usize] {
+        &self.core_ids
+    }
+
+    /// Checks every setting against the range the server supports; the
+    /// server does this when it starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_count("loops", self.loops, 1, MAX_LOOPS as u64)?;
+        check_count("max_connections", self.max_connections, 1, 1 << 31)?;
+        check_count("max_head_bytes", self.max_head_bytes, 512, 1 << 20)?;
+        check_count("max_queued_bytes", self.max_queued_bytes, 1024, 1 << 30)?;
+        check_count("read_chunk", self.read_chunk, 512, 16 << 20)?;
+        check_duration(
+            "handshake_timeout",
+            self.handshake_timeout,
+            MIN_TIMER,
+            MAX_TIMER,
+        )?;
+        check_duration("ping_interval", self.ping_interval, MIN_TIMER, MAX_TIMER)?;
+        check_duration("idle_timeout", self.idle_timeout, MIN_TIMER, MAX_TIMER)?;
+        check_duration("close_timeout", self.close_timeout, MIN_TIMER, MAX_TIMER)?;
+        check_duration(
+            "shutdown_timeout",
+            self.shutdown_timeout,
+            Duration::ZERO,
+            MAX_TIMER,
+        )?;
+        Ok(())
     }
 }

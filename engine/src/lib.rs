@@ -2,15 +2,9 @@
 //!
 //! A WebSocket "channels" fan-out engine: clients join topics, the
 //! application broadcasts to a topic from anywhere, and every subscriber gets
-//! the message, at millions of deliveries per second on one box.
+//! the message, at millions of deliveries per second on one box; many boxes
+//! join through Redis or NATS.
 //!
-//! Layers, bottom up (the broker adapters and the standalone server come
-//! next):
-//!
-//! - [`wire`]: the RFC 6455 frame codec, sans I/O. An incremental,
-//!   zero-copy decoder for client frames that rejects hostile input with the
-//!   right close code, and encoders that build a server frame once as
-//!   [`bytes::Bytes`] so any number of connections can share it.
 //! - The event-loop server: [`Server`], configured by [`ServerBuilder`], runs
 //!   one `mio` loop per core; the application implements [`Handler`] (after
 //!   Azu's channel: `on_connect`, `on_message`, `on_binary`, `on_ping`,
@@ -20,30 +14,59 @@
 //! - [`channels`]: sockets, topics routed to channel handlers, join/leave,
 //!   rebroadcast, interception and server-side subscriptions, over the
 //!   Phoenix V2 and Amber wire protocols ([`protocol`]); broadcasts from
-//!   anywhere through an [`EngineHandle`](channels::EngineHandle), indexed by
-//!   the lock-free [`pubsub`] registry.
+//!   anywhere through an [`EngineHandle`](channels::EngineHandle).
+//! - [`cluster`]: nodes joined through a broker, attached to a server's
+//!   builder with [`Cluster::attach`](cluster::Cluster::attach).
+//! - [`wire`]: the RFC 6455 frame codec, sans I/O.
 //!
-//! # Architecture
+//! # Layers
+//!
+//! Every module sits in one layer, and imports point down only (the test
+//! `engine/tests/layers.rs` reads every `use crate::` and fails on an
+//! upward one):
 //!
 //! ```text
-//!   any thread                        loop threads (one per core, pinned)
-//!  ─────────────                     ──────────────────────────────────────
-//!  ConnHandle ──┐  mailbox + waker   ┌─ loop 0: SO_REUSEPORT listener
-//!  ServerHandle ┼──────────────────► │   slab of connections (≈300 B idle)
-//!               │                    │   timer wheel (100 ms ticks)
-//!               │                    │   read-buffer pool
-//!               └──────────────────► └─ loop 1: ... (no socket is shared)
+//!  cluster     brokers (Redis, NATS), the bus thread     ─┐ attached from
+//!  channels    sockets, channels, Phoenix/Amber routing   │ above: the loops
+//!  ─────────────────────────────────────────────────────  │ see a relay and
+//!  reactor     mio, sockets, threads, the clock: loops,   │ a service trait,
+//!              mailboxes, the Handler API                 │ nothing more
+//!  ─────────────────────────────────────────────────────  ┘
+//!  conn        one connection's state machine: phase, decoder, outbox,
+//!              close handshake, heartbeat and deadlines (bytes and ticks in,
+//!              actions out)
+//!  pubsub      the topic index (lock-free registry + per-loop subscribers)
+//!  broadcast   a publish, encoded once per wire protocol
+//!  ─────────────────────────────────────────────────────
+//!  timer, metrics, config, protocol, handshake, wire    pure, no I/O
+//! ```
 //!
-//!  per connection:  recv ─► wire::Decoder ─► Handler callbacks
-//!                   Handler sends ─► write queue of shared Bytes ─► one writev per turn
+//! # The life of a broadcast
+//!
+//! ```text
+//!  publisher thread           topic index         loop mailboxes        each subscriber
+//!  ────────────────           ───────────         ──────────────        ───────────────
+//!  EngineHandle::broadcast
+//!   │ lookup(topic) ────────► which loops, which
+//!   │                         protocols
+//!   │ encode once per protocol in use (one Bytes each)
+//!   ├─ relay.forward ──► bus thread ──► broker ──► other nodes
+//!   └─ post Arc<Broadcast> ───────────────────► loop 0 ─┐ copy each frame once
+//!                                               loop 1  │ (a refcount private
+//!                                               ...     │ to the loop)
+//!                                                       ▼
+//!                                   for each subscriber: clone the Bytes into
+//!                                   its write queue, mark it dirty
+//!                                                       ▼
+//!                                   end of turn: one writev per dirty socket,
+//!                                   everything queued for it this turn
 //! ```
 //!
 //! A loop turn polls, handles events (accepts, mailbox commands, reads that
-//! dispatch to the handler), expires timers (handshake timeout, heartbeat
-//! pings, idle and close timeouts), then flushes every connection that had
-//! frames queued during the turn with one vectored write
-//! (`engine/src/reactor/mod.rs` documents the phases and their ordering
-//! rules).
+//! feed each connection's state machine and dispatch what comes out to the
+//! handler), expires timers, then flushes every connection that had frames
+//! queued during the turn with one vectored write (`reactor/mod.rs`
+//! documents the phases and their ordering rules).
 //!
 //! # Example
 //!
@@ -111,25 +134,25 @@
 pub mod channels;
 pub mod cluster;
 pub mod protocol;
-pub mod pubsub;
 pub mod wire;
 
 mod broadcast;
 mod config;
 mod conn;
-mod handler;
 mod handshake;
+mod metrics;
+mod pubsub;
 mod reactor;
-mod stats;
 mod timer;
-mod write_queue;
 
-pub use broadcast::{Broadcast, ChannelMessage, Delivery};
-pub use config::{ServerConfig, SlowConsumerPolicy, StaticFile};
-pub use handler::{Accept, Conn, Handler, Reject, SendError};
+pub use broadcast::Broadcast;
+pub use config::{ConfigError, MAX_LOOPS, ServerConfig, SlowConsumerPolicy, StaticFile};
+pub use conn::SendError;
 pub use handshake::{HEALTH_PATH, HandshakeError, Request};
-pub use reactor::{ConnHandle, Server, ServerBuilder, ServerHandle};
-pub use stats::{ServerStats, TURN_BUCKETS_MICROS, TurnTimes};
+pub use metrics::{Metric, MetricKind, ServerStats, TURN_BUCKETS_MICROS, TurnTimes};
+pub use reactor::{
+    Accept, Conn, ConnHandle, Handler, Reject, Server, ServerBuilder, ServerHandle, StartError,
+};
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]

@@ -12,7 +12,24 @@
 //! Each connection has at most one live entry, so stale ones are bounded
 //! by the number of reschedules, and each is dropped when its slot comes up.
 //!
-//! The wheel is pure: the reactor converts `Instant`s into ticks.
+//! The wheel is pure: the reactor converts `Instant`s into ticks
+//! ([`TICK`] each), and the connection state machine computes its
+//! deadlines in ticks ([`ticks`]).
+
+use std::time::Duration;
+
+/// A point in a loop's virtual time: ticks of [`TICK`] since the loop
+/// started.
+pub(crate) type Tick = u64;
+
+/// The timer resolution: deadlines are rounded up to a whole tick.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// How many ticks `duration` spans, rounded up, at least one.
+pub(crate) fn ticks(duration: Duration) -> Tick {
+    let ticks = duration.as_millis().div_ceil(TICK.as_millis()).max(1);
+    Tick::try_from(ticks).unwrap_or(Tick::MAX)
+}
 
 /// One scheduled deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

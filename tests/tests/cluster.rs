@@ -21,7 +21,7 @@ use std::{
 use herald::{
     Reject, Request, Server,
     channels::{Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket},
-    cluster::{Broker, ClusterStats},
+    cluster::{Broker, Cluster, ClusterStats},
 };
 use herald_tests::{phoenix::Client, server::wait_until};
 use serde_json::{Value, json, value::RawValue};
@@ -183,7 +183,21 @@ impl Channel<Option<String>> for Room {
     }
 }
 
-fn node(broker: &BrokerProcess) -> Engine {
+/// A node: its engine, and its link to the others (for the bus counters).
+struct Node {
+    engine: Engine,
+    cluster: Cluster,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn node(broker: &BrokerProcess) -> Node {
     let endpoint = Endpoint::new(Anyone)
         .channel(
             "room:*",
@@ -197,23 +211,21 @@ fn node(broker: &BrokerProcess) -> Engine {
                 include_sender: false,
             },
         );
-    Channels::new()
+    let cluster = Cluster::new(broker.broker());
+    let builder = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .loops(1)
+        .pin_cores(false);
+    let engine = Channels::new()
         .phoenix(PATH, endpoint)
-        .start(
-            Server::builder()
-                .bind("127.0.0.1:0".parse().unwrap())
-                .loops(1)
-                .pin_cores(false)
-                .broker(broker.broker()),
-        )
-        .expect("start a node")
+        .start(cluster.attach(builder))
+        .expect("start a node");
+    Node { engine, cluster }
 }
 
-fn stats(engine: &Engine) -> ClusterStats {
-    engine
-        .handle()
-        .server()
-        .cluster_stats()
+fn stats(node: &Node) -> ClusterStats {
+    node.cluster
+        .stats()
         .expect("a node with a broker has a bus")
 }
 
@@ -225,7 +237,7 @@ fn client(engine: &Engine, topic: &str) -> (Client, String) {
 }
 
 /// Waits until every node's bus has subscribed to what its clients joined.
-fn wait_subscribed(nodes: &[&Engine], topics: u64) {
+fn wait_subscribed(nodes: &[&Node], topics: u64) {
     for node in nodes {
         assert!(
             wait_until(WAIT, || {
@@ -468,8 +480,9 @@ fn disconnecting_a_socket_id_reaches_every_node(kind: Kind) {
     let (a, b) = (node(&broker), node(&broker));
     let mut ada = Client::connect(b.local_addr(), PATH, "user=ada").expect("connect");
     let (mut bystander, _) = client(&b, "room:d");
-    // The socket id's internal topic is what the bus subscribes to.
-    wait_subscribed(&[&b], 2);
+    // Every node listens to the control channel from the moment it
+    // connects, before it subscribes to its topics.
+    wait_subscribed(&[&b], 1);
     assert!(wait_until(WAIT, || stats(&a).connected == 1));
     a.handle().disconnect("ada");
     loop {

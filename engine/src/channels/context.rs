@@ -10,19 +10,30 @@ use serde_json::value::RawValue;
 
 use super::{Reply, handler::ChannelConn};
 use crate::{
-    Broadcast, ChannelMessage, Conn,
-    protocol::{WireProtocol, amber, phoenix},
-    pubsub::TopicEntry,
+    broadcast::Broadcast,
+    protocol::{
+        WireProtocol, amber,
+        phoenix::{self, OwnedRef, Ref, ref_or_null},
+    },
+    pubsub::{Sub, SubscriptionKind},
+    reactor::Conn,
 };
 
 /// One joined topic of a connection.
 #[derive(Debug, Clone)]
 pub(crate) struct JoinInfo {
     pub(crate) topic: Arc<str>,
-    /// The join ref as JSON text (`"3"`), `null` for Amber.
-    pub(crate) join_ref: Box<str>,
+    /// The join ref (none for Amber, which has no refs).
+    pub(crate) join_ref: Option<OwnedRef>,
     pub(crate) protocol: WireProtocol,
     pub(crate) route: u16,
+}
+
+impl JoinInfo {
+    /// The join ref to write in messages of this channel.
+    pub(crate) fn join_ref(&self) -> Ref<'_> {
+        ref_or_null(self.join_ref.as_ref())
+    }
 }
 
 /// The context of one channel callback, for the topic it concerns.
@@ -30,8 +41,8 @@ pub struct ChannelContext<'c, 'a, A> {
     pub(crate) assigns: &'c mut A,
     pub(crate) conn: &'c mut Conn<'a, ChannelConn>,
     pub(crate) join: &'c JoinInfo,
-    /// The ref of the push being handled, as JSON text, if it carried one.
-    pub(crate) msg_ref: Option<&'c str>,
+    /// The ref of the push being handled, if it carried one.
+    pub(crate) msg_ref: Option<Ref<'c>>,
     pub(crate) replied: bool,
 }
 
@@ -77,8 +88,8 @@ impl<A> ChannelContext<'_, '_, A> {
         }
         self.replied = true;
         let frame = phoenix::reply(
-            phoenix::Ref::stored(&self.join.join_ref),
-            phoenix::Ref::stored(msg_ref),
+            self.join.join_ref(),
+            msg_ref,
             &self.join.topic,
             status,
             response.as_raw(),
@@ -92,8 +103,9 @@ impl<A> ChannelContext<'_, '_, A> {
         if self.join.protocol != WireProtocol::PhoenixV2 {
             return;
         }
-        let join_ref = unquote(&self.join.join_ref);
-        match phoenix::binary_push(&join_ref, &self.join.topic, event, data) {
+        let join_ref = self.join.join_ref.as_ref().map(OwnedRef::value);
+        let join_ref = join_ref.as_deref().unwrap_or_default();
+        match phoenix::binary_push(join_ref, &self.join.topic, event, data) {
             Ok(frame) => {
                 let _ = self.conn.send_frame(frame);
             }
@@ -111,9 +123,11 @@ impl<A> ChannelContext<'_, '_, A> {
             return;
         }
         self.replied = true;
+        let join_ref = self.join.join_ref.as_ref().map(OwnedRef::value);
+        let msg_ref = OwnedRef::keep(msg_ref);
         let frame = phoenix::binary_reply(
-            &unquote(&self.join.join_ref),
-            &unquote(msg_ref),
+            join_ref.as_deref().unwrap_or_default(),
+            &msg_ref.as_ref().map(OwnedRef::value).unwrap_or_default(),
             &self.join.topic,
             status,
             data,
@@ -133,7 +147,7 @@ impl<A> ChannelContext<'_, '_, A> {
         let Some(entry) = self.conn.topic(&topic) else {
             return;
         };
-        match encode_binary_broadcast(&topic, event, data, &entry) {
+        match Broadcast::channel_binary(&topic, event, data, &entry) {
             Ok(broadcast) => self.conn.broadcast(broadcast, include_self),
             Err(err) => tracing::warn!(%err, "binary broadcast not sent"),
         }
@@ -173,7 +187,7 @@ impl<A> ChannelContext<'_, '_, A> {
         let Some(entry) = self.conn.topic(&topic) else {
             return;
         };
-        let broadcast = encode_broadcast(&topic, event, payload, &entry);
+        let broadcast = Broadcast::channel(&topic, event, payload, &entry);
         self.conn.broadcast(broadcast, include_self);
     }
 
@@ -184,7 +198,6 @@ impl<A> ChannelContext<'_, '_, A> {
     /// on the server side or as a client join: one connection has one
     /// subscription per topic.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        let tag = super::handler::Tag::Info.pack(0, self.join.route);
         if self.conn.topics().any(|subscribed| subscribed == topic) {
             return false;
         }
@@ -192,7 +205,11 @@ impl<A> ChannelContext<'_, '_, A> {
         state
             .infos
             .push((Arc::from(topic), Arc::clone(&self.join.topic)));
-        self.conn.subscribe_with(topic, WireProtocol::Raw, tag);
+        let sub = Sub {
+            protocol: WireProtocol::Raw,
+            kind: SubscriptionKind::Server,
+        };
+        self.conn.subscribe_as(topic, sub);
         true
     }
 
@@ -218,61 +235,10 @@ fn to_payload<T: Serialize + ?Sized>(payload: &T) -> Option<Box<RawValue>> {
     }
 }
 
-/// A ref's string from its JSON text (`"3"` -> `3`), for the binary
-/// layout, which carries refs unquoted.
-pub(crate) fn unquote(json: &str) -> String {
-    serde_json::from_str::<String>(json).unwrap_or_default()
-}
-
-/// A binary broadcast: the Phoenix binary V2 frame only.
-pub(crate) fn encode_binary_broadcast(
-    topic: &str,
-    event: &str,
-    data: &[u8],
-    entry: &TopicEntry,
-) -> Result<Broadcast, crate::protocol::MessageError> {
-    let mut frames: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
-    if entry.has_protocol(WireProtocol::PhoenixV2) {
-        frames[WireProtocol::PhoenixV2.index()] =
-            Some(phoenix::binary_broadcast(topic, event, data)?);
-    }
-    let message = ChannelMessage {
-        event: Box::from(event),
-        payload: RawValue::NULL.to_owned(),
-    };
-    Ok(Broadcast::channel(topic, message, frames).into_binary())
-}
-
 /// A push to one client, in its protocol.
 pub(crate) fn encode_push(join: &JoinInfo, event: &str, payload: &RawValue) -> Bytes {
     match join.protocol {
         WireProtocol::Amber => amber::message(&join.topic, event, payload),
-        _ => phoenix::push(
-            phoenix::Ref::stored(&join.join_ref),
-            &join.topic,
-            event,
-            payload,
-        ),
+        _ => phoenix::push(join.join_ref(), &join.topic, event, payload),
     }
-}
-
-/// A channel broadcast with one frame per protocol that has subscribers.
-pub(crate) fn encode_broadcast(
-    topic: &str,
-    event: &str,
-    payload: Box<RawValue>,
-    entry: &TopicEntry,
-) -> Broadcast {
-    let mut frames: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
-    if entry.has_protocol(WireProtocol::PhoenixV2) {
-        frames[WireProtocol::PhoenixV2.index()] = Some(phoenix::broadcast(topic, event, &payload));
-    }
-    if entry.has_protocol(WireProtocol::Amber) {
-        frames[WireProtocol::Amber.index()] = Some(amber::message(topic, event, &payload));
-    }
-    let message = ChannelMessage {
-        event: Box::from(event),
-        payload,
-    };
-    Broadcast::channel(topic, message, frames)
 }

@@ -1,20 +1,23 @@
 //! Mounting endpoints, starting the engine, and the handle that broadcasts
 //! from anywhere.
 
-use std::{any::Any, io, net::SocketAddr, sync::Arc};
+use std::{any::Any, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket,
-    context::{JoinInfo, encode_binary_broadcast, encode_broadcast},
-    handler::{ChannelConn, ChannelsHandler, SOCKET_ID_PREFIX},
+    context::JoinInfo,
+    handler::{ChannelConn, ChannelsHandler},
     stats::{ChannelCounters, ChannelStats},
 };
 use crate::{
-    Broadcast, Conn, ConnHandle, Reject, Request, Server, ServerBuilder, ServerHandle,
-    protocol::WireProtocol, pubsub::TopicEntry,
+    broadcast::Broadcast,
+    handshake::Request,
+    protocol::{MessageError, WireProtocol, phoenix::Ref},
+    pubsub::TopicEntry,
+    reactor::{Conn, Reject, Server, ServerBuilder, ServerHandle, StartError},
 };
 
 /// A topic pattern, as channel routes declare them: an exact topic, or a
@@ -141,7 +144,7 @@ pub(crate) trait ErasedEndpoint: Send + Sync {
         assigns: &mut (dyn Any + Send),
         conn: &mut Conn<'_, ChannelConn>,
         join: &JoinInfo,
-        msg_ref: Option<&str>,
+        msg_ref: Option<Ref<'_>>,
         call: Call<'_>,
     ) -> Option<JoinResult>;
 }
@@ -172,7 +175,7 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
         assigns: &mut (dyn Any + Send),
         conn: &mut Conn<'_, ChannelConn>,
         join: &JoinInfo,
-        msg_ref: Option<&str>,
+        msg_ref: Option<Ref<'_>>,
         call: Call<'_>,
     ) -> Option<JoinResult> {
         let (_, channel) = self.routes.get(usize::from(route))?;
@@ -274,7 +277,7 @@ impl Channels {
 
     /// Starts the engine on a server configured by `builder` (address,
     /// loops, limits); the endpoints' paths are added to it.
-    pub fn start(self, builder: ServerBuilder) -> io::Result<Engine> {
+    pub fn start(self, builder: ServerBuilder) -> Result<Engine, StartError> {
         let builder = self.mounts.iter().fold(builder, |builder, mount| {
             builder.endpoint(mount.path.clone())
         });
@@ -284,7 +287,7 @@ impl Channels {
             max_channels: self.max_channels,
             counters: Arc::clone(&counters),
         };
-        let server = builder.start(handler)?;
+        let server = builder.start_service(handler)?;
         let handle = EngineHandle {
             server: server.handle(),
             counters,
@@ -340,37 +343,12 @@ impl EngineHandle {
         event: &str,
         payload: &T,
     ) -> Result<usize, serde_json::Error> {
-        self.send(topic, event, payload, None)
-    }
-
-    /// As [`broadcast`](Self::broadcast), except to the connection `from`.
-    pub fn broadcast_from<T: Serialize + ?Sized>(
-        &self,
-        from: &ConnHandle,
-        topic: &str,
-        event: &str,
-        payload: &T,
-    ) -> Result<usize, serde_json::Error> {
-        self.send(topic, event, payload, Some(from))
-    }
-
-    fn send<T: Serialize + ?Sized>(
-        &self,
-        topic: &str,
-        event: &str,
-        payload: &T,
-        exclude: Option<&ConnHandle>,
-    ) -> Result<usize, serde_json::Error> {
         // Other nodes re-encode the message itself: no frame for them.
         let Some(entry) = self.encoding_entry(topic, TopicEntry::default()) else {
             return Ok(0);
         };
         let payload = serde_json::value::to_raw_value(payload)?;
-        let mut broadcast = encode_broadcast(topic, event, payload, &entry);
-        if let Some(from) = exclude {
-            let (loop_index, conn) = from.address();
-            broadcast = broadcast.excluding(loop_index, conn);
-        }
+        let broadcast = Broadcast::channel(topic, event, payload, &entry);
         Ok(self.server.broadcast(broadcast))
     }
 
@@ -382,15 +360,14 @@ impl EngineHandle {
         topic: &str,
         event: &str,
         data: &[u8],
-    ) -> Result<usize, crate::protocol::MessageError> {
+    ) -> Result<usize, MessageError> {
         // Other nodes get the Phoenix binary frame as encoded here.
         let for_other_nodes = TopicEntry::with_protocol(WireProtocol::PhoenixV2);
         let Some(entry) = self.encoding_entry(topic, for_other_nodes) else {
             return Ok(0);
         };
-        Ok(self
-            .server
-            .broadcast(encode_binary_broadcast(topic, event, data, &entry)?))
+        let broadcast = Broadcast::channel_binary(topic, event, data, &entry)?;
+        Ok(self.server.broadcast(broadcast))
     }
 
     /// What a broadcast to `topic` is encoded for: the protocols this
@@ -399,7 +376,7 @@ impl EngineHandle {
     /// nobody to send to.
     fn encoding_entry(&self, topic: &str, for_other_nodes: TopicEntry) -> Option<TopicEntry> {
         let local = self.server.topic(topic);
-        if !self.server.has_bus() {
+        if !self.server.has_relay() {
             return local;
         }
         let mut entry = local.unwrap_or_default();
@@ -415,11 +392,10 @@ impl EngineHandle {
     }
 
     /// Closes, with 1001 (clients reconnect), every connection whose socket
-    /// [`id`](Socket::id) is `socket_id`. Returns how many loops were asked.
+    /// [`id`](Socket::id) is `socket_id`, on every node. Returns how many of
+    /// this node's loops were asked.
     pub fn disconnect(&self, socket_id: &str) -> usize {
-        let topic = format!("{SOCKET_ID_PREFIX}{socket_id}");
-        self.server
-            .broadcast(Broadcast::raw(&topic, bytes::Bytes::new()))
+        self.server.disconnect(socket_id)
     }
 
     /// The channels layer's counters: joins, leaves, client messages.

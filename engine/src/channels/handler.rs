@@ -19,11 +19,14 @@ use super::{
     stats::{ChannelCounters, count},
 };
 use crate::{
-    Accept, Broadcast, Conn, Delivery, Handler, Reject, Request,
+    broadcast::{Broadcast, Delivery},
+    handshake::Request,
     protocol::{
         WireProtocol, amber,
-        phoenix::{self, Ref, Status},
+        phoenix::{self, OwnedRef, Ref, Status},
     },
+    pubsub::{Sub, SubscriptionKind},
+    reactor::{Accept, Conn, Reject, Service},
     wire::{CloseCode, Utf8Bytes},
 };
 
@@ -31,41 +34,6 @@ use crate::{
 const UNMATCHED_TOPIC: &str = "unmatched topic";
 /// The reply past the per-connection channel limit.
 const TOO_MANY_CHANNELS: &str = "too many channels joined";
-/// Where socket ids are subscribed, for `disconnect`.
-pub(crate) const SOCKET_ID_PREFIX: &str = "herald.socket/";
-
-/// What a subscription is, packed into the reactor's tag with the route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tag {
-    /// A client's join: gets the frame, or `handle_out` for intercepted
-    /// events.
-    Client,
-    /// A channel's server-side subscription: `handle_info`.
-    Info,
-    /// The socket id: a broadcast there closes the connection.
-    SocketId,
-}
-
-impl Tag {
-    pub(crate) fn pack(self, endpoint: u16, route: u16) -> u32 {
-        let kind = match self {
-            Self::Client => 1,
-            Self::Info => 2,
-            Self::SocketId => 3,
-        };
-        (kind << 28) | (u32::from(endpoint & 0x0FFF) << 16) | u32::from(route)
-    }
-
-    fn unpack(tag: u32) -> Option<(Self, u16, u16)> {
-        let kind = match tag >> 28 {
-            1 => Self::Client,
-            2 => Self::Info,
-            3 => Self::SocketId,
-            _ => return None,
-        };
-        Some((kind, ((tag >> 16) & 0x0FFF) as u16, tag as u16))
-    }
-}
 
 /// A connection's state in the channels layer.
 pub(crate) struct ChannelConn {
@@ -76,7 +44,8 @@ pub(crate) struct ChannelConn {
     joined: Vec<JoinInfo>,
     /// Server-side subscriptions: (topic, the joined topic that made it).
     pub(crate) infos: Vec<(Arc<str>, Arc<str>)>,
-    socket_id: Option<Arc<str>>,
+    /// The socket's id, to name the connection with once it opens.
+    socket_id: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for ChannelConn {
@@ -88,16 +57,22 @@ impl std::fmt::Debug for ChannelConn {
     }
 }
 
-/// A string as JSON text, as refs are stored.
-fn quote(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| String::from("null"))
-}
-
 /// The channels layer's handler.
 pub(crate) struct ChannelsHandler {
     pub(crate) mounts: Vec<Mount>,
     pub(crate) max_channels: usize,
     pub(crate) counters: Arc<ChannelCounters>,
+}
+
+/// How a channel callback ended.
+#[derive(Debug)]
+enum Ran {
+    /// A join callback returned its result.
+    Joined(super::JoinResult),
+    /// Another callback returned.
+    Done,
+    /// It panicked (or could not run: no such route, assigns taken).
+    Failed,
 }
 
 impl ChannelsHandler {
@@ -111,12 +86,16 @@ impl ChannelsHandler {
         &self,
         conn: &mut Conn<'_, ChannelConn>,
         join: &JoinInfo,
-        msg_ref: Option<&str>,
+        msg_ref: Option<Ref<'_>>,
         call: Call<'_>,
-    ) -> Option<Option<super::JoinResult>> {
+    ) -> Ran {
         let endpoint = usize::from(conn.state().endpoint);
-        let mount = self.mounts.get(endpoint)?;
-        let mut assigns = conn.state().assigns.take()?;
+        let Some(mount) = self.mounts.get(endpoint) else {
+            return Ran::Failed;
+        };
+        let Some(mut assigns) = conn.state().assigns.take() else {
+            return Ran::Failed;
+        };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             mount
                 .endpoint
@@ -124,13 +103,14 @@ impl ChannelsHandler {
         }));
         conn.state().assigns = Some(assigns);
         match outcome {
-            Ok(result) => Some(result),
+            Ok(Some(result)) => Ran::Joined(result),
+            Ok(None) => Ran::Done,
             Err(_) => {
                 tracing::error!(
                     topic = &*join.topic,
                     "a channel callback panicked; closing the channel"
                 );
-                None
+                Ran::Failed
             }
         }
     }
@@ -139,7 +119,7 @@ impl ChannelsHandler {
     /// its subscriptions go.
     fn crash(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo) {
         if join.protocol == WireProtocol::PhoenixV2 {
-            let _ = conn.send_frame(phoenix::error(Ref::stored(&join.join_ref), &join.topic));
+            let _ = conn.send_frame(phoenix::error(join.join_ref(), &join.topic));
         }
         self.forget(conn, &join.topic);
     }
@@ -181,10 +161,7 @@ impl ChannelsHandler {
                 return;
             }
         };
-        let Some(payload) = (match message.payload {
-            phoenix::Payload::Json(payload) => Some(payload),
-            phoenix::Payload::Binary(_) => None,
-        }) else {
+        let phoenix::Payload::Json(payload) = message.payload else {
             return;
         };
         let (join_ref, msg_ref) = (message.join_ref, message.msg_ref);
@@ -199,24 +176,15 @@ impl ChannelsHandler {
                 );
                 let _ = conn.send_frame(frame);
             }
-            (topic, phoenix::JOIN) => {
-                self.join(conn, topic, join_ref.as_json(), Some(msg_ref), payload)
-            }
-            (topic, phoenix::LEAVE) => self.leave(conn, topic, join_ref.as_json(), Some(msg_ref)),
-            (topic, event) => self.message(
-                conn,
-                topic,
-                event,
-                join_ref.as_json(),
-                Some(msg_ref),
-                payload,
-            ),
+            (topic, phoenix::JOIN) => self.join(conn, topic, join_ref, Some(msg_ref), payload),
+            (topic, phoenix::LEAVE) => self.leave(conn, topic, join_ref, Some(msg_ref)),
+            (topic, event) => self.message(conn, topic, event, join_ref, Some(msg_ref), payload),
         }
     }
 
     fn phoenix_reply(
         conn: &mut Conn<'_, ChannelConn>,
-        join_ref: &str,
+        join_ref: Ref<'_>,
         msg_ref: Option<Ref<'_>>,
         topic: &str,
         status: Status,
@@ -226,20 +194,14 @@ impl ChannelsHandler {
             return;
         }
         let msg_ref = msg_ref.unwrap_or(Ref::NULL);
-        let frame = phoenix::reply(
-            Ref::stored(join_ref),
-            msg_ref,
-            topic,
-            status,
-            response.as_raw(),
-        );
+        let frame = phoenix::reply(join_ref, msg_ref, topic, status, response.as_raw());
         let _ = conn.send_frame(frame);
     }
 
     /// The error reply for a topic no route matches, or one not joined.
     fn unmatched(
         conn: &mut Conn<'_, ChannelConn>,
-        join_ref: &str,
+        join_ref: Ref<'_>,
         msg_ref: Option<Ref<'_>>,
         topic: &str,
     ) {
@@ -263,20 +225,15 @@ impl ChannelsHandler {
                 return;
             }
         };
-        let null = RawValue::NULL;
-        let payload = message.payload.unwrap_or(null);
+        let payload = message.payload.unwrap_or(RawValue::NULL);
+        // Amber has no refs.
+        let no_ref = Ref::NULL;
         match message.event {
-            amber::Event::Join => self.join(conn, &message.topic, "null", None, payload),
-            amber::Event::Leave => self.leave(conn, &message.topic, "null", None),
+            amber::Event::Join => self.join(conn, &message.topic, no_ref, None, payload),
+            amber::Event::Leave => self.leave(conn, &message.topic, no_ref, None),
             amber::Event::Message => {
-                self.message(
-                    conn,
-                    &message.topic,
-                    &message.subject,
-                    "null",
-                    None,
-                    payload,
-                );
+                let subject = &message.subject;
+                self.message(conn, &message.topic, subject, no_ref, None, payload);
             }
         }
     }
@@ -287,7 +244,7 @@ impl ChannelsHandler {
         &self,
         conn: &mut Conn<'_, ChannelConn>,
         topic: &str,
-        join_ref: &str,
+        join_ref: Ref<'_>,
         msg_ref: Option<Ref<'_>>,
         payload: &RawValue,
     ) {
@@ -300,71 +257,63 @@ impl ChannelsHandler {
             return Self::unmatched(conn, join_ref, msg_ref, topic);
         };
         if let Some(old) = Self::joined(conn, topic) {
-            // Phoenix closes the old channel (with the OLD join ref) before
-            // the new join.
-            if protocol == WireProtocol::PhoenixV2 {
-                let _ = conn.send_frame(phoenix::close(Ref::stored(&old.join_ref), topic));
-            }
-            if self
-                .run(conn, &old, None, Call::Leave(LeaveReason::Rejoined))
-                .is_none()
-            {
-                tracing::debug!(topic, "handle_leave panicked on rejoin");
-            }
-            self.forget(conn, topic);
+            self.replace(conn, &old);
         }
         if conn.state().joined.len() >= self.max_channels {
             count(&self.counters.joins_refused);
-            return Self::phoenix_reply(
-                conn,
-                join_ref,
-                msg_ref,
-                topic,
-                Status::Error,
-                &Reply::reason(TOO_MANY_CHANNELS),
-            );
+            let refusal = Reply::reason(TOO_MANY_CHANNELS);
+            return Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Error, &refusal);
         }
         let join = JoinInfo {
             topic: Arc::from(topic),
-            join_ref: Box::from(join_ref),
+            join_ref: OwnedRef::keep(join_ref),
             protocol,
             route,
         };
-        match self.run(conn, &join, None, Call::Join(payload)) {
-            Some(Some(Ok(response))) => {
+        let (status, response) = match self.run(conn, &join, None, Call::Join(payload)) {
+            Ran::Joined(Ok(response)) => {
                 count(&self.counters.joins);
-                let endpoint = conn.state().endpoint;
-                conn.subscribe_with(topic, protocol, Tag::Client.pack(endpoint, route));
+                let kind = SubscriptionKind::Join {
+                    endpoint: conn.state().endpoint,
+                    route,
+                };
+                conn.subscribe_as(topic, Sub { protocol, kind });
                 conn.state().joined.push(join);
-                Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Ok, &response);
+                (Status::Ok, response)
             }
-            Some(Some(Err(response))) => {
+            Ran::Joined(Err(response)) => {
                 count(&self.counters.joins_refused);
-                Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Error, &response);
+                (Status::Error, response)
             }
-            Some(None) | None => {
+            Ran::Done | Ran::Failed => {
                 count(&self.counters.joins_refused);
-                Self::phoenix_reply(
-                    conn,
-                    join_ref,
-                    msg_ref,
-                    topic,
-                    Status::Error,
-                    &Reply::reason("join crashed"),
-                );
+                (Status::Error, Reply::reason("join crashed"))
             }
+        };
+        Self::phoenix_reply(conn, join_ref, msg_ref, topic, status, &response);
+    }
+
+    /// A second join of a joined topic: Phoenix closes the old channel (with
+    /// the OLD join ref) before the new join.
+    fn replace(&self, conn: &mut Conn<'_, ChannelConn>, old: &JoinInfo) {
+        if old.protocol == WireProtocol::PhoenixV2 {
+            let _ = conn.send_frame(phoenix::close(old.join_ref(), &old.topic));
         }
+        if let Ran::Failed = self.run(conn, old, None, Call::Leave(LeaveReason::Rejoined)) {
+            tracing::debug!(topic = &*old.topic, "handle_leave panicked on rejoin");
+        }
+        self.forget(conn, &old.topic);
     }
 
     fn leave(
         &self,
         conn: &mut Conn<'_, ChannelConn>,
         topic: &str,
-        join_ref: &str,
+        join_ref: Ref<'_>,
         msg_ref: Option<Ref<'_>>,
     ) {
         if let Some(join) = Self::joined(conn, topic) {
-            if join.protocol == WireProtocol::PhoenixV2 && *join.join_ref != *join_ref {
+            if join.protocol == WireProtocol::PhoenixV2 && join.join_ref() != join_ref {
                 // A leave for an older join of this topic: Phoenix ignores
                 // messages whose join ref is stale.
                 return;
@@ -380,28 +329,85 @@ impl ChannelsHandler {
         conn: &mut Conn<'_, ChannelConn>,
         topic: &str,
         event: &str,
-        join_ref: &str,
+        join_ref: Ref<'_>,
         msg_ref: Option<Ref<'_>>,
         payload: &RawValue,
     ) {
         let Some(join) = Self::joined(conn, topic) else {
             return Self::unmatched(conn, join_ref, msg_ref, topic);
         };
-        if join.protocol == WireProtocol::PhoenixV2 && *join.join_ref != *join_ref {
+        if join.protocol == WireProtocol::PhoenixV2 && join.join_ref() != join_ref {
             return;
         }
         count(&self.counters.client_messages);
-        let msg_ref = msg_ref.filter(|r| !r.is_null()).map(|r| r.as_json());
-        if self
-            .run(conn, &join, msg_ref, Call::Message(event, payload))
-            .is_none()
+        let msg_ref = msg_ref.filter(|r| !r.is_null());
+        if let Ran::Failed = self.run(conn, &join, msg_ref, Call::Message(event, payload)) {
+            self.crash(conn, &join);
+        }
+    }
+
+    /// A binary V2 push from a Phoenix client.
+    fn binary(&self, conn: &mut Conn<'_, ChannelConn>, data: &[u8]) {
+        let push = match phoenix::decode_binary(data) {
+            Ok(push) => push,
+            Err(err) => {
+                tracing::debug!(%err, "dropped a malformed binary message");
+                return;
+            }
+        };
+        // Binary frames carry refs bare; replies write them as JSON.
+        let join_ref = OwnedRef::from_value(push.join_ref);
+        let msg_ref = (!push.msg_ref.is_empty()).then(|| OwnedRef::from_value(push.msg_ref));
+        let msg_ref = msg_ref.as_ref().map(OwnedRef::get);
+        let Some(join) = Self::joined(conn, push.topic) else {
+            return Self::unmatched(conn, join_ref.get(), msg_ref, push.topic);
+        };
+        if join.join_ref() != join_ref.get() {
+            return;
+        }
+        if let Ran::Failed = self.run(conn, &join, msg_ref, Call::Binary(push.event, push.data)) {
+            self.crash(conn, &join);
+        }
+    }
+
+    /// A broadcast this channel intercepts, or one of its server-side
+    /// subscriptions.
+    fn channel_broadcast(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        kind: SubscriptionKind,
+        broadcast: &Broadcast,
+    ) {
+        let (owner, call) = match kind {
+            SubscriptionKind::Join { .. } => {
+                let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
+                    return;
+                };
+                (Arc::from(broadcast.topic()), Call::Out(event, payload))
+            }
+            SubscriptionKind::Server => {
+                let owner = conn
+                    .state()
+                    .infos
+                    .iter()
+                    .find(|(info, _)| &**info == broadcast.topic())
+                    .map(|(_, owner)| Arc::clone(owner));
+                let Some(owner) = owner else {
+                    return;
+                };
+                (owner, Call::Info(broadcast))
+            }
+            SubscriptionKind::Plain => return,
+        };
+        if let Some(join) = Self::joined(conn, &owner)
+            && let Ran::Failed = self.run(conn, &join, None, call)
         {
             self.crash(conn, &join);
         }
     }
 }
 
-impl Handler for ChannelsHandler {
+impl Service for ChannelsHandler {
     type State = ChannelConn;
 
     fn on_connect(&self, request: &Request) -> Result<Accept<ChannelConn>, Reject> {
@@ -426,7 +432,7 @@ impl Handler for ChannelsHandler {
             assigns: Some(assigns),
             joined: Vec::new(),
             infos: Vec::new(),
-            socket_id: socket_id.map(Arc::from),
+            socket_id: socket_id.map(String::into_boxed_str),
         };
         let accept = Accept::new(state);
         // Token auth travels in Sec-WebSocket-Protocol; a server that reads
@@ -439,9 +445,8 @@ impl Handler for ChannelsHandler {
     }
 
     fn on_open(&self, conn: &mut Conn<'_, ChannelConn>) {
-        if let Some(id) = conn.state().socket_id.clone() {
-            let topic = format!("{SOCKET_ID_PREFIX}{id}");
-            conn.subscribe_with(&topic, WireProtocol::Raw, Tag::SocketId.pack(0, 0));
+        if let Some(id) = conn.state().socket_id.take() {
+            conn.set_id(&id);
         }
     }
 
@@ -453,39 +458,16 @@ impl Handler for ChannelsHandler {
     }
 
     fn on_binary(&self, conn: &mut Conn<'_, ChannelConn>, data: Bytes) {
-        if conn.state().protocol != WireProtocol::PhoenixV2 {
+        if conn.state().protocol == WireProtocol::PhoenixV2 {
+            self.binary(conn, &data);
+        } else {
             tracing::debug!("dropped a binary message on an Amber socket");
-            return;
-        }
-        let push = match phoenix::decode_binary(&data) {
-            Ok(push) => push,
-            Err(err) => {
-                tracing::debug!(%err, "dropped a malformed binary message");
-                return;
-            }
-        };
-        // Stored refs are JSON text; binary frames carry them bare.
-        let join_ref = quote(push.join_ref);
-        let msg_ref = (!push.msg_ref.is_empty()).then(|| quote(push.msg_ref));
-        let Some(join) = Self::joined(conn, push.topic) else {
-            let msg_ref = msg_ref.as_deref().map(Ref::stored);
-            return Self::unmatched(conn, &join_ref, msg_ref, push.topic);
-        };
-        if *join.join_ref != *join_ref {
-            return;
-        }
-        if self
-            .run(
-                conn,
-                &join,
-                msg_ref.as_deref(),
-                Call::Binary(push.event, push.data),
-            )
-            .is_none()
-        {
-            self.crash(conn, &join);
         }
     }
+
+    fn on_ping(&self, _: &mut Conn<'_, ChannelConn>, _: Bytes) {}
+
+    fn on_pong(&self, _: &mut Conn<'_, ChannelConn>, _: Bytes) {}
 
     fn on_heartbeat(&self, conn: &mut Conn<'_, ChannelConn>) {
         // amber.js treats the text `ping` as liveness and reconnects after
@@ -502,9 +484,9 @@ impl Handler for ChannelsHandler {
         }
     }
 
-    fn delivery(&self, tag: u32, broadcast: &Broadcast) -> Delivery {
-        match Tag::unpack(tag) {
-            Some((Tag::Client, endpoint, route)) => {
+    fn delivery(&self, kind: SubscriptionKind, broadcast: &Broadcast) -> Delivery {
+        match kind {
+            SubscriptionKind::Join { endpoint, route } => {
                 let intercepted = broadcast.event().is_some_and(|event| {
                     self.mounts
                         .get(usize::from(endpoint))
@@ -516,40 +498,17 @@ impl Handler for ChannelsHandler {
                     Delivery::Frame
                 }
             }
-            Some((Tag::Info | Tag::SocketId, _, _)) => Delivery::Callback,
-            None => Delivery::Frame,
+            SubscriptionKind::Server => Delivery::Callback,
+            SubscriptionKind::Plain => Delivery::Frame,
         }
     }
 
-    fn on_broadcast(&self, conn: &mut Conn<'_, ChannelConn>, tag: u32, broadcast: &Broadcast) {
-        match Tag::unpack(tag) {
-            Some((Tag::SocketId, _, _)) => conn.close(CloseCode::GOING_AWAY, "disconnected"),
-            Some((Tag::Client, _, _)) => {
-                let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
-                    return;
-                };
-                if let Some(join) = Self::joined(conn, broadcast.topic())
-                    && self
-                        .run(conn, &join, None, Call::Out(event, payload))
-                        .is_none()
-                {
-                    self.crash(conn, &join);
-                }
-            }
-            Some((Tag::Info, _, _)) => {
-                let owner = conn
-                    .state()
-                    .infos
-                    .iter()
-                    .find(|(info, _)| &**info == broadcast.topic())
-                    .map(|(_, owner)| Arc::clone(owner));
-                if let Some(join) = owner.and_then(|owner| Self::joined(conn, &owner))
-                    && self.run(conn, &join, None, Call::Info(broadcast)).is_none()
-                {
-                    self.crash(conn, &join);
-                }
-            }
-            None => {}
-        }
+    fn on_broadcast(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        kind: SubscriptionKind,
+        broadcast: &Broadcast,
+    ) {
+        self.channel_broadcast(conn, kind, broadcast);
     }
 }

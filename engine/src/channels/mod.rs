@@ -79,14 +79,12 @@ mod reply;
 mod stats;
 
 pub use context::ChannelContext;
-#[cfg(any(feature = "redis", feature = "nats"))]
-pub(crate) use context::encode_broadcast;
 pub use engine::{Channels, Endpoint, Engine, EngineHandle, TopicPattern};
 pub use reply::{JoinResult, LeaveReason, Reply};
 use serde_json::value::RawValue;
 pub use stats::ChannelStats;
 
-use crate::{Broadcast, Reject, Request};
+use crate::{broadcast::Broadcast, handshake::Request, reactor::Reject};
 
 /// Authorizes connections to an endpoint and creates their assigns.
 pub trait Socket: Send + Sync + 'static {

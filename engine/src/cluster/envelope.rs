@@ -3,22 +3,24 @@
 //!
 //! ```text
 //! byte 0      version (1)
-//! byte 1      kind: 1 = channel message, 2 = encoded frames
+//! byte 1      kind: 1 = channel message, 2 = encoded frames, 3 = disconnect
 //! bytes 2-9   origin node id, little-endian u64
-//! u16 LE      topic length, then the topic (UTF-8)
+//! u16 LE      topic length, then the topic (UTF-8); for kind 3, the
+//!             name of the connections to close
 //! kind 1:     u16 LE event length, the event, then the payload (JSON) to the end
 //! kind 2:     u8 frame count, then per frame: u8 protocol index, u32 LE length, the frame
+//! kind 3:     nothing more
 //! ```
 //!
 //! A channel message carries the event and raw JSON payload, not frames: the
 //! receiving node encodes the frame once per protocol its own subscribers
 //! speak. Frames travel as they are only for what has no channel message
-//! (plain publishes, binary broadcasts, disconnect signals).
+//! (plain publishes, binary broadcasts).
 //!
 //! Decoding trusts nothing: every length is checked against what is left,
 //! the payload must be JSON, and a frame must be one complete, unmasked,
-//! final WebSocket frame (or empty: an internal signal), so a broker cannot
-//! make a node send a client bytes that break its stream.
+//! final WebSocket frame, so a broker cannot make a node send a client
+//! bytes that break its stream.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
@@ -30,6 +32,7 @@ pub const VERSION: u8 = 1;
 
 const KIND_CHANNEL: u8 = 1;
 const KIND_FRAMES: u8 = 2;
+const KIND_DISCONNECT: u8 = 3;
 const FIXED_HEADER: usize = 1 + 1 + 8 + 2;
 
 /// A node's identity on the bus: random per process start.
@@ -47,6 +50,8 @@ pub enum Content {
     },
     /// Frames already encoded, per protocol.
     Frames(Vec<(WireProtocol, Bytes)>),
+    /// Close the connections named by the envelope's topic field.
+    Disconnect,
 }
 
 impl PartialEq for Content {
@@ -60,6 +65,7 @@ impl PartialEq for Content {
                 },
             ) => event == other_event && payload.get() == other_payload.get(),
             (Self::Frames(frames), Self::Frames(other)) => frames == other,
+            (Self::Disconnect, Self::Disconnect) => true,
             _ => false,
         }
     }
@@ -136,6 +142,7 @@ impl Envelope {
                     .iter()
                     .map(|(protocol, frame)| (*protocol, &frame[..])),
             ),
+            Content::Disconnect => encode_disconnect(self.origin, &self.topic),
         }
     }
 
@@ -173,6 +180,8 @@ impl Envelope {
                 }
                 Content::Frames(frames)
             }
+            KIND_DISCONNECT if reader.rest.is_empty() => Content::Disconnect,
+            KIND_DISCONNECT => return Err(EnvelopeError::Truncated),
             other => return Err(EnvelopeError::Kind(other)),
         };
         Ok(Self {
@@ -219,6 +228,11 @@ pub(crate) fn encode_frames<'a>(
     Ok(out.freeze())
 }
 
+/// Writes a disconnect envelope: close the connections named `name`.
+pub(crate) fn encode_disconnect(origin: NodeId, name: &str) -> Result<Bytes, EnvelopeError> {
+    Ok(header(KIND_DISCONNECT, origin, name, 0)?.freeze())
+}
+
 /// The fields every envelope starts with, in a buffer with room for `rest`.
 fn header(kind: u8, origin: NodeId, topic: &str, rest: usize) -> Result<BytesMut, EnvelopeError> {
     let mut out = BytesMut::with_capacity(FIXED_HEADER + topic.len() + rest);
@@ -236,12 +250,9 @@ fn put_short_str(out: &mut BytesMut, text: &str) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
-/// A frame a node may queue to its clients: empty (a signal), or exactly
-/// one unmasked, final frame.
+/// A frame a node may queue to its clients: exactly one unmasked, final
+/// frame.
 fn check_frame(frame: &[u8]) -> Result<(), EnvelopeError> {
-    if frame.is_empty() {
-        return Ok(());
-    }
     match FrameHeader::parse(frame) {
         Ok(Some((header, header_len)))
             if header.fin
@@ -312,18 +323,38 @@ mod tests {
     }
 
     #[test]
-    fn frames_round_trip_including_empty_signals() {
+    fn frames_and_disconnects_round_trip() {
         let envelope = Envelope {
             origin: 9,
             topic: "ticker".into(),
             content: Content::Frames(vec![
                 (WireProtocol::Raw, text_frame("42")),
                 (WireProtocol::PhoenixV2, binary_frame(&[0; 300])),
-                (WireProtocol::Raw, Bytes::new()),
             ]),
         };
         let bytes = envelope.encode().unwrap();
         assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+        let disconnect = Envelope {
+            origin: 9,
+            topic: "user_socket:42".into(),
+            content: Content::Disconnect,
+        };
+        let bytes = disconnect.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), disconnect);
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(Envelope::decode(&longer), Err(EnvelopeError::Truncated));
+    }
+
+    #[test]
+    fn empty_frames_are_refused() {
+        let envelope = Envelope {
+            origin: 1,
+            topic: "t".into(),
+            content: Content::Frames(vec![(WireProtocol::Raw, Bytes::new())]),
+        };
+        let bytes = envelope.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes), Err(EnvelopeError::Frame));
     }
 
     #[test]

@@ -9,20 +9,24 @@
 //! re-reads the registry and subscribes or unsubscribes. Bus traffic scales
 //! with interest, not with the number of topics in the cluster.
 //!
-//! Every broadcast made on a node (from a channel, from an
-//! [`EngineHandle`](crate::channels::EngineHandle), from the server's
-//! publish API) is delivered to the local loops as before and also handed,
-//! without blocking, to the bus thread, which publishes it in an
-//! [`Envelope`] carrying the origin node's id. A node ignores envelopes
+//! The bus attaches to a server from above ([`Cluster::attach`]): the event
+//! loops see it only as a relay that they hand what this node publishes
+//! to, and know nothing of brokers. Every broadcast made on a node (from a
+//! channel, from an [`EngineHandle`](crate::channels::EngineHandle), from
+//! the server's publish API) is delivered to the local loops as before and
+//! also handed, without blocking, to the bus thread, which publishes it in
+//! an [`Envelope`] carrying the origin node's id. A node ignores envelopes
 //! from itself, so nobody receives a message twice; `broadcast_from`'s
 //! excluded sender lives on the origin node, where the exclusion applies as
 //! usual. A receiving node encodes a channel message's frame once per
 //! protocol its own subscribers speak, and fans it out like a local
-//! broadcast.
+//! broadcast. A disconnect by name goes on a control channel that every
+//! node listens to.
 //!
 //! # Failure
 //!
-//! The bus runs on its own thread (a single-threaded tokio runtime), so a
+//! The bus runs on its own thread (a single-threaded tokio runtime, started
+//! in `runtime.rs`, the one place the cluster starts threads), so a
 //! slow or absent broker never stalls a loop: local traffic goes on. Hand-
 //! offs beyond a bounded queue, and publishes made while the broker is
 //! unreachable, are dropped and counted ([`ClusterStats`]) and logged once
@@ -39,11 +43,96 @@ mod redis;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod runtime;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 pub use envelope::{Content, Envelope, EnvelopeError, NodeId, VERSION};
-#[cfg(any(feature = "redis", feature = "nats"))]
-pub(crate) use runtime::{Bus, BusReceiver, spawn};
+
+use crate::{
+    metrics::counters,
+    reactor::{Relay, ServerBuilder},
+};
+
+/// This node's link to the others: attach it to a server's builder, keep it
+/// to read the bus's counters. `Clone + Send + Sync`.
+///
+/// With [`Broker::Memory`] it attaches nothing: a single node pays nothing
+/// for the bus.
+///
+/// # Examples
+///
+/// ```no_run
+/// use herald::{Accept, Handler, Reject, Request, Server, cluster::{Broker, Cluster}};
+///
+/// struct Anyone;
+///
+/// impl Handler for Anyone {
+///     type State = ();
+///
+///     fn on_connect(&self, _: &Request) -> Result<Accept<()>, Reject> {
+///         Ok(Accept::new(()))
+///     }
+/// }
+///
+/// let cluster = Cluster::new(Broker::Redis { url: "redis://127.0.0.1:6379/".into() });
+/// let builder = cluster.attach(Server::builder().bind("0.0.0.0:4000".parse()?));
+/// let server = builder.start(Anyone)?;
+/// // Reaches the subscribers of every node.
+/// server.handle().publish("ticker", herald::wire::text_frame("42"));
+/// println!("published to other nodes: {}", cluster.stats().unwrap().publishes);
+/// server.join();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    broker: Broker,
+    /// The bus, as the server sees it; none for a single node.
+    relay: Option<Arc<dyn Relay>>,
+    counters: Option<Arc<BusCounters>>,
+}
+
+impl Cluster {
+    /// A link through `broker`; nothing connects until a server it is
+    /// attached to starts.
+    pub fn new(broker: Broker) -> Self {
+        match broker {
+            Broker::Memory => Self {
+                broker,
+                relay: None,
+                counters: None,
+            },
+            #[cfg(any(feature = "redis", feature = "nats"))]
+            #[allow(unreachable_patterns)]
+            _ => {
+                let bus = runtime::Bus::new(broker.clone());
+                Self {
+                    broker,
+                    counters: Some(bus.counters()),
+                    relay: Some(Arc::new(bus)),
+                }
+            }
+        }
+    }
+
+    /// `builder`, joined to the other nodes: what its server broadcasts
+    /// reaches them, and what they broadcast reaches its subscribers. A
+    /// `Cluster` serves one server.
+    pub fn attach(&self, builder: ServerBuilder) -> ServerBuilder {
+        match &self.relay {
+            Some(relay) => builder.relay(Arc::clone(relay)),
+            None => builder,
+        }
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The bus's counters; `None` for a single node.
+    pub fn stats(&self) -> Option<ClusterStats> {
+        self.counters.as_deref().map(BusCounters::snapshot)
+    }
+}
 
 /// Which broker joins this node to the others.
 ///
@@ -87,65 +176,33 @@ impl Broker {
     }
 }
 
-macro_rules! bus_counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
-        /// The live counters, shared by the loops and the bus thread.
-        #[derive(Debug, Default)]
-        #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-        pub(crate) struct BusCounters {
-            $( pub(crate) $name: AtomicU64, )*
-        }
-
-        /// A snapshot of the cluster bus's counters.
-        ///
-        /// # Examples
-        ///
-        /// ```
-        /// let stats = herald::cluster::ClusterStats::default();
-        /// assert_eq!(stats.publishes_dropped, 0);
-        /// ```
-        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        #[non_exhaustive]
-        pub struct ClusterStats {
-            $( $(#[$doc])* pub $name: u64, )*
-        }
-
-        #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-        impl BusCounters {
-            pub(crate) fn snapshot(&self) -> ClusterStats {
-                ClusterStats { $( $name: self.$name.load(Relaxed), )* }
-            }
-        }
-    };
-}
-
-bus_counters! {
-    /// 1 while connected to the broker, else 0.
-    connected,
-    /// Times the connection was re-established after a loss.
-    reconnects,
-    /// Envelopes published to the broker.
-    publishes,
-    /// Broadcasts that could not be published: the hand-off queue was full
-    /// or the broker was unreachable.
-    publishes_dropped,
-    /// Envelopes received from other nodes and delivered locally.
-    received,
-    /// Envelopes of this node's own that came back, ignored.
-    received_own,
-    /// Envelopes that could not be decoded (counted and dropped).
-    decode_errors,
+counters! {
+    /// The live counters, shared by the loops and the bus thread.
+    live BusCounters {}
+    /// A snapshot of the cluster bus's counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let stats = herald::cluster::ClusterStats::default();
+    /// assert_eq!(stats.publishes_dropped, 0);
+    /// ```
+    snapshot ClusterStats;
+    /// 1 while connected to the cluster broker, else 0.
+    connected: Gauge "bus_connected",
+    /// Broker connections re-established after a loss.
+    reconnects: Counter "bus_reconnects_total",
+    /// Broadcasts published to the broker for other nodes.
+    publishes: Counter "bus_publishes_total",
+    /// Broadcasts not published: the hand-off queue was full or the broker
+    /// was unreachable.
+    publishes_dropped: Counter "bus_publishes_dropped_total",
+    /// Broadcasts received from other nodes and delivered here.
+    received: Counter "bus_received_total",
+    /// Broadcasts of this node's own that came back, ignored.
+    received_own: Counter "bus_received_own_total",
+    /// Broker messages that were not valid envelopes (dropped).
+    decode_errors: Counter "bus_decode_errors_total",
     /// Topics subscribed on the broker now.
-    subscriptions,
-}
-
-#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-impl BusCounters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
-    }
-
-    pub(crate) fn set(counter: &AtomicU64, value: u64) {
-        counter.store(value, Relaxed);
-    }
+    subscriptions: Gauge "bus_subscriptions",
 }

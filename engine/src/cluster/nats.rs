@@ -27,14 +27,17 @@ use tokio::task::JoinHandle;
 
 use super::{
     BusCounters,
-    runtime::{Backoff, BusReceiver, Inbound, Outgoing, stopped, wait_dropping},
+    runtime::{Backoff, BusReceiver, Inbound, Outgoing, Subject, stopped, wait_dropping},
 };
+use crate::metrics::{add, set};
 
 /// The longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A subject no one subscribes to, for round trips through the server.
 const BARRIER_SUBJECT: &str = "_HERALD.barrier";
+/// The subject every node listens to (outside the topics' namespace).
+const CONTROL_SUBJECT: &str = "herald-control";
 
 /// The most envelopes taken from the queue at once.
 const MAX_BATCH: usize = 512;
@@ -67,17 +70,21 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
             }
         }
     };
-    BusCounters::set(&counters.connected, 1);
+    set(&counters.connected, 1);
     tracing::info!(%url, "cluster bus connected to NATS");
     let mut bus = NatsBus {
         client,
         subscriptions: HashMap::new(),
+        control: None,
         inbound: &inbound,
         counters: &counters,
         outage_drops: 0,
     };
     bus.serve(&mut receiver).await;
     for (_, task) in bus.subscriptions.drain() {
+        task.abort();
+    }
+    if let Some(task) = bus.control.take() {
         task.abort();
     }
 }
@@ -96,16 +103,16 @@ fn options(counters: Arc<BusCounters>) -> ConnectOptions {
             async move {
                 match event {
                     Event::Connected => {
-                        BusCounters::set(&counters.connected, 1);
+                        set(&counters.connected, 1);
                         if ever_connected.swap(true, Relaxed) {
-                            BusCounters::add(&counters.reconnects, 1);
+                            add(&counters.reconnects, 1);
                             tracing::info!(
                                 "cluster bus reconnected to NATS; subscriptions restored"
                             );
                         }
                     }
                     Event::Disconnected => {
-                        BusCounters::set(&counters.connected, 0);
+                        set(&counters.connected, 0);
                         tracing::warn!(
                             "lost the NATS connection; reconnecting, local traffic continues"
                         );
@@ -120,6 +127,8 @@ struct NatsBus<'a> {
     client: async_nats::Client,
     /// The forwarding task of each subscribed topic.
     subscriptions: HashMap<Box<str>, JoinHandle<()>>,
+    /// The forwarding task of the control subject.
+    control: Option<JoinHandle<()>>,
     inbound: &'a Inbound,
     counters: &'a BusCounters,
     /// Publishes dropped since the connection was lost (logged once).
@@ -128,7 +137,11 @@ struct NatsBus<'a> {
 
 impl NatsBus<'_> {
     async fn serve(&mut self, receiver: &mut BusReceiver) {
-        for topic in self.inbound.registry().topics() {
+        match self.forward_subject(CONTROL_SUBJECT.to_owned()).await {
+            Ok(task) => self.control = Some(task),
+            Err(err) => tracing::warn!(%err, "NATS subscribe to the control subject failed"),
+        }
+        for topic in self.inbound.local_topics() {
             self.settle(&topic).await;
         }
         let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
@@ -150,18 +163,11 @@ impl NatsBus<'_> {
     /// Subscribes to `topic` if this node has subscribers of it and is not
     /// subscribed yet; unsubscribes if it has none left.
     async fn settle(&mut self, topic: &str) {
-        let wanted = self.inbound.registry().lookup(topic).is_some();
+        let wanted = self.inbound.has_local_interest(topic);
         if wanted && !self.subscriptions.contains_key(topic) {
-            match self.client.subscribe(subject(topic)).await {
-                Ok(mut subscriber) => {
-                    let inbound = self.inbound.clone();
-                    let task = tokio::spawn(async move {
-                        while let Some(message) = subscriber.next().await {
-                            inbound.deliver(&message.payload);
-                        }
-                    });
+            match self.forward_subject(topic_subject(topic)).await {
+                Ok(task) => {
                     self.subscriptions.insert(Box::from(topic), task);
-                    self.server_round_trip().await;
                 }
                 Err(err) => tracing::warn!(topic, %err, "NATS subscribe failed"),
             }
@@ -169,10 +175,27 @@ impl NatsBus<'_> {
             // Dropping the subscriber inside the task unsubscribes.
             task.abort();
         }
-        BusCounters::set(
+        set(
             &self.counters.subscriptions,
             self.subscriptions.len() as u64,
         );
+    }
+
+    /// Subscribes to `subject` and forwards its messages to this node,
+    /// from a task of their own; live at the server once this returns.
+    async fn forward_subject(
+        &self,
+        subject: String,
+    ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
+        let mut subscriber = self.client.subscribe(subject).await?;
+        let inbound = self.inbound.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                inbound.deliver(&message.payload);
+            }
+        });
+        self.server_round_trip().await;
+        Ok(task)
     }
 
     /// Waits until the server has processed everything this connection
@@ -202,7 +225,7 @@ impl NatsBus<'_> {
                 );
             }
             self.outage_drops += count;
-            BusCounters::add(&self.counters.publishes_dropped, count);
+            add(&self.counters.publishes_dropped, count);
             batch.clear();
             return;
         }
@@ -213,11 +236,15 @@ impl NatsBus<'_> {
             );
             self.outage_drops = 0;
         }
-        for (topic, envelope) in batch.drain(..) {
-            match self.client.publish(subject(&topic), envelope).await {
-                Ok(()) => BusCounters::add(&self.counters.publishes, 1),
+        for (subject, envelope) in batch.drain(..) {
+            let subject = match subject {
+                Subject::Topic(topic) => topic_subject(&topic),
+                Subject::Control => CONTROL_SUBJECT.to_owned(),
+            };
+            match self.client.publish(subject, envelope).await {
+                Ok(()) => add(&self.counters.publishes, 1),
                 Err(err) => {
-                    BusCounters::add(&self.counters.publishes_dropped, 1);
+                    add(&self.counters.publishes_dropped, 1);
                     tracing::debug!(%err, "NATS publish failed");
                 }
             }
@@ -226,7 +253,7 @@ impl NatsBus<'_> {
 }
 
 /// The subject of a topic: `herald.` and the topic, escaped to one token.
-fn subject(topic: &str) -> String {
+fn topic_subject(topic: &str) -> String {
     let mut subject = String::with_capacity(7 + topic.len());
     subject.push_str("herald.");
     for byte in topic.bytes() {
@@ -242,13 +269,13 @@ fn subject(topic: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::subject;
+    use super::topic_subject;
 
     #[test]
     fn every_topic_is_one_literal_subject_token() {
-        assert_eq!(subject("room:lobby"), "herald.room:lobby");
-        assert_eq!(subject("a.b c*>%"), "herald.a%2Eb%20c%2A%3E%25");
-        assert_eq!(subject("é"), "herald.%C3%A9");
-        assert_ne!(subject("a.b"), subject("a%2Eb"));
+        assert_eq!(topic_subject("room:lobby"), "herald.room:lobby");
+        assert_eq!(topic_subject("a.b c*>%"), "herald.a%2Eb%20c%2A%3E%25");
+        assert_eq!(topic_subject("é"), "herald.%C3%A9");
+        assert_ne!(topic_subject("a.b"), topic_subject("a%2Eb"));
     }
 }

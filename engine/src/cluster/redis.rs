@@ -15,11 +15,14 @@ use redis::{AsyncCommands as _, aio::PubSubSink};
 
 use super::{
     BusCounters,
-    runtime::{Backoff, BusReceiver, Inbound, Outgoing, stopped, wait_dropping},
+    runtime::{Backoff, BusReceiver, Inbound, Outgoing, Subject, stopped, wait_dropping},
 };
+use crate::metrics::{add, set};
 
-/// The prefix of herald's Redis channels.
+/// The prefix of herald's Redis channels of topics.
 const CHANNEL_PREFIX: &str = "herald:";
+/// The channel every node listens to (outside the topics' namespace).
+const CONTROL_CHANNEL: &str = "herald-control";
 
 /// The longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,10 +70,10 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
         };
         backoff.reset();
         if ever_connected {
-            BusCounters::add(&counters.reconnects, 1);
+            add(&counters.reconnects, 1);
         }
         ever_connected = true;
-        BusCounters::set(&counters.connected, 1);
+        set(&counters.connected, 1);
         tracing::info!(%url, "cluster bus connected to Redis");
         let mut session = Session {
             sink,
@@ -80,8 +83,8 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
             counters: &counters,
         };
         let ended = session.serve(&mut receiver, stream).await;
-        BusCounters::set(&counters.connected, 0);
-        BusCounters::set(&counters.subscriptions, 0);
+        set(&counters.connected, 0);
+        set(&counters.subscriptions, 0);
         match ended {
             Ended::Stopped => return,
             Ended::Lost(err) => {
@@ -121,7 +124,10 @@ impl Session<'_> {
         // Whatever gained or lost interest while disconnected is settled by
         // subscribing to the registry's topics as they are now.
         while receiver.interest.try_recv().is_ok() {}
-        for topic in self.inbound.registry().topics() {
+        if let Err(err) = self.sink.subscribe(CONTROL_CHANNEL).await {
+            return Ended::Lost(err.to_string());
+        }
+        for topic in self.inbound.local_topics() {
             if let Err(err) = self.settle(&topic).await {
                 return Ended::Lost(err.to_string());
             }
@@ -155,16 +161,16 @@ impl Session<'_> {
     /// Subscribes to `topic` if this node has subscribers of it and is not
     /// subscribed yet; unsubscribes if it has none left.
     async fn settle(&mut self, topic: &str) -> redis::RedisResult<()> {
-        let wanted = self.inbound.registry().lookup(topic).is_some();
+        let wanted = self.inbound.has_local_interest(topic);
         let subscribed = self.subscribed.contains(topic);
         if wanted && !subscribed {
-            self.sink.subscribe(channel(topic)).await?;
+            self.sink.subscribe(topic_channel(topic)).await?;
             self.subscribed.insert(Box::from(topic));
         } else if !wanted && subscribed {
-            self.sink.unsubscribe(channel(topic)).await?;
+            self.sink.unsubscribe(topic_channel(topic)).await?;
             self.subscribed.remove(topic);
         }
-        BusCounters::set(&self.counters.subscriptions, self.subscribed.len() as u64);
+        set(&self.counters.subscriptions, self.subscribed.len() as u64);
         Ok(())
     }
 
@@ -173,25 +179,25 @@ impl Session<'_> {
     async fn publish(&mut self, batch: &mut Vec<Outgoing>) -> redis::RedisResult<()> {
         let count = batch.len() as u64;
         let result = if batch.len() == 1 {
-            let (topic, envelope) = &batch[0];
+            let (subject, envelope) = &batch[0];
             self.publisher
-                .publish::<_, _, ()>(channel(topic), envelope.as_ref())
+                .publish::<_, _, ()>(channel(subject), envelope.as_ref())
                 .await
         } else {
             let mut pipe = redis::pipe();
-            for (topic, envelope) in batch.iter() {
-                pipe.publish(channel(topic), envelope.as_ref()).ignore();
+            for (subject, envelope) in batch.iter() {
+                pipe.publish(channel(subject), envelope.as_ref()).ignore();
             }
             pipe.query_async::<()>(&mut self.publisher).await
         };
         batch.clear();
         match result {
             Ok(()) => {
-                BusCounters::add(&self.counters.publishes, count);
+                add(&self.counters.publishes, count);
                 Ok(())
             }
             Err(err) => {
-                BusCounters::add(&self.counters.publishes_dropped, count);
+                add(&self.counters.publishes_dropped, count);
                 tracing::warn!(%err, dropped = count, "publishing to Redis failed");
                 Err(err)
             }
@@ -200,6 +206,14 @@ impl Session<'_> {
 }
 
 /// The Redis channel of a topic.
-fn channel(topic: &str) -> String {
+fn topic_channel(topic: &str) -> String {
     format!("{CHANNEL_PREFIX}{topic}")
+}
+
+/// The Redis channel an envelope is published on.
+fn channel(subject: &Subject) -> String {
+    match subject {
+        Subject::Topic(topic) => topic_channel(topic),
+        Subject::Control => CONTROL_CHANNEL.to_owned(),
+    }
 }

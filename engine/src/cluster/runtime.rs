@@ -1,39 +1,63 @@
-//! The bus's two sides: the [`Bus`] handle the loops and handles publish
-//! through (never blocking), and the bus thread that owns the broker
-//! connection and delivers what other nodes publish.
+//! The bus's two sides, and the one place where the cluster starts a
+//! thread and an async runtime.
+//!
+//! - [`Bus`] is the [`Relay`] the server's loops and handles publish
+//!   through: it encodes an envelope and hands it to the bus thread without
+//!   ever blocking (a full queue drops and counts).
+//! - The bus thread, `herald-bus`, started by the server once its loops
+//!   run ([`Relay::start`]), runs a single-threaded tokio runtime that owns
+//!   the broker connection: it publishes what the loops handed over,
+//!   follows local interest with broker subscriptions, and delivers what
+//!   other nodes publish to this node's loops ([`Inbound`]).
 
-use std::{io, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{
+    io,
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BusCounters, ClusterStats, Content, Envelope, NodeId,
-    envelope::{encode_channel, encode_frames},
+    Broker, BusCounters, Content, Envelope, NodeId,
+    envelope::{encode_channel, encode_disconnect, encode_frames},
 };
 use crate::{
-    Broadcast, ServerHandle,
-    channels::encode_broadcast,
+    broadcast::Broadcast,
+    metrics::add,
     protocol::WireProtocol,
-    pubsub::{InterestHook, TopicRegistry},
+    reactor::{Relay, ServerHandle},
 };
 
 /// Envelopes waiting for the bus thread; past this, publishes are dropped
 /// and counted rather than held.
 const PUBLISH_QUEUE: usize = 65_536;
 
-/// One envelope to publish: the topic (the broker channel is derived from
-/// it) and the encoded envelope.
-pub(crate) type Outgoing = (Arc<str>, Bytes);
+/// Where an envelope is published.
+#[derive(Debug, Clone)]
+pub(crate) enum Subject {
+    /// A topic's channel: the nodes with subscribers of it.
+    Topic(Arc<str>),
+    /// The control channel every node listens to (disconnects by name).
+    Control,
+}
+
+/// One envelope to publish, and where.
+pub(crate) type Outgoing = (Subject, Bytes);
 
 /// The publishing side of the bus: cheap to share, never blocks.
 #[derive(Debug)]
 pub(crate) struct Bus {
+    broker: Broker,
     node: NodeId,
     publishes: mpsc::Sender<Outgoing>,
     interest: mpsc::UnboundedSender<Box<str>>,
     stop: watch::Sender<bool>,
     counters: Arc<BusCounters>,
+    /// The bus thread's side, until the server starts it.
+    receiver: Mutex<Option<BusReceiver>>,
 }
 
 /// What the bus thread receives from the [`Bus`].
@@ -58,80 +82,101 @@ impl BusReceiver {
         while self.publishes.try_recv().is_ok() {
             dropped += 1;
         }
-        BusCounters::add(&counters.publishes_dropped, dropped);
+        add(&counters.publishes_dropped, dropped);
         dropped
     }
 }
 
 impl Bus {
-    /// A bus for a node, and the receiving side for its thread.
-    pub(crate) fn new() -> (Arc<Self>, BusReceiver) {
+    /// A bus joining this node to others through `broker`; its thread
+    /// starts with the server.
+    pub(crate) fn new(broker: Broker) -> Self {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let bus = Arc::new(Self {
-            node: new_node_id(),
-            publishes: publish_tx,
-            interest: interest_tx,
-            stop: stop_tx,
-            counters: Arc::default(),
-        });
         let receiver = BusReceiver {
             publishes: publish_rx,
             interest: interest_rx,
             stop: stop_rx,
         };
-        (bus, receiver)
+        Self {
+            broker,
+            node: new_node_id(),
+            publishes: publish_tx,
+            interest: interest_tx,
+            stop: stop_tx,
+            counters: Arc::default(),
+            receiver: Mutex::new(Some(receiver)),
+        }
     }
 
-    /// The registry hook that tells the bus thread about interest changes.
-    pub(crate) fn interest_hook(&self) -> InterestHook {
-        let interest = self.interest.clone();
-        // A closed channel means the bus thread has stopped: nothing to do.
-        Box::new(move |topic| {
-            let _ = interest.send(Box::from(topic));
-        })
+    /// The bus's counters, shared with its thread.
+    pub(crate) fn counters(&self) -> Arc<BusCounters> {
+        Arc::clone(&self.counters)
     }
 
-    /// Hands `broadcast` to the bus thread for the other nodes.
-    pub(crate) fn forward(&self, broadcast: &Broadcast) {
+    /// Hands an envelope to the bus thread, or counts it dropped.
+    fn hand_over(&self, subject: Subject, envelope: Result<Bytes, super::EnvelopeError>) {
+        let Ok(bytes) = envelope else {
+            tracing::warn!("message too large for the bus envelope; not sent to other nodes");
+            add(&self.counters.publishes_dropped, 1);
+            return;
+        };
+        if self.publishes.try_send((subject, bytes)).is_err() {
+            add(&self.counters.publishes_dropped, 1);
+        }
+    }
+}
+
+impl Relay for Bus {
+    fn forward(&self, broadcast: &Broadcast) {
         let topic = broadcast.topic();
-        let encoded = match (broadcast.message(), broadcast.is_binary()) {
-            (Some(message), false) => {
-                encode_channel(self.node, topic, &message.event, &message.payload)
+        let envelope = match (broadcast.event(), broadcast.payload()) {
+            (Some(event), Some(payload)) if !broadcast.is_binary() => {
+                encode_channel(self.node, topic, event, payload)
             }
             _ => encode_frames(
                 self.node,
                 topic,
-                (0..WireProtocol::COUNT)
-                    .filter_map(WireProtocol::from_index)
-                    .filter_map(|protocol| broadcast.frame(protocol).map(|f| (protocol, &f[..]))),
+                WireProtocol::ALL.into_iter().filter_map(|protocol| {
+                    let frame = broadcast.frame(protocol)?;
+                    Some((protocol, &frame[..]))
+                }),
             ),
         };
-        let Ok(bytes) = encoded else {
-            tracing::warn!(
-                topic = broadcast.topic(),
-                "broadcast too large for the bus envelope"
-            );
-            BusCounters::add(&self.counters.publishes_dropped, 1);
-            return;
+        self.hand_over(Subject::Topic(Arc::from(topic)), envelope);
+    }
+
+    fn forward_disconnect(&self, name: &str) {
+        self.hand_over(Subject::Control, encode_disconnect(self.node, name));
+    }
+
+    fn interest_changed(&self, topic: &str) {
+        // A closed channel means the bus thread has stopped: nothing to do.
+        let _ = self.interest.send(Box::from(topic));
+    }
+
+    fn start(&self, server: ServerHandle) -> io::Result<Option<JoinHandle<()>>> {
+        let receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(receiver) = receiver else {
+            return Err(io::Error::other(
+                "this cluster bus already serves a server; make one Cluster per server",
+            ));
         };
-        if self
-            .publishes
-            .try_send((Arc::from(broadcast.topic()), bytes))
-            .is_err()
-        {
-            BusCounters::add(&self.counters.publishes_dropped, 1);
-        }
+        let inbound = Inbound {
+            node: self.node,
+            server,
+            counters: Arc::clone(&self.counters),
+        };
+        spawn(self.broker.clone(), receiver, inbound).map(Some)
     }
 
-    /// Asks the bus thread to stop.
-    pub(crate) fn stop(&self) {
+    fn stop(&self) {
         let _ = self.stop.send(true);
-    }
-
-    pub(crate) fn stats(&self) -> ClusterStats {
-        self.counters.snapshot()
     }
 }
 
@@ -157,8 +202,14 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    pub(crate) fn registry(&self) -> &TopicRegistry {
-        self.server.registry()
+    /// The topics with subscribers on this node.
+    pub(crate) fn local_topics(&self) -> Vec<String> {
+        self.server.topics()
+    }
+
+    /// Whether this node has subscribers of `topic`.
+    pub(crate) fn has_local_interest(&self, topic: &str) -> bool {
+        self.server.topic(topic).is_some()
     }
 
     /// Delivers one envelope's message to this node's subscribers.
@@ -166,48 +217,43 @@ impl Inbound {
         let envelope = match Envelope::decode(bytes) {
             Ok(envelope) => envelope,
             Err(err) => {
-                BusCounters::add(&self.counters.decode_errors, 1);
+                add(&self.counters.decode_errors, 1);
                 tracing::debug!(%err, "bus envelope dropped");
                 return;
             }
         };
         if envelope.origin == self.node {
-            BusCounters::add(&self.counters.received_own, 1);
+            add(&self.counters.received_own, 1);
             return;
         }
-        BusCounters::add(&self.counters.received, 1);
+        add(&self.counters.received, 1);
         let topic = envelope.topic;
+        if let Content::Disconnect = envelope.content {
+            self.server.disconnect_local(&topic);
+            return;
+        }
         let Some(entry) = self.server.topic(&topic) else {
             return;
         };
         let broadcast = match envelope.content {
             Content::Channel { event, payload } => {
-                encode_broadcast(&topic, &event, payload, &entry)
+                Broadcast::channel(&topic, &event, payload, &entry)
             }
             Content::Frames(frames) => {
                 let mut by_protocol: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
                 for (protocol, frame) in frames {
                     by_protocol[protocol.index()] = Some(frame);
                 }
-                Broadcast::frames(&topic, by_protocol)
+                Broadcast::encoded(&topic, by_protocol)
             }
+            Content::Disconnect => return,
         };
         self.server.broadcast_local(broadcast);
     }
 }
 
-/// Starts the bus thread for `broker`, delivering to `server`'s loops.
-pub(crate) fn spawn(
-    broker: super::Broker,
-    bus: &Bus,
-    receiver: BusReceiver,
-    server: ServerHandle,
-) -> io::Result<JoinHandle<()>> {
-    let inbound = Inbound {
-        node: bus.node,
-        server,
-        counters: Arc::clone(&bus.counters),
-    };
+/// Starts the bus thread for `broker`, delivering through `inbound`.
+fn spawn(broker: Broker, receiver: BusReceiver, inbound: Inbound) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("herald-bus".into())
         .spawn(move || {
@@ -225,13 +271,13 @@ pub(crate) fn spawn(
         })
 }
 
-async fn run(broker: super::Broker, receiver: BusReceiver, inbound: Inbound) {
+async fn run(broker: Broker, receiver: BusReceiver, inbound: Inbound) {
     match broker {
-        super::Broker::Memory => {}
+        Broker::Memory => {}
         #[cfg(feature = "redis")]
-        super::Broker::Redis { url } => super::redis::run(url, receiver, inbound).await,
+        Broker::Redis { url } => super::redis::run(url, receiver, inbound).await,
         #[cfg(feature = "nats")]
-        super::Broker::Nats { url } => super::nats::run(url, receiver, inbound).await,
+        Broker::Nats { url } => super::nats::run(url, receiver, inbound).await,
     }
 }
 
@@ -277,7 +323,7 @@ pub(crate) async fn wait_dropping(
                 return true;
             }
             Some(_) = receiver.publishes.recv() => {
-                BusCounters::add(&counters.publishes_dropped, 1);
+                add(&counters.publishes_dropped, 1);
             }
         }
     }

@@ -43,6 +43,9 @@ impl WireProtocol {
     /// How many protocols there are.
     pub const COUNT: usize = 3;
 
+    /// Every protocol, in [`index`](Self::index) order.
+    pub const ALL: [Self; Self::COUNT] = [Self::Raw, Self::PhoenixV2, Self::Amber];
+
     /// A dense index, for per-protocol arrays.
     pub const fn index(self) -> usize {
         match self {

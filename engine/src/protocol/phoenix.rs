@@ -60,11 +60,6 @@ impl<'a> Ref<'a> {
     /// The `null` ref.
     pub const NULL: Ref<'static> = Ref("null");
 
-    /// A ref kept from an earlier message, as its JSON text.
-    pub(crate) fn stored(json: &'a str) -> Self {
-        Self(json)
-    }
-
     /// The ref as JSON text, for writing it back unchanged.
     pub fn as_json(&self) -> &'a str {
         self.0
@@ -83,6 +78,63 @@ impl<'a> Ref<'a> {
             Err(MessageError::Malformed("refs must be strings or null"))
         }
     }
+}
+
+/// A ref kept after the message that carried it (a channel's join ref, a
+/// push awaiting a late reply): the JSON text of a string, as the client
+/// sent it, so that it is echoed byte for byte. A `null` ref is not kept:
+/// an absent one is `Option::None`.
+///
+/// # Examples
+///
+/// ```
+/// use herald::protocol::phoenix::{OwnedRef, Ref, decode_text};
+///
+/// let join = decode_text(r#"["7","7","room:1","phx_join",{}]"#)?;
+/// let kept = OwnedRef::keep(join.join_ref).unwrap();
+/// assert_eq!(kept.get(), join.join_ref);
+/// assert_eq!(kept.value(), "7");
+/// assert!(OwnedRef::keep(Ref::NULL).is_none());
+/// assert_eq!(OwnedRef::from_value("7"), kept);
+/// # Ok::<(), herald::protocol::MessageError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRef(Box<str>);
+
+impl OwnedRef {
+    /// Keeps `r`; `None` if it is `null`.
+    pub fn keep(r: Ref<'_>) -> Option<Self> {
+        (!r.is_null()).then(|| Self(Box::from(r.as_json())))
+    }
+
+    /// A ref given as its bare string (binary messages carry them so).
+    pub fn from_value(value: &str) -> Self {
+        // A string always serializes.
+        Self(
+            serde_json::to_string(value)
+                .unwrap_or_default()
+                .into_boxed_str(),
+        )
+    }
+
+    /// The ref, to write it back.
+    pub fn get(&self) -> Ref<'_> {
+        Ref(&self.0)
+    }
+
+    /// The ref's string, unquoted (for binary messages).
+    pub fn value(&self) -> Cow<'_, str> {
+        match serde_json::from_str::<Cow<'_, str>>(&self.0) {
+            Ok(value) => value,
+            // Kept refs are JSON strings; nothing else is ever stored.
+            Err(_) => Cow::Borrowed(""),
+        }
+    }
+}
+
+/// The ref to write for a ref that may not have been kept: `null` if not.
+pub fn ref_or_null(kept: Option<&OwnedRef>) -> Ref<'_> {
+    kept.map_or(Ref::NULL, OwnedRef::get)
 }
 
 /// A message from a client, borrowing from the text it was decoded from.

@@ -21,8 +21,7 @@ mod registry;
 use std::sync::Arc;
 
 pub(crate) use local::LocalIndex;
-pub(crate) use registry::InterestHook;
-pub use registry::{MAX_LOOPS, TopicEntry, TopicRegistry};
+pub(crate) use registry::{TopicEntry, TopicRegistry};
 
 use crate::protocol::WireProtocol;
 
@@ -32,12 +31,88 @@ pub(crate) trait Subscription {
     fn protocol(&self) -> WireProtocol;
 }
 
-/// Identifies a connection on its loop: slab key and generation.
-pub(crate) type ConnId = u64;
+/// A connection's address on its loop: its slab key, and the generation
+/// that tells it apart from earlier and later connections in the same slot
+/// (slab keys are reused). Packed in one `u64`, key in the low half, so that
+/// it hashes as one word and doubles as the connection's poll token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConnId(u64);
 
-/// Packs a connection's slab key and generation into a [`ConnId`].
-pub(crate) fn conn_id(key: usize, generation: u32) -> ConnId {
-    (key as u64) | (u64::from(generation) << 32)
+impl ConnId {
+    /// The id of the connection in slot `key` (below 2^32) with
+    /// `generation`.
+    pub(crate) fn new(key: usize, generation: u32) -> Self {
+        debug_assert!(u32::try_from(key).is_ok(), "slab key {key} over 32 bits");
+        Self((key as u64 & 0xFFFF_FFFF) | (u64::from(generation) << 32))
+    }
+
+    /// The slab key.
+    pub(crate) fn key(self) -> usize {
+        (self.0 & 0xFFFF_FFFF) as usize
+    }
+
+    /// The generation.
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The packed form, for a poll token.
+    pub(crate) fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// An id from its packed form.
+    pub(crate) fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+}
+
+/// How a broadcast reaches one subscription of a connection to a topic.
+///
+/// Plain pub/sub needs only `Plain`; the channels layer above names what
+/// its subscriptions are, and the reactor asks the layer's handler how to
+/// deliver the other kinds (once per run of equal kinds, not per
+/// subscriber).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscriptionKind {
+    /// The frame encoded for the subscriber's protocol, as published.
+    Plain,
+    /// A client's join of a channel topic, routed to `route` of the
+    /// endpoint mounted as `endpoint`: the frame, unless the channel
+    /// intercepts the event (then a callback).
+    Join {
+        /// The endpoint's index.
+        endpoint: u16,
+        /// The route's index in the endpoint.
+        route: u16,
+    },
+    /// A channel's server-side subscription: a callback, never a frame.
+    Server,
+}
+
+/// One connection's subscription to one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sub {
+    /// The protocol whose frame it gets.
+    pub(crate) protocol: WireProtocol,
+    /// How a broadcast reaches it.
+    pub(crate) kind: SubscriptionKind,
+}
+
+impl Sub {
+    /// A plain pub/sub subscription receiving `protocol`'s frame.
+    pub(crate) fn plain(protocol: WireProtocol) -> Self {
+        Self {
+            protocol,
+            kind: SubscriptionKind::Plain,
+        }
+    }
+}
+
+impl Subscription for Sub {
+    fn protocol(&self) -> WireProtocol {
+        self.protocol
+    }
 }
 
 /// One loop's subscriptions, mirrored into the shared registry.

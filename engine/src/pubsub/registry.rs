@@ -1,22 +1,19 @@
 //! The shared, lock-free part of the topic index.
 
-use crate::protocol::WireProtocol;
-
-/// The most loops a registry can track (one bit each in a `u64`).
-pub const MAX_LOOPS: usize = 64;
+use crate::{config::MAX_LOOPS, protocol::WireProtocol};
 
 /// What the registry knows about one topic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TopicEntry {
+pub(crate) struct TopicEntry {
     /// For each wire protocol, a bit per loop that has subscribers of it.
-    pub loops: [u64; WireProtocol::COUNT],
+    pub(crate) loops: [u64; WireProtocol::COUNT],
     /// Subscribers on all loops.
-    pub subscribers: u64,
+    pub(crate) subscribers: u64,
 }
 
 impl TopicEntry {
     /// The loops with any subscriber.
-    pub fn all_loops(&self) -> u64 {
+    pub(crate) fn all_loops(&self) -> u64 {
         self.loops.iter().fold(0, |all, loops| all | loops)
     }
 
@@ -29,7 +26,7 @@ impl TopicEntry {
     }
 
     /// Whether any loop has subscribers speaking `protocol`.
-    pub fn has_protocol(&self, protocol: WireProtocol) -> bool {
+    pub(crate) fn has_protocol(&self, protocol: WireProtocol) -> bool {
         self.loops[protocol.index()] != 0
     }
 }
@@ -39,16 +36,7 @@ impl TopicEntry {
 /// Reads never block. Writes are per-topic compare-and-swap loops, done by a
 /// loop only when it gains its first or loses its last subscriber of a
 /// protocol on a topic, plus the subscriber count.
-///
-/// # Examples
-///
-/// ```
-/// use herald::{protocol::WireProtocol, pubsub::TopicRegistry};
-///
-/// let registry = TopicRegistry::default();
-/// assert!(registry.lookup("room:1").is_none());
-/// ```
-pub struct TopicRegistry {
+pub(crate) struct TopicRegistry {
     topics: papaya::HashMap<Box<str>, TopicEntry, ahash::RandomState>,
     /// Told the topic whenever one gains its first subscriber on this node
     /// or loses its last (the cluster bus subscribes on the broker only to
@@ -92,9 +80,7 @@ impl TopicRegistry {
         }
     }
 
-    /// Every topic with subscribers on this node, for a broker that must
-    /// subscribe again after a reconnect.
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+    /// Every topic with subscribers on this node.
     pub(crate) fn topics(&self) -> Vec<Box<str>> {
         self.topics.pin().keys().cloned().collect()
     }
@@ -110,17 +96,18 @@ impl std::fmt::Debug for TopicRegistry {
 
 impl TopicRegistry {
     /// The entry for `topic`, if it has subscribers.
-    pub fn lookup(&self, topic: &str) -> Option<TopicEntry> {
+    pub(crate) fn lookup(&self, topic: &str) -> Option<TopicEntry> {
         self.topics.pin().get(topic).copied()
     }
 
     /// Subscribers of `topic` on all loops.
-    pub fn subscriber_count(&self, topic: &str) -> u64 {
+    pub(crate) fn subscriber_count(&self, topic: &str) -> u64 {
         self.lookup(topic).map_or(0, |entry| entry.subscribers)
     }
 
     /// Topics with subscribers.
-    pub fn topic_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn topic_count(&self) -> usize {
         self.topics.len()
     }
 

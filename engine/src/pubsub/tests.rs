@@ -24,19 +24,22 @@ fn first_and_last_subscribers_set_and_clear_the_loop_bit() {
     let registry = Arc::new(TopicRegistry::default());
     let mut loop0 = LoopTopics::new(0, Arc::clone(&registry));
     let mut loop3 = LoopTopics::new(3, Arc::clone(&registry));
-    loop0.subscribe("room:1", conn_id(1, 0), Sub(PHX));
-    loop0.subscribe("room:1", conn_id(2, 0), Sub(PHX));
-    loop3.subscribe("room:1", conn_id(1, 0), Sub(AMBER));
+    loop0.subscribe("room:1", ConnId::new(1, 0), Sub(PHX));
+    loop0.subscribe("room:1", ConnId::new(2, 0), Sub(PHX));
+    loop3.subscribe("room:1", ConnId::new(1, 0), Sub(AMBER));
     let entry = registry.lookup("room:1").unwrap();
     assert_eq!(entry.loops, [0, 0b1, 0b1000]);
     assert_eq!(entry.subscribers, 3);
     assert_eq!(entry.all_loops(), 0b1001);
 
-    assert_eq!(loop0.unsubscribe("room:1", conn_id(1, 0)), Some(Sub(PHX)));
+    assert_eq!(
+        loop0.unsubscribe("room:1", ConnId::new(1, 0)),
+        Some(Sub(PHX))
+    );
     assert_eq!(registry.lookup("room:1").unwrap().loops, [0, 0b1, 0b1000]);
-    loop0.unsubscribe("room:1", conn_id(2, 0));
+    loop0.unsubscribe("room:1", ConnId::new(2, 0));
     assert_eq!(registry.lookup("room:1").unwrap().loops, [0, 0, 0b1000]);
-    loop3.unsubscribe("room:1", conn_id(1, 0));
+    loop3.unsubscribe("room:1", ConnId::new(1, 0));
     assert!(
         registry.lookup("room:1").is_none(),
         "empty topics are forgotten"
@@ -49,14 +52,20 @@ fn first_and_last_subscribers_set_and_clear_the_loop_bit() {
 fn resubscribing_replaces_without_double_counting() {
     let registry = Arc::new(TopicRegistry::default());
     let mut topics = LoopTopics::new(1, Arc::clone(&registry));
-    assert_eq!(topics.subscribe("t", 7, Sub(PHX)), None);
-    assert_eq!(topics.subscribe("t", 7, Sub(PHX)), Some(Sub(PHX)));
+    assert_eq!(topics.subscribe("t", ConnId::new(7, 0), Sub(PHX)), None);
+    assert_eq!(
+        topics.subscribe("t", ConnId::new(7, 0), Sub(PHX)),
+        Some(Sub(PHX))
+    );
     assert_eq!(registry.subscriber_count("t"), 1);
     // Same connection, other protocol: the bits move.
-    assert_eq!(topics.subscribe("t", 7, Sub(AMBER)), Some(Sub(PHX)));
+    assert_eq!(
+        topics.subscribe("t", ConnId::new(7, 0), Sub(AMBER)),
+        Some(Sub(PHX))
+    );
     let entry = registry.lookup("t").unwrap();
     assert_eq!((entry.loops, entry.subscribers), ([0, 0, 0b10], 1));
-    assert_eq!(topics.unsubscribe("t", 99), None);
+    assert_eq!(topics.unsubscribe("t", ConnId::new(99, 0)), None);
     assert_eq!(topics.local().subscribers("t").count(), 1);
 }
 
@@ -107,11 +116,11 @@ proptest! {
             match op {
                 Op::Subscribe { loop_index, conn, topic, amber } => {
                     let protocol = if amber { AMBER } else { PHX };
-                    loops[loop_index].subscribe(&topic_name(topic), conn, Sub(protocol));
+                    loops[loop_index].subscribe(&topic_name(topic), ConnId::from_bits(conn), Sub(protocol));
                     model.insert((loop_index, conn, topic), protocol);
                 }
                 Op::Unsubscribe { loop_index, conn, topic } => {
-                    loops[loop_index].unsubscribe(&topic_name(topic), conn);
+                    loops[loop_index].unsubscribe(&topic_name(topic), ConnId::from_bits(conn));
                     model.remove(&(loop_index, conn, topic));
                 }
             }
@@ -144,18 +153,18 @@ fn loops_on_threads_keep_the_registry_consistent() {
                 let mut topics = LoopTopics::new(loop_index, registry);
                 for round in 0..2000u64 {
                     let topic = format!("t{}", round % 5);
-                    topics.subscribe(&topic, round % 7, Sub(PHX));
+                    topics.subscribe(&topic, ConnId::from_bits(round % 7), Sub(PHX));
                     if round % 3 == 0 {
-                        topics.unsubscribe(&topic, round % 7);
+                        topics.unsubscribe(&topic, ConnId::from_bits(round % 7));
                     }
                 }
                 // Leave exactly one subscriber on "t0" per loop.
                 for round in 0..7 {
                     for t in 0..5 {
-                        topics.unsubscribe(&format!("t{t}"), round);
+                        topics.unsubscribe(&format!("t{t}"), ConnId::from_bits(round));
                     }
                 }
-                topics.subscribe("t0", 1, Sub(PHX));
+                topics.subscribe("t0", ConnId::from_bits(1), Sub(PHX));
                 topics
             })
         })

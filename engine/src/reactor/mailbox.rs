@@ -13,7 +13,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::{
-    handler::SendError,
+    broadcast::Broadcast,
+    conn::SendError,
+    pubsub::ConnId,
     wire::{CloseCode, binary_frame, text_frame},
 };
 
@@ -21,20 +23,17 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Queue `frame` on a connection.
-    Send {
-        key: usize,
-        generation: u32,
-        frame: Bytes,
-    },
+    Send { conn: ConnId, frame: Bytes },
     /// Close a connection.
     Close {
-        key: usize,
-        generation: u32,
+        conn: ConnId,
         code: CloseCode,
         reason: String,
     },
     /// Deliver a broadcast to this loop's subscribers of its topic.
-    Publish(Arc<crate::Broadcast>),
+    Publish(Arc<Broadcast>),
+    /// Close, with 1001, this loop's connections with this name.
+    Disconnect(Arc<str>),
     /// Begin a graceful shutdown.
     Shutdown,
 }
@@ -95,21 +94,10 @@ impl Mailbox {
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub(crate) mailbox: Arc<Mailbox>,
-    pub(crate) loop_index: usize,
-    pub(crate) key: usize,
-    pub(crate) generation: u32,
+    pub(crate) id: ConnId,
 }
 
 impl ConnHandle {
-    /// The connection's loop and its id there, which a broadcast can
-    /// exclude.
-    pub(crate) fn address(&self) -> (usize, crate::pubsub::ConnId) {
-        (
-            self.loop_index,
-            crate::pubsub::conn_id(self.key, self.generation),
-        )
-    }
-
     /// Sends a text message.
     pub fn send_text(&self, text: &str) -> Result<(), SendError> {
         self.send_frame(text_frame(text))
@@ -124,8 +112,7 @@ impl ConnHandle {
     /// connections.
     pub fn send_frame(&self, frame: Bytes) -> Result<(), SendError> {
         self.mailbox.post(Command::Send {
-            key: self.key,
-            generation: self.generation,
+            conn: self.id,
             frame,
         })
     }
@@ -133,8 +120,7 @@ impl ConnHandle {
     /// Closes the connection with `code` and `reason`.
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
         self.mailbox.post(Command::Close {
-            key: self.key,
-            generation: self.generation,
+            conn: self.id,
             code,
             reason: reason.to_owned(),
         })

@@ -46,40 +46,50 @@
 //! handler for it runs; a stale event or command (for a slot that was
 //! freed and reused) is recognised by the generation in its token.
 
+mod handler;
 mod listener;
 mod mailbox;
+mod names;
+mod server;
 mod sys;
 mod worker;
 
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{io, sync::Arc, thread::JoinHandle};
 
+pub(crate) use handler::Service;
+pub use handler::{Accept, Conn, Handler, Reject};
 pub use mailbox::ConnHandle;
 pub(crate) use mailbox::{Command, Mailbox};
-
-use bytes::Bytes;
+pub use server::{Server, ServerBuilder, ServerHandle, StartError};
 
 use crate::{
-    Handler,
     broadcast::Broadcast,
-    config::{ServerConfig, SlowConsumerPolicy},
+    config::ServerConfig,
     conn::Outbox,
-    protocol::WireProtocol,
-    pubsub::{LoopTopics, Subscription, TopicEntry, TopicRegistry},
-    stats::{LoopStats, ServerStats},
-    wire::DecoderConfig,
+    metrics::LoopStats,
+    pubsub::{ConnId, LoopTopics, Sub, TopicRegistry},
 };
 
+/// A link from this node to others (the cluster bus), attached from above:
+/// the reactor tells it what this node publishes and which topics gain or
+/// lose local interest, and knows nothing of brokers.
+pub(crate) trait Relay: Send + Sync + std::fmt::Debug + 'static {
+    /// A broadcast made on this node (never one that came from a relay).
+    fn forward(&self, broadcast: &Broadcast);
+    /// A disconnect by connection name made on this node.
+    fn forward_disconnect(&self, name: &str);
+    /// `topic` gained its first subscriber on this node or lost its last;
+    /// may be called more than once for one change, from any loop.
+    fn interest_changed(&self, topic: &str);
+    /// The server is up: deliver what other nodes publish through
+    /// `server`. Returns the thread doing so, which the server joins.
+    fn start(&self, server: ServerHandle) -> io::Result<Option<JoinHandle<()>>>;
+    /// The server is shutting down.
+    fn stop(&self);
+}
+
 /// What a loop shares with the callbacks it runs (through
-/// [`Conn`](crate::Conn)).
+/// [`Conn`]).
 #[derive(Debug)]
 pub(crate) struct LoopContext {
     pub(crate) config: Arc<ServerConfig>,
@@ -91,60 +101,15 @@ pub(crate) struct LoopContext {
     pub(crate) loop_index: usize,
     /// This loop's topic subscriptions.
     pub(crate) topics: LoopTopics<Sub>,
+    /// This loop's named connections (see [`Conn::set_id`]).
+    pub(crate) names: names::Names,
     /// Every loop's mailbox, this one's included, by loop index.
     pub(crate) peers: Arc<[Arc<Mailbox>]>,
     /// Publishes made by the callback that is running, delivered when it
     /// returns (a callback cannot reach the other connections' queues).
     pub(crate) publishes: Vec<Arc<Broadcast>>,
-    /// The cluster bus, if this node has a broker.
-    pub(crate) bus: Option<Arc<Bus>>,
-}
-
-/// The cluster bus handle, or a type with no values when no broker is
-/// compiled in.
-#[cfg(any(feature = "redis", feature = "nats"))]
-pub(crate) use crate::cluster::Bus;
-#[cfg(not(any(feature = "redis", feature = "nats")))]
-pub(crate) use no_bus::Bus;
-
-#[cfg(not(any(feature = "redis", feature = "nats")))]
-mod no_bus {
-    /// No broker is compiled in: there is never a bus.
-    #[derive(Debug)]
-    pub(crate) enum Bus {}
-
-    impl Bus {
-        pub(crate) fn forward(&self, _: &crate::Broadcast) {
-            match *self {}
-        }
-
-        pub(crate) fn stop(&self) {
-            match *self {}
-        }
-
-        pub(crate) fn stats(&self) -> crate::cluster::ClusterStats {
-            match *self {}
-        }
-
-        pub(crate) fn interest_hook(&self) -> crate::pubsub::InterestHook {
-            match *self {}
-        }
-    }
-}
-
-/// A connection's subscription to a topic: the protocol whose frame it
-/// gets, and a tag the handler gives it meaning with (see
-/// [`Handler::delivery`](crate::Handler::delivery)); 0 for plain ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sub {
-    pub(crate) protocol: WireProtocol,
-    pub(crate) tag: u32,
-}
-
-impl Subscription for Sub {
-    fn protocol(&self) -> WireProtocol {
-        self.protocol
-    }
+    /// The link to other nodes, if any.
+    pub(crate) relay: Option<Arc<dyn Relay>>,
 }
 
 /// Posts `broadcast` to every loop, other than `skip`, that has subscribers
@@ -182,414 +147,14 @@ pub(crate) fn route_publish(
 impl LoopContext {
     /// Puts a connection on this turn's flush list, once.
     #[inline]
-    pub(crate) fn mark_dirty(&mut self, key: usize, outbox: &mut Outbox) {
-        outbox.mark_dirty(key, &mut self.dirty);
+    pub(crate) fn mark_dirty(&mut self, id: ConnId, outbox: &mut Outbox) {
+        outbox.mark_dirty(id.key(), &mut self.dirty);
     }
 
-    pub(crate) fn handle_for(&self, key: usize, generation: u32) -> ConnHandle {
+    pub(crate) fn handle_for(&self, id: ConnId) -> ConnHandle {
         ConnHandle {
             mailbox: Arc::clone(&self.mailbox),
-            loop_index: self.loop_index,
-            key,
-            generation,
+            id,
         }
-    }
-}
-
-/// Configures and starts a [`Server`].
-///
-/// # Examples
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use herald::{Server, SlowConsumerPolicy};
-/// # use herald::{Accept, Handler, Reject, Request};
-/// # struct App;
-/// # impl Handler for App {
-/// #     type State = ();
-/// #     fn on_connect(&self, _: &Request) -> Result<Accept<()>, Reject> { Ok(Accept::new(())) }
-/// # }
-///
-/// let server = Server::builder()
-///     .bind("0.0.0.0:4000".parse()?)
-///     .loops(4)
-///     .endpoint("/socket/websocket")
-///     .ping_interval(Duration::from_secs(25))
-///     .slow_consumer(SlowConsumerPolicy::DropOldest)
-///     .start(App)?;
-/// println!("listening on {}", server.local_addr());
-/// server.join();
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, Default)]
-#[must_use = "a builder does nothing until `start` is called"]
-pub struct ServerBuilder {
-    config: ServerConfig,
-}
-
-macro_rules! setters {
-    ($( $(#[$doc:meta])* $name:ident: $ty:ty ),* $(,)?) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, value: $ty) -> Self {
-                self.config.$name = value;
-                self
-            }
-        )*
-    };
-}
-
-impl ServerBuilder {
-    setters! {
-        /// Where to listen (default `127.0.0.1:9001`; port 0 picks a free one).
-        addr: SocketAddr,
-        /// How many event loops (default: the available cores; at most 64).
-        loops: usize,
-        /// Whether to pin each loop to a core (default `true`).
-        pin_cores: bool,
-        /// Connections past which new ones get 503 (default 1,000,000).
-        max_connections: usize,
-        /// The largest request head (default 8 KiB; larger gets 431).
-        max_head_bytes: usize,
-        /// Time allowed for the request head (default 10 s).
-        handshake_timeout: Duration,
-        /// How often to ping each connection (default 30 s).
-        ping_interval: Duration,
-        /// Silence after which a connection is closed (default 60 s).
-        idle_timeout: Duration,
-        /// How long to wait for the peer's side of a close (default 5 s).
-        close_timeout: Duration,
-        /// Limits on client frames and messages (default 1 MiB each).
-        decoder: DecoderConfig,
-        /// Outbound bytes a connection may have queued (default 4 MiB).
-        max_queued_bytes: usize,
-        /// What to do past that limit (default: close with 1013).
-        slow_consumer: SlowConsumerPolicy,
-        /// How long a graceful shutdown waits for clients (default 5 s).
-        shutdown_timeout: Duration,
-        /// Bytes per `recv` (default 16 KiB).
-        read_chunk: usize,
-        /// The cores the loops are pinned to, in loop order (default: the
-        /// first cores listed, one per loop).
-        core_ids: Vec<usize>,
-        /// The broker joining this node to others (default
-        /// [`Broker::Memory`](crate::cluster::Broker::Memory): none).
-        broker: crate::cluster::Broker,
-    }
-
-    /// Where to listen; same as [`addr`](Self::addr).
-    pub fn bind(self, addr: SocketAddr) -> Self {
-        self.addr(addr)
-    }
-
-    /// Serves WebSocket upgrades at `path` (exact match, no query). With
-    /// no endpoint declared, every path is served; once one is, other paths
-    /// get 404.
-    pub fn endpoint(mut self, path: impl Into<String>) -> Self {
-        self.config.endpoints.push(path.into());
-        self
-    }
-
-    /// Serves `body` with `content_type` to a plain `GET` of `path` (not
-    /// an upgrade), for a demo page or a client script.
-    pub fn static_file(
-        mut self,
-        path: impl Into<String>,
-        content_type: impl Into<String>,
-        body: impl Into<Bytes>,
-    ) -> Self {
-        self.config.static_files.push(crate::config::StaticFile {
-            path: path.into(),
-            content_type: content_type.into(),
-            body: body.into(),
-        });
-        self
-    }
-
-    /// The configuration so far.
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-
-    /// Binds the listeners and starts the loops.
-    ///
-    /// Fails if the address cannot be bound, or a loop cannot create its
-    /// poller.
-    pub fn start<H: Handler>(self, handler: H) -> io::Result<Server> {
-        let mut config = self.config;
-        // The topic registry tracks loops as bits of a u64.
-        config.loops = config.loops.clamp(1, crate::pubsub::MAX_LOOPS);
-        config.read_chunk = config.read_chunk.max(512);
-        let config = Arc::new(config);
-        let listeners = listener::bind_listeners(config.addr, config.loops)?;
-        let local_addr = listeners[0].local_addr()?;
-        let open = Arc::new(AtomicUsize::new(0));
-        let handler = Arc::new(handler);
-        let (bus, bus_receiver) = new_bus(&config.broker);
-        let registry = Arc::new(TopicRegistry::with_interest_hook(
-            bus.as_ref().map(|bus| bus.interest_hook()),
-        ));
-        let cores = match (config.pin_cores, config.core_ids.is_empty()) {
-            (false, _) => Vec::new(),
-            (true, true) => core_affinity::get_core_ids().unwrap_or_default(),
-            (true, false) => config
-                .core_ids
-                .iter()
-                .map(|&id| core_affinity::CoreId { id })
-                .collect(),
-        };
-        let mut workers = Vec::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            workers.push(worker::Worker::new(
-                index,
-                listener,
-                Arc::clone(&config),
-                Arc::clone(&handler),
-                Arc::clone(&open),
-                Arc::clone(&registry),
-                bus.clone(),
-            )?);
-        }
-        let mailboxes: Arc<[Arc<Mailbox>]> = workers.iter().map(worker::Worker::mailbox).collect();
-        let stats: Arc<[Arc<LoopStats>]> = workers.iter().map(worker::Worker::stats).collect();
-        let mut threads = Vec::new();
-        for (index, mut worker) in workers.into_iter().enumerate() {
-            worker.set_peers(Arc::clone(&mailboxes));
-            let core = cores.get(index % cores.len().max(1)).copied();
-            let thread = std::thread::Builder::new()
-                .name(format!("herald-loop-{index}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    worker.run();
-                })?;
-            threads.push(thread);
-        }
-        let handle = ServerHandle {
-            mailboxes,
-            stats,
-            local_addr,
-            open,
-            registry,
-            bus,
-        };
-        if let (Some(bus), Some(receiver)) = (&handle.bus, bus_receiver) {
-            threads.push(spawn_bus(&config.broker, bus, receiver, handle.clone())?);
-        }
-        Ok(Server { handle, threads })
-    }
-}
-
-/// The bus for `broker` and its receiving side, or neither for a single
-/// node.
-#[cfg(any(feature = "redis", feature = "nats"))]
-fn new_bus(
-    broker: &crate::cluster::Broker,
-) -> (Option<Arc<Bus>>, Option<crate::cluster::BusReceiver>) {
-    match broker {
-        crate::cluster::Broker::Memory => (None, None),
-        #[allow(unreachable_patterns)]
-        _ => {
-            let (bus, receiver) = Bus::new();
-            (Some(bus), Some(receiver))
-        }
-    }
-}
-
-#[cfg(not(any(feature = "redis", feature = "nats")))]
-fn new_bus(_: &crate::cluster::Broker) -> (Option<Arc<Bus>>, Option<std::convert::Infallible>) {
-    (None, None)
-}
-
-#[cfg(any(feature = "redis", feature = "nats"))]
-fn spawn_bus(
-    broker: &crate::cluster::Broker,
-    bus: &Bus,
-    receiver: crate::cluster::BusReceiver,
-    handle: ServerHandle,
-) -> io::Result<JoinHandle<()>> {
-    crate::cluster::spawn(broker.clone(), bus, receiver, handle)
-}
-
-#[cfg(not(any(feature = "redis", feature = "nats")))]
-fn spawn_bus(
-    _: &crate::cluster::Broker,
-    bus: &Bus,
-    _: std::convert::Infallible,
-    _: ServerHandle,
-) -> io::Result<JoinHandle<()>> {
-    match *bus {}
-}
-
-/// A running server. Dropping it does not stop it: call
-/// [`shutdown`](Self::shutdown), or [`join`](Self::join) to serve until a
-/// [`ServerHandle`] shuts it down.
-#[derive(Debug)]
-pub struct Server {
-    handle: ServerHandle,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Server {
-    /// A builder with the default configuration.
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder::default()
-    }
-
-    /// The address the server listens on (with the port picked, if 0 was
-    /// asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.handle.local_addr
-    }
-
-    /// A handle for other threads.
-    pub fn handle(&self) -> ServerHandle {
-        self.handle.clone()
-    }
-
-    /// Shuts down gracefully: stops accepting, sends close 1001 to every
-    /// client, waits for them up to the shutdown timeout, stops the loops,
-    /// and returns once every loop thread has exited.
-    pub fn shutdown(self) {
-        self.handle.shutdown();
-        self.join();
-    }
-
-    /// Waits until the server has shut down (through a [`ServerHandle`]).
-    pub fn join(self) {
-        for thread in self.threads {
-            // A loop thread that panicked has already dropped its sockets;
-            // there is nothing more to clean up here.
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A cheap, cloneable, `Send + Sync` handle to a running server.
-#[derive(Debug, Clone)]
-pub struct ServerHandle {
-    mailboxes: Arc<[Arc<Mailbox>]>,
-    stats: Arc<[Arc<LoopStats>]>,
-    local_addr: SocketAddr,
-    open: Arc<AtomicUsize>,
-    registry: Arc<TopicRegistry>,
-    bus: Option<Arc<Bus>>,
-}
-
-impl ServerHandle {
-    /// Starts a graceful shutdown (see [`Server::shutdown`]) and returns at
-    /// once.
-    pub fn shutdown(&self) {
-        for mailbox in self.mailboxes.iter() {
-            // A loop that has already stopped has nothing left to shut down.
-            let _ = mailbox.post(Command::Shutdown);
-        }
-        if let Some(bus) = &self.bus {
-            bus.stop();
-        }
-    }
-
-    /// The listening address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Sends `frame` to every connection subscribed to `topic` (see
-    /// [`Conn::subscribe`](crate::Conn::subscribe)), on every loop. The frame
-    /// is encoded by the caller, once; each loop with subscribers gets it
-    /// through its mailbox. Returns how many loops it was sent to (0: no
-    /// subscribers).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # fn example(server: &herald::Server) {
-    /// let frame = herald::wire::text_frame(r#"{"price": 101.5}"#);
-    /// server.handle().publish("ticker:ACME", frame);
-    /// # }
-    /// ```
-    pub fn publish(&self, topic: &str, frame: Bytes) -> usize {
-        self.broadcast(Broadcast::raw(topic, frame))
-    }
-
-    /// Sends a broadcast built with its frames per protocol (what the
-    /// channels layer does) to every loop with subscribers of its topic,
-    /// and to the other nodes through the cluster bus, if there is one.
-    /// Returns how many local loops it was sent to.
-    pub fn broadcast(&self, broadcast: Broadcast) -> usize {
-        if let Some(bus) = &self.bus {
-            bus.forward(&broadcast);
-        }
-        self.broadcast_local(broadcast)
-    }
-
-    /// Sends a broadcast to this node's loops only.
-    pub(crate) fn broadcast_local(&self, broadcast: Broadcast) -> usize {
-        route_publish(&self.registry, &self.mailboxes, &Arc::new(broadcast), None)
-    }
-
-    /// Whether a cluster bus carries broadcasts to other nodes (then a
-    /// broadcast is worth making even with no subscriber here).
-    pub fn has_bus(&self) -> bool {
-        self.bus.is_some()
-    }
-
-    /// The cluster bus's counters, if this node has a broker.
-    pub fn cluster_stats(&self) -> Option<crate::cluster::ClusterStats> {
-        self.bus.as_ref().map(|bus| bus.stats())
-    }
-
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-    pub(crate) fn registry(&self) -> &TopicRegistry {
-        &self.registry
-    }
-
-    /// Which loops have subscribers of `topic`, by protocol, and how many
-    /// subscribers there are: what a publisher checks to encode only the
-    /// protocols that will be used.
-    pub fn topic(&self, topic: &str) -> Option<TopicEntry> {
-        self.registry.lookup(topic)
-    }
-
-    /// How many connections are subscribed to `topic`, on all loops.
-    pub fn subscriber_count(&self, topic: &str) -> u64 {
-        self.registry.subscriber_count(topic)
-    }
-
-    /// Connections currently held, handshaking or open.
-    pub fn connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// The counters, summed over the loops.
-    pub fn stats(&self) -> ServerStats {
-        let mut total = ServerStats::default();
-        for loop_stats in self.stats.iter() {
-            total.add(loop_stats);
-        }
-        total
-    }
-
-    /// How long the loops' turns took, summed over the loops.
-    pub fn turn_times(&self) -> crate::TurnTimes {
-        let mut total = crate::TurnTimes::default();
-        for loop_stats in self.stats.iter() {
-            total.add(&loop_stats.turns);
-        }
-        total
-    }
-
-    /// The counters of each loop, in loop order: shows how connections
-    /// were spread.
-    pub fn stats_per_loop(&self) -> Vec<ServerStats> {
-        self.stats
-            .iter()
-            .map(|loop_stats| {
-                let mut stats = ServerStats::default();
-                stats.add(loop_stats);
-                stats
-            })
-            .collect()
     }
 }

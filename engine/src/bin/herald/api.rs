@@ -21,7 +21,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use herald::channels::EngineHandle;
+use herald::{channels::EngineHandle, cluster::Cluster};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 use tiny_http::{Header, Method, Response};
@@ -104,6 +104,8 @@ impl From<ApiError> for Reply {
 #[derive(Debug)]
 pub(crate) struct Api {
     pub(crate) engine: EngineHandle,
+    /// The link to other nodes (for the bus's counters).
+    pub(crate) cluster: Cluster,
     pub(crate) key: Option<String>,
     pub(crate) counters: Arc<ApiCounters>,
     pub(crate) max_body_bytes: usize,
@@ -158,7 +160,7 @@ impl Api {
             }
             "/metrics" => {
                 expect_method(&method, &Method::Get)?;
-                let text = metrics::render(&self.engine, &self.counters);
+                let text = metrics::render(&self.engine, &self.cluster, &self.counters);
                 return Ok(Reply::text(
                     "text/plain; version=0.0.4; charset=utf-8",
                     text,

@@ -23,6 +23,7 @@ use clap::Parser;
 use herald::{
     Server, SlowConsumerPolicy,
     channels::{Channels, Engine},
+    cluster::Cluster,
     wire::{CloseCode, DecoderConfig},
 };
 use signal_hook::{
@@ -79,11 +80,13 @@ fn run(config: &Config) -> std::io::Result<()> {
     // Register the handlers before anything starts, so that a signal that
     // arrives early still shuts down gracefully.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    let engine = start_engine(config)?;
+    let cluster = Cluster::new(config.broker.broker());
+    let engine = start_engine(config, &cluster)?;
     let counters = Arc::new(ApiCounters::default());
     let api = if config.api.enabled {
         let api = Api {
             engine: engine.handle(),
+            cluster,
             key: config.api.key.clone(),
             counters,
             max_body_bytes: config.api.max_body_bytes,
@@ -108,7 +111,7 @@ fn run(config: &Config) -> std::io::Result<()> {
     Ok(())
 }
 
-fn start_engine(config: &Config) -> std::io::Result<Engine> {
+fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
     let server = &config.server;
     let verifier = config
         .auth
@@ -150,8 +153,7 @@ fn start_engine(config: &Config) -> std::io::Result<Engine> {
         .ping_interval(server.ping_interval())
         .idle_timeout(server.idle_timeout())
         .shutdown_timeout(server.shutdown_timeout())
-        .decoder(decoder)
-        .broker(config.broker.broker());
+        .decoder(decoder);
     if server.demo {
         builder = builder
             .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)
@@ -161,7 +163,7 @@ fn start_engine(config: &Config) -> std::io::Result<Engine> {
                 PHOENIX_CLIENT,
             );
     }
-    channels.start(builder)
+    Ok(channels.start(cluster.attach(builder))?)
 }
 
 fn announce(config: &Config, engine: &Engine) {

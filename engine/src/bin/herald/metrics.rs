@@ -10,7 +10,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use herald::{TURN_BUCKETS_MICROS, channels::EngineHandle};
+use herald::{
+    Metric, MetricKind, TURN_BUCKETS_MICROS, TurnTimes, channels::EngineHandle, cluster::Cluster,
+};
 
 /// Counters of the HTTP API itself.
 #[derive(Debug, Default)]
@@ -19,6 +21,30 @@ pub(crate) struct ApiCounters {
     pub(crate) broadcasts: AtomicU64,
     /// Requests answered with a 4xx status.
     pub(crate) bad_requests: AtomicU64,
+}
+
+impl ApiCounters {
+    /// The API's counters as metrics, each with its help text.
+    fn metrics(&self) -> [Metric; 2] {
+        [
+            metric(
+                "api_broadcasts_total",
+                "Broadcasts accepted by POST /api/broadcast.",
+                MetricKind::Counter,
+                self.broadcasts.load(Relaxed),
+            ),
+            metric(
+                "api_bad_requests_total",
+                "HTTP API requests answered with a 4xx status.",
+                MetricKind::Counter,
+                self.bad_requests.load(Relaxed),
+            ),
+        ]
+    }
+}
+
+fn metric(name: &'static str, help: &'static str, kind: MetricKind, value: u64) -> Metric {
+    Metric::new(name, help, kind, value)
 }
 
 /// Writes metric families into a string.
@@ -35,177 +61,44 @@ impl Exposition {
         );
     }
 
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        let _ = writeln!(self.text, "herald_{name} {value}");
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "gauge", help);
-        let _ = writeln!(self.text, "herald_{name} {value}");
+    fn metric(&mut self, metric: &Metric) {
+        let kind = match metric.kind {
+            MetricKind::Gauge => "gauge",
+            _ => "counter",
+        };
+        self.family(metric.name, kind, metric.help);
+        let _ = writeln!(self.text, "herald_{} {}", metric.name, metric.value);
     }
 }
 
-/// The exposition text for everything `engine` and `api` count.
-pub(crate) fn render(engine: &EngineHandle, api: &ApiCounters) -> String {
+/// The exposition text for everything the engine, its cluster bus and the
+/// API count.
+pub(crate) fn render(engine: &EngineHandle, cluster: &Cluster, api: &ApiCounters) -> String {
     let server = engine.server();
-    let stats = server.stats();
-    let channels = engine.channel_stats();
     let mut out = Exposition {
         text: String::with_capacity(4096),
     };
-    out.gauge(
+    let connections = metric(
         "connections",
         "Connections held now, handshaking or open.",
+        MetricKind::Gauge,
         server.connections() as u64,
     );
-    out.counter(
-        "connections_accepted_total",
-        "TCP connections accepted.",
-        stats.connections_accepted,
-    );
-    out.counter(
-        "connections_opened_total",
-        "Connections that completed the WebSocket handshake.",
-        stats.connections_opened,
-    );
-    out.counter(
-        "connections_closed_total",
-        "Open connections that have closed.",
-        stats.connections_closed,
-    );
-    out.counter(
-        "handshakes_refused_total",
-        "Upgrade requests refused with an HTTP error or timed out.",
-        stats.handshakes_refused,
-    );
-    out.counter(
-        "channel_joins_total",
-        "Channel joins accepted.",
-        channels.joins,
-    );
-    out.counter(
-        "channel_joins_refused_total",
-        "Channel joins refused.",
-        channels.joins_refused,
-    );
-    out.counter(
-        "channel_leaves_total",
-        "Channels ended: left, rejoined, crashed or disconnected.",
-        channels.leaves,
-    );
-    out.counter(
-        "messages_received_total",
-        "WebSocket messages received from clients.",
-        stats.messages_received,
-    );
-    out.counter(
-        "channel_messages_total",
-        "Channel messages received from clients on joined topics.",
-        channels.client_messages,
-    );
-    out.counter(
-        "broadcasts_handled_total",
-        "Broadcasts delivered by a loop to its subscribers (one per loop reached).",
-        stats.publishes_handled,
-    );
-    out.counter(
-        "deliveries_total",
-        "Broadcast frames queued to subscribers (fan-out deliveries).",
-        stats.published_deliveries,
-    );
-    out.counter(
-        "bytes_written_total",
-        "Bytes written to client sockets.",
-        stats.bytes_written,
-    );
-    out.counter(
-        "slow_consumer_closes_total",
-        "Connections closed by the slow-consumer policy.",
-        stats.slow_consumer_closes,
-    );
-    out.counter(
-        "frames_dropped_total",
-        "Frames dropped unsent by the slow-consumer policy.",
-        stats.frames_dropped,
-    );
-    out.counter(
-        "protocol_errors_total",
-        "Connections closed for breaking RFC 6455.",
-        stats.protocol_errors,
-    );
-    out.counter(
-        "idle_timeouts_total",
-        "Connections closed for silence.",
-        stats.idle_timeouts,
-    );
-    out.counter(
-        "handler_panics_total",
-        "Panics caught in channel callbacks.",
-        stats.handler_panics,
-    );
-    out.counter(
-        "accept_resource_errors_total",
-        "Accepts that failed for lack of descriptors or memory.",
-        stats.accept_resource_errors,
-    );
-    out.counter(
-        "api_broadcasts_total",
-        "Broadcasts accepted by POST /api/broadcast.",
-        api.broadcasts.load(Relaxed),
-    );
-    out.counter(
-        "api_bad_requests_total",
-        "HTTP API requests answered with a 4xx status.",
-        api.bad_requests.load(Relaxed),
-    );
-    if let Some(bus) = server.cluster_stats() {
-        render_bus(&mut out, &bus);
-    }
-    render_turn_times(&mut out, engine);
+    let bus = cluster
+        .stats()
+        .into_iter()
+        .flat_map(|stats| stats.metrics());
+    std::iter::once(connections)
+        .chain(server.stats().metrics())
+        .chain(engine.channel_stats().metrics())
+        .chain(api.metrics())
+        .chain(bus)
+        .for_each(|metric| out.metric(&metric));
+    render_turn_times(&mut out, &server.turn_times());
     out.text
 }
 
-fn render_bus(out: &mut Exposition, bus: &herald::cluster::ClusterStats) {
-    out.gauge(
-        "bus_connected",
-        "1 while connected to the cluster broker.",
-        bus.connected,
-    );
-    out.counter(
-        "bus_reconnects_total",
-        "Broker connections re-established after a loss.",
-        bus.reconnects,
-    );
-    out.counter(
-        "bus_publishes_total",
-        "Broadcasts published to the broker for other nodes.",
-        bus.publishes,
-    );
-    out.counter(
-        "bus_publishes_dropped_total",
-        "Broadcasts not published: queue full or broker unreachable.",
-        bus.publishes_dropped,
-    );
-    out.counter(
-        "bus_received_total",
-        "Broadcasts received from other nodes.",
-        bus.received,
-    );
-    out.counter(
-        "bus_decode_errors_total",
-        "Broker messages that were not valid envelopes.",
-        bus.decode_errors,
-    );
-    out.gauge(
-        "bus_subscriptions",
-        "Topics subscribed on the broker.",
-        bus.subscriptions,
-    );
-}
-
-fn render_turn_times(out: &mut Exposition, engine: &EngineHandle) {
-    let turns = engine.server().turn_times();
+fn render_turn_times(out: &mut Exposition, turns: &TurnTimes) {
     out.family(
         "loop_turn_seconds",
         "histogram",

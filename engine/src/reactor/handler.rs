@@ -5,16 +5,17 @@
 //! that blocks belongs on another thread, which answers through a
 //! [`ConnHandle`].
 
-use bytes::Bytes;
-
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use super::{ConnHandle, LoopContext};
 use crate::{
-    Broadcast, Delivery, Request,
-    conn::Outbox,
+    broadcast::{Broadcast, Delivery},
+    conn::{Outbox, SendError},
+    handshake::Request,
     protocol::WireProtocol,
-    pubsub::conn_id,
-    reactor::{ConnHandle, LoopContext, Sub},
+    pubsub::{ConnId, Sub, SubscriptionKind, TopicEntry},
     wire::{CloseCode, Utf8Bytes, binary_frame, text_frame},
 };
 
@@ -104,22 +105,91 @@ pub trait Handler: Send + Sync + 'static {
     fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
         let _ = conn;
     }
+}
 
-    /// For protocol layers: how `broadcast` reaches a subscription made with
-    /// [`Conn::subscribe_with`] and this `tag`. Asked once per run of
-    /// subscribers with the same tag, not per subscriber. Default: the
-    /// frame for the subscription's protocol.
-    fn delivery(&self, tag: u32, broadcast: &Broadcast) -> Delivery {
-        let _ = (tag, broadcast);
+/// What the event loop needs from whoever handles its connections: the
+/// [`Handler`] callbacks, and how broadcasts reach subscriptions that are
+/// not plain (`crate`-internal, for the channels layer).
+///
+/// Every [`Handler`] is a `Service` whose subscriptions are all plain; the
+/// channels layer implements `Service` itself.
+pub(crate) trait Service: Send + Sync + 'static {
+    /// Per-connection state.
+    type State: Send + 'static;
+
+    /// See [`Handler::on_connect`].
+    fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject>;
+    /// See [`Handler::on_open`].
+    fn on_open(&self, conn: &mut Conn<'_, Self::State>);
+    /// See [`Handler::on_message`].
+    fn on_message(&self, conn: &mut Conn<'_, Self::State>, text: Utf8Bytes);
+    /// See [`Handler::on_binary`].
+    fn on_binary(&self, conn: &mut Conn<'_, Self::State>, data: Bytes);
+    /// See [`Handler::on_ping`].
+    fn on_ping(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes);
+    /// See [`Handler::on_pong`].
+    fn on_pong(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes);
+    /// See [`Handler::on_close`].
+    fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str);
+    /// See [`Handler::on_heartbeat`].
+    fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>);
+
+    /// How `broadcast` reaches a subscription of `kind` (never
+    /// [`SubscriptionKind::Plain`], which always gets its frame). Asked once
+    /// per run of subscribers of the same kind, not per subscriber.
+    fn delivery(&self, kind: SubscriptionKind, broadcast: &Broadcast) -> Delivery;
+
+    /// A broadcast for a subscription whose [`delivery`](Self::delivery)
+    /// is [`Delivery::Callback`].
+    fn on_broadcast(
+        &self,
+        conn: &mut Conn<'_, Self::State>,
+        kind: SubscriptionKind,
+        broadcast: &Broadcast,
+    );
+}
+
+impl<H: Handler> Service for H {
+    type State = H::State;
+
+    fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject> {
+        Handler::on_connect(self, request)
+    }
+
+    fn on_open(&self, conn: &mut Conn<'_, Self::State>) {
+        Handler::on_open(self, conn);
+    }
+
+    fn on_message(&self, conn: &mut Conn<'_, Self::State>, text: Utf8Bytes) {
+        Handler::on_message(self, conn, text);
+    }
+
+    fn on_binary(&self, conn: &mut Conn<'_, Self::State>, data: Bytes) {
+        Handler::on_binary(self, conn, data);
+    }
+
+    fn on_ping(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes) {
+        Handler::on_ping(self, conn, payload);
+    }
+
+    fn on_pong(&self, conn: &mut Conn<'_, Self::State>, payload: Bytes) {
+        Handler::on_pong(self, conn, payload);
+    }
+
+    fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str) {
+        Handler::on_close(self, conn, code, reason);
+    }
+
+    fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
+        Handler::on_heartbeat(self, conn);
+    }
+
+    fn delivery(&self, _: SubscriptionKind, _: &Broadcast) -> Delivery {
+        // A plain handler makes plain subscriptions only.
         Delivery::Frame
     }
 
-    /// For protocol layers: a broadcast for a subscription whose
-    /// [`delivery`](Self::delivery) is [`Delivery::Callback`] (an
-    /// interceptor, a server-side subscription).
-    fn on_broadcast(&self, conn: &mut Conn<'_, Self::State>, tag: u32, broadcast: &Broadcast) {
-        let _ = (conn, tag, broadcast);
-    }
+    fn on_broadcast(&self, _: &mut Conn<'_, Self::State>, _: SubscriptionKind, _: &Broadcast) {}
 }
 
 /// Accepts an upgrade: the connection's state and, optionally, the chosen
@@ -224,22 +294,6 @@ impl Reject {
     }
 }
 
-/// Why a send did not queue its frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// The connection is closing or closed; nothing more can be sent.
-    #[error("connection is closing")]
-    Closed,
-    /// This send took the connection past its queue limit and the
-    /// slow-consumer policy closed it.
-    #[error("connection closed as a slow consumer")]
-    SlowConsumer,
-    /// The server has shut down.
-    #[error("server has shut down")]
-    ServerStopped,
-}
-
 /// One connection, as a callback sees it: its state, and ways to send to
 /// it and close it.
 ///
@@ -250,8 +304,7 @@ pub struct Conn<'a, S> {
     pub(crate) outbox: &'a mut Outbox,
     /// The topics this connection is subscribed to.
     pub(crate) topics: &'a mut Vec<Arc<str>>,
-    pub(crate) key: usize,
-    pub(crate) generation: u32,
+    pub(crate) id: ConnId,
     pub(crate) ctx: &'a mut LoopContext,
 }
 
@@ -277,7 +330,7 @@ impl<S> Conn<'_, S> {
         let result = self
             .outbox
             .enqueue(frame, &self.ctx.config, &self.ctx.stats);
-        self.ctx.mark_dirty(self.key, self.outbox);
+        self.ctx.mark_dirty(self.id, self.outbox);
         result
     }
 
@@ -286,7 +339,7 @@ impl<S> Conn<'_, S> {
     /// may not be sent becomes 1000.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         self.outbox.queue_close(code, reason);
-        self.ctx.mark_dirty(self.key, self.outbox);
+        self.ctx.mark_dirty(self.id, self.outbox);
     }
 
     /// Whether the connection is closing (a close frame has been queued).
@@ -296,7 +349,15 @@ impl<S> Conn<'_, S> {
 
     /// A handle to this connection for other threads.
     pub fn handle(&self) -> ConnHandle {
-        self.ctx.handle_for(self.key, self.generation)
+        self.ctx.handle_for(self.id)
+    }
+
+    /// Names this connection with `id` (a user, a device), so that
+    /// [`ServerHandle::disconnect`](crate::ServerHandle::disconnect) can
+    /// close every connection of that name, on every loop and every node.
+    /// A connection has at most one name; naming it again replaces it.
+    pub fn set_id(&mut self, id: &str) {
+        self.ctx.names.insert(id, self.id);
     }
 
     /// Subscribes this connection to `topic`: frames published to it (by
@@ -308,24 +369,19 @@ impl<S> Conn<'_, S> {
     /// This is the plain-WebSocket pub/sub of uWebSockets; the channels
     /// layer builds Phoenix and Amber topics on the same index.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.subscribe_with(topic, WireProtocol::Raw, 0)
+        self.subscribe_as(topic, Sub::plain(WireProtocol::Raw))
     }
 
-    /// Subscribes with a protocol and a tag, for protocol layers: a
-    /// broadcast then brings this connection the frame encoded for
-    /// `protocol`, or calls the handler, as
-    /// [`Handler::delivery`](crate::Handler::delivery) decides for `tag`.
-    /// Returns `false` if the connection was already subscribed (its
-    /// protocol and tag are replaced).
-    pub fn subscribe_with(&mut self, topic: &str, protocol: WireProtocol, tag: u32) -> bool {
-        let id = conn_id(self.key, self.generation);
-        let sub = Sub { protocol, tag };
+    /// Subscribes with the protocol whose frame the subscription gets and
+    /// its kind, for protocol layers. Returns `false` if the connection was
+    /// already subscribed (its subscription is replaced).
+    pub(crate) fn subscribe_as(&mut self, topic: &str, sub: Sub) -> bool {
         if self.topics.iter().any(|t| &**t == topic) {
-            self.ctx.topics.subscribe(topic, id, sub);
+            self.ctx.topics.subscribe(topic, self.id, sub);
             return false;
         }
         let topic: Arc<str> = Arc::from(topic);
-        self.ctx.topics.subscribe(&topic, id, sub);
+        self.ctx.topics.subscribe(&topic, self.id, sub);
         self.topics.push(topic);
         true
     }
@@ -337,9 +393,7 @@ impl<S> Conn<'_, S> {
             return false;
         };
         self.topics.swap_remove(position);
-        self.ctx
-            .topics
-            .unsubscribe(topic, conn_id(self.key, self.generation));
+        self.ctx.topics.unsubscribe(topic, self.id);
         true
     }
 
@@ -349,28 +403,28 @@ impl<S> Conn<'_, S> {
     }
 
     /// Sends `frame`, encoded once by the caller, to every subscriber of
-    /// `topic` on every loop, except this connection. Delivered when the
-    /// callback returns, within the same loop turn.
+    /// `topic` on every loop (and every node, with a cluster), except this
+    /// connection. Delivered when the callback returns, within the same loop
+    /// turn.
     pub fn publish(&mut self, topic: &str, frame: Bytes) {
         self.broadcast(Broadcast::raw(topic, frame), false);
     }
 
-    /// Sends a broadcast (with its frames per protocol) to every subscriber
-    /// of its topic on every loop; this connection too if `include_self`.
-    /// Delivered when the callback returns, within the same loop turn.
-    pub fn broadcast(&mut self, broadcast: Broadcast, include_self: bool) {
+    /// Sends a broadcast to every subscriber of its topic on every loop;
+    /// this connection too if `include_self`. Delivered when the callback
+    /// returns, within the same loop turn.
+    pub(crate) fn broadcast(&mut self, broadcast: Broadcast, include_self: bool) {
         let broadcast = if include_self {
             broadcast
         } else {
-            broadcast.excluding(self.ctx.loop_index, conn_id(self.key, self.generation))
+            broadcast.excluding(self.ctx.loop_index, self.id)
         };
         self.ctx.publishes.push(Arc::new(broadcast));
     }
 
-    /// What the shared index knows of `topic`: which loops have subscribers
-    /// of each protocol, and how many there are. Protocol layers check it to
-    /// encode a broadcast only for the protocols that will use it.
-    pub fn topic(&self, topic: &str) -> Option<crate::pubsub::TopicEntry> {
+    /// What the shared index knows of `topic`: which protocols its
+    /// subscribers speak, so that a broadcast is encoded only for those.
+    pub(crate) fn topic(&self, topic: &str) -> Option<TopicEntry> {
         self.ctx.topics.registry().lookup(topic)
     }
 }
@@ -378,8 +432,7 @@ impl<S> Conn<'_, S> {
 impl<S> std::fmt::Debug for Conn<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
-            .field("key", &self.key)
-            .field("generation", &self.generation)
+            .field("id", &self.id)
             .field("queued_bytes", &self.outbox.queued_bytes())
             .finish()
     }
@@ -420,13 +473,5 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
         (**self).on_heartbeat(conn);
-    }
-
-    fn delivery(&self, tag: u32, broadcast: &Broadcast) -> Delivery {
-        (**self).delivery(tag, broadcast)
-    }
-
-    fn on_broadcast(&self, conn: &mut Conn<'_, Self::State>, tag: u32, broadcast: &Broadcast) {
-        (**self).on_broadcast(conn, tag, broadcast);
     }
 }

@@ -1,17 +1,16 @@
 //! A connection's outbound side: the write queue, the backpressure policy,
 //! and the close frame that ends what may be sent.
 //!
-//! Pure: no socket. The reactor flushes the queue and decides, from
+//! Pure: no socket. The connection's state machine decides, from
 //! [`Outbox::is_closing`], when the TCP connection may go.
 
 use bytes::Bytes;
 
+use super::{SendError, write_queue::WriteQueue};
 use crate::{
     config::{ServerConfig, SlowConsumerPolicy},
-    handler::SendError,
-    stats::{LoopStats, bump},
+    metrics::{LoopStats, bump},
     wire::{CloseCode, close_frame},
-    write_queue::WriteQueue,
 };
 
 /// The largest close reason: a close payload is at most 125 bytes, two of
@@ -140,6 +139,11 @@ impl Outbox {
     /// The code of the queued close frame.
     pub(crate) fn close_code(&self) -> Option<CloseCode> {
         self.close_code
+    }
+
+    /// Whether anything is waiting to be written.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Bytes waiting.

@@ -1,0 +1,125 @@
+//! What every thread of a fan-out run shares: the plan, the delivery
+//! tracker, the paths, and opening a thread's share of the connections.
+
+use std::{io, sync::Barrier};
+
+use herald_bench::{
+    client::Client,
+    tracker::{ThreadStats, Tracker},
+};
+use indicatif::ProgressBar;
+use mio::Poll;
+
+use super::FanoutPlan;
+use crate::{
+    cli::options::Options,
+    scenarios::{
+        connections::open_connections_with,
+        messages::{FANOUT_TOPIC, join_all, receive},
+    },
+};
+
+/// What every thread of a fan-out run shares.
+pub(super) struct FanoutShared<'a> {
+    /// The command line.
+    pub(super) options: &'a Options,
+    /// What the run does.
+    pub(super) plan: &'a FanoutPlan,
+    /// The deliveries on their way.
+    pub(super) tracker: &'a Tracker,
+    /// The connecting progress bar, shared by every thread.
+    pub(super) progress: &'a ProgressBar,
+    /// Every thread waits here once its connections are open and joined.
+    connected: &'a Barrier,
+    /// What pads a message to the payload size.
+    pub(super) filler: String,
+    /// The path a subscriber connects to.
+    subscriber_path: String,
+    /// The path the WebSocket publisher connects to.
+    pub(super) publisher_path: String,
+}
+
+impl<'a> FanoutShared<'a> {
+    /// What the threads of a run of `plan` share; the paths follow from
+    /// `--path` and the protocol.
+    pub(super) fn new(
+        options: &'a Options,
+        plan: &'a FanoutPlan,
+        tracker: &'a Tracker,
+        progress: &'a ProgressBar,
+        connected: &'a Barrier,
+    ) -> Self {
+        let path = &options.path;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let subscriber_path = if plan.phoenix {
+            format!("{path}{separator}vsn=2.0.0")
+        } else {
+            format!("{path}{separator}topic={FANOUT_TOPIC}")
+        };
+        let publisher_path = if plan.phoenix {
+            subscriber_path.clone()
+        } else {
+            format!("{subscriber_path}&subscribe=0")
+        };
+        Self {
+            options,
+            plan,
+            tracker,
+            progress,
+            connected,
+            filler: "x".repeat(
+                plan.payload
+                    .saturating_sub(if plan.phoenix { 40 } else { 16 }),
+            ),
+            subscriber_path,
+            publisher_path,
+        }
+    }
+
+    /// Opens (and, for Phoenix, joins) `count` connections on a poll of
+    /// this thread's; the last is the publisher's if `with_publisher`.
+    /// Waits for the other threads before returning.
+    pub(super) fn connect(
+        &self,
+        count: usize,
+        with_publisher: bool,
+    ) -> io::Result<(Poll, Vec<Client>)> {
+        let path_of = |index: usize| {
+            if with_publisher && index + 1 == count {
+                self.publisher_path.clone()
+            } else {
+                self.subscriber_path.clone()
+            }
+        };
+        let mut poll = Poll::new()?;
+        let opened =
+            open_connections_with(self.options, &mut poll, count, 256, &path_of, self.progress)
+                .and_then(|(mut clients, _)| {
+                    if self.plan.phoenix {
+                        join_all(&mut poll, &mut clients, &path_of)?;
+                    }
+                    Ok(clients)
+                });
+        if opened.is_err() {
+            self.tracker.fail();
+        }
+        self.connected.wait();
+        if self.tracker.has_failed() {
+            return Err(opened
+                .err()
+                .unwrap_or_else(|| io::Error::other("another thread failed")));
+        }
+        Ok((poll, opened?))
+    }
+
+    /// Reads a subscriber's frames and counts what arrived.
+    pub(super) fn receive(&self, client: &mut Client, stats: &mut ThreadStats) -> io::Result<()> {
+        receive(
+            client,
+            &self.subscriber_path,
+            self.plan.phoenix,
+            self.tracker,
+            stats,
+        )
+    }
+}

@@ -1,0 +1,108 @@
+//! The fan-out topic's messages: what a publisher sends, how a subscriber
+//! counts what it receives, and the Phoenix joins.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use herald::wire::OpCode;
+use herald_bench::{
+    client::{Client, drive},
+    tracker::{ThreadStats, Tracker},
+};
+use mio::Poll;
+
+/// The topic the fan-out scenario uses.
+pub(crate) const FANOUT_TOPIC: &str = "herald-bench";
+
+/// The message with sequence number `seq`, as the publisher sends it.
+pub(crate) fn fanout_message(phoenix: bool, seq: u64, filler: &str) -> String {
+    if phoenix {
+        format!(r#"["1",null,"{FANOUT_TOPIC}","new_msg",{{"s":"{seq:016x}","f":"{filler}"}}]"#)
+    } else {
+        format!("{seq:016x}{filler}")
+    }
+}
+
+/// The `POST /api/broadcast` body of message `seq`.
+pub(crate) fn api_message(seq: u64, filler: &str) -> String {
+    format!(
+        r#"{{"topic":"{FANOUT_TOPIC}","event":"new_msg","payload":{{"s":"{seq:016x}","f":"{filler}"}}}}"#
+    )
+}
+
+/// The sequence number in a received frame's leading bytes.
+fn fanout_seq(phoenix: bool, prefix: &[u8]) -> Option<u64> {
+    let at = if phoenix {
+        prefix.windows(5).position(|w| w == br#""s":""#)? + 5
+    } else {
+        0
+    };
+    let hex = std::str::from_utf8(prefix.get(at..at + 16)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Sends a Phoenix join for the fan-out topic on every client and waits
+/// for all the replies.
+pub(crate) fn join_all(
+    poll: &mut Poll,
+    clients: &mut [Client],
+    path_of: &dyn Fn(usize) -> String,
+) -> io::Result<()> {
+    let join = format!(r#"["1","1","{FANOUT_TOPIC}","phx_join",{{}}]"#);
+    for client in clients.iter_mut() {
+        client.send(OpCode::Text, join.as_bytes())?;
+    }
+    let mut joined = 0;
+    let mut failure = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while joined < clients.len() && Instant::now() < deadline {
+        drive(poll, Instant::now() + Duration::from_millis(100), |token| {
+            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+                if frame.opcode == OpCode::Text
+                    && frame.prefix.windows(9).any(|w| w == b"phx_reply")
+                {
+                    joined += 1;
+                }
+            });
+            if let Err(err) = result {
+                failure = Some(err);
+            }
+            failure.is_none()
+        })?;
+        if let Some(err) = failure.take() {
+            return Err(err);
+        }
+    }
+    if joined < clients.len() {
+        return Err(io::Error::other(format!(
+            "only {joined} of {} joins answered",
+            clients.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Handles a subscriber's readiness: reads its frames and counts each
+/// sequence number it received.
+pub(crate) fn receive(
+    client: &mut Client,
+    path: &str,
+    phoenix: bool,
+    tracker: &Tracker,
+    stats: &mut ThreadStats,
+) -> io::Result<()> {
+    let mut arrived = Vec::new();
+    client.on_ready(path, |_, frame| {
+        if frame.opcode == OpCode::Text {
+            arrived.push(frame.prefix);
+        }
+    })?;
+    for prefix in arrived {
+        let seq = fanout_seq(phoenix, &prefix)
+            .ok_or_else(|| io::Error::other("a frame without a sequence number"))?;
+        tracker.received(seq, stats)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! One event loop: its listener, connections, timers and mailbox.
+//!
+//! See the [module docs](super) for the phases of a turn. Each phase is a
+//! method here; what a connection decides by itself (the handshake, the
+//! close handshake, heartbeats and deadlines) is in its
+//! [`Connection`](crate::conn::Connection) state machine, which this loop
+//! drives with bytes and ticks. Reading and dispatching to the application
+//! is in `input.rs`, delivering broadcasts in `fanout.rs`.
+
+mod fanout;
+mod input;
+
+use std::{
+    io::{self, ErrorKind},
+    net::{Shutdown, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use mio::{
+    Events, Interest, Poll, Token, Waker,
+    net::{TcpListener, TcpStream},
+};
+use slab::Slab;
+
+use super::{Command, LoopContext, Mailbox, Relay, Service, names::Names};
+use crate::{
+    config::ServerConfig,
+    conn::{AfterFlush, Connection, Env, Expired, Flushed, Shutdown as ShutdownStep},
+    metrics::{LoopStats, bump},
+    pubsub::{ConnId, LoopTopics, TopicRegistry},
+    timer::{Expiry, TICK, Tick, TimerWheel},
+    wire::CloseCode,
+};
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+
+// A connection's poll token is its `ConnId`, which needs 64 bits.
+const _: () = assert!(usize::BITS == 64, "herald needs a 64-bit target");
+
+/// Slots in the timer wheel: 1024 ticks is 102 s, beyond every default.
+const WHEEL_SLOTS: usize = 1024;
+/// How long accepting pauses after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection's slot in the loop's slab.
+#[derive(Debug)]
+struct Slot<S> {
+    socket: TcpStream,
+    generation: u32,
+    /// Bytes read and not yet decoded; borrowed from the loop's pool while
+    /// a message is partly read, so idle connections hold none.
+    read_buf: Option<BytesMut>,
+    conn: Connection,
+    /// The topics it is subscribed to.
+    topics: Vec<Arc<str>>,
+    /// The application's state, once `on_connect` accepted.
+    state: Option<S>,
+}
+
+/// A connection's budget: what every idle connection costs in user space,
+/// besides the application's state and slab overhead.
+const _: () = assert!(size_of::<Slot<()>>() <= 272);
+
+/// What a connection needs from the loop's context.
+fn env(ctx: &LoopContext) -> Env<'_> {
+    Env {
+        config: &ctx.config,
+        stats: &ctx.stats,
+    }
+}
+
+/// One event loop.
+pub(crate) struct Worker<S: Service> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Slot<S::State>>,
+    next_generation: u32,
+    wheel: TimerWheel,
+    expired: Vec<Expiry>,
+    /// Connections whose read budget ran out: read again next turn.
+    read_again: Vec<ConnId>,
+    pool: Vec<BytesMut>,
+    rx: Receiver<Command>,
+    ctx: LoopContext,
+    service: Arc<S>,
+    open: Arc<AtomicUsize>,
+    epoch: Instant,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+    /// Spare vector swapped with `ctx.dirty` while flushing.
+    flushing: Vec<usize>,
+}
+
+impl<S: Service> Worker<S> {
+    pub(crate) fn new(
+        loop_index: usize,
+        mut listener: TcpListener,
+        config: Arc<ServerConfig>,
+        service: Arc<S>,
+        open: Arc<AtomicUsize>,
+        registry: Arc<TopicRegistry>,
+        relay: Option<Arc<dyn Relay>>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (mailbox, rx) = Mailbox::new(waker);
+        Ok(Self {
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            next_generation: 0,
+            wheel: TimerWheel::new(WHEEL_SLOTS, 0),
+            expired: Vec::new(),
+            read_again: Vec::new(),
+            pool: Vec::new(),
+            rx,
+            ctx: LoopContext {
+                config,
+                stats: Arc::new(LoopStats::default()),
+                mailbox,
+                dirty: Vec::new(),
+                loop_index,
+                topics: LoopTopics::new(loop_index, registry),
+                names: Names::default(),
+                peers: Arc::from(Vec::new()),
+                publishes: Vec::new(),
+                relay,
+            },
+            service,
+            open,
+            epoch: Instant::now(),
+            accept_paused_until: None,
+            shutdown_deadline: None,
+            flushing: Vec::new(),
+        })
+    }
+
+    pub(crate) fn mailbox(&self) -> Arc<Mailbox> {
+        Arc::clone(&self.ctx.mailbox)
+    }
+
+    pub(crate) fn stats(&self) -> Arc<LoopStats> {
+        Arc::clone(&self.ctx.stats)
+    }
+
+    /// Gives the loop every loop's mailbox, for publishing across loops.
+    pub(crate) fn set_peers(&mut self, peers: Arc<[Arc<Mailbox>]>) {
+        self.ctx.peers = peers;
+    }
+
+    /// Runs turns until a shutdown completes.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(%err, "poll failed; stopping this loop");
+                break;
+            }
+            let turn_started = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.drain_mailbox(),
+                    token => {
+                        let readiness = if event.is_read_closed() || event.is_error() {
+                            Some(ReadUntil::WouldBlock)
+                        } else {
+                            event.is_readable().then_some(ReadUntil::ShortRead)
+                        };
+                        self.on_socket_event(token, readiness, event.is_writable());
+                    }
+                }
+            }
+            self.read_deferred();
+            self.resume_accepting();
+            self.expire_timers();
+            self.flush_dirty();
+            self.ctx.stats.turns.record(turn_started.elapsed());
+            if self.shutdown_complete() {
+                break;
+            }
+        }
+        self.drop_all();
+    }
+
+    // ---- Phase 1: how long to sleep ----------------------------------------
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let timers_pending = !self.wheel.is_empty()
+            || self.accept_paused_until.is_some()
+            || self.shutdown_deadline.is_some();
+        timers_pending.then(|| {
+            let into_tick = self.epoch.elapsed().as_nanos() % TICK.as_nanos();
+            TICK - Duration::from_nanos(into_tick as u64) + Duration::from_millis(1)
+        })
+    }
+
+    /// The loop's virtual time: ticks since it started.
+    fn now_tick(&self) -> Tick {
+        (self.epoch.elapsed().as_millis() / TICK.as_millis()) as Tick
+    }
+
+    // ---- Phase 2: accept ----------------------------------------------------
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(err) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the backlog keeps the
+                    // connection; try again after a pause instead of
+                    // spinning on a listener that stays readable.
+                    if is_resource_exhaustion(&err) {
+                        bump(&self.ctx.stats.accept_resource_errors, 1);
+                    } else {
+                        tracing::warn!(%err, "accept failed");
+                    }
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+    }
+
+    /// Registers an accepted socket as a handshaking connection.
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        let over_limit =
+            self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.max_connections;
+        // Frames are small and latency matters; coalescing is done by writev.
+        let _ = socket.set_nodelay(true);
+        // 31 bits, so that no token reaches LISTENER or WAKER.
+        let generation = self.next_generation & 0x7FFF_FFFF;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let now = self.now_tick();
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let token = Token(ConnId::new(key, generation).to_bits() as usize);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(err) = self.poll.registry().register(&mut socket, token, interest) {
+            tracing::warn!(%err, "could not register an accepted socket");
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let conn = Connection::accepted(peer, over_limit, now, env(&self.ctx));
+        entry.insert(Slot {
+            socket,
+            generation,
+            read_buf: None,
+            conn,
+            topics: Vec::new(),
+            state: None,
+        });
+        bump(&self.ctx.stats.connections_accepted, 1);
+        self.sync(key);
+    }
+
+    // ---- Phase 2: mailbox ---------------------------------------------------
+
+    fn drain_mailbox(&mut self) {
+        self.ctx.mailbox.clear_wake();
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                Command::Send { conn, frame } => {
+                    if let Some(key) = self.open_key(conn) {
+                        let outbox = self.conns[key].conn.outbox();
+                        // A refused send is counted by the outbox itself.
+                        let _ = outbox.enqueue(frame, &self.ctx.config, &self.ctx.stats);
+                        self.sync(key);
+                    }
+                }
+                Command::Close { conn, code, reason } => {
+                    if let Some(key) = self.open_key(conn) {
+                        self.conns[key].conn.close(code, &reason);
+                        self.sync(key);
+                    }
+                }
+                Command::Publish(broadcast) => {
+                    // Private copies of the frames: every subscriber's clone
+                    // then touches this loop's refcount only, not one that
+                    // every loop shares.
+                    let broadcast = Arc::new(broadcast.localized());
+                    self.deliver(&broadcast);
+                }
+                Command::Disconnect(name) => self.disconnect(&name),
+                Command::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    /// The slab key of `conn` if it is still open; a command for a
+    /// connection that has gone is counted.
+    fn open_key(&self, conn: ConnId) -> Option<usize> {
+        let key = conn.key();
+        let open = self
+            .conns
+            .get(key)
+            .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open());
+        if !open {
+            bump(&self.ctx.stats.commands_for_closed_connections, 1);
+        }
+        open.then_some(key)
+    }
+
+    /// Closes this loop's connections named `name`, with 1001.
+    fn disconnect(&mut self, name: &str) {
+        for conn in self.ctx.names.get(name).to_vec() {
+            if let Some(key) = self.open_key(conn) {
+                self.conns[key]
+                    .conn
+                    .close(CloseCode::GOING_AWAY, "disconnected");
+                self.sync(key);
+            }
+        }
+    }
+
+    // ---- Phase 2: socket events ----------------------------------------------
+
+    fn on_socket_event(&mut self, token: Token, readable: Option<ReadUntil>, writable: bool) {
+        let id = ConnId::from_bits(token.0 as u64);
+        let key = id.key();
+        match self.conns.get_mut(key) {
+            Some(slot) if slot.generation == id.generation() => {
+                if writable && slot.conn.outbox().has_queued() {
+                    slot.conn.outbox().mark_dirty(key, &mut self.ctx.dirty);
+                }
+            }
+            _ => return,
+        }
+        if let Some(until) = readable {
+            self.read(key, until);
+        }
+    }
+
+    // ---- Phase 3: timers ---------------------------------------------------------
+
+    fn expire_timers(&mut self) {
+        let now = self.now_tick();
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(now, &mut expired);
+        for expiry in expired.drain(..) {
+            let live = self.conns.get(expiry.key).is_some_and(|slot| {
+                slot.generation == expiry.generation && slot.conn.deadline() == expiry.deadline
+            });
+            if live {
+                self.on_deadline(expiry.key, now);
+            }
+        }
+        self.expired = expired;
+    }
+
+    fn on_deadline(&mut self, key: usize, now: Tick) {
+        match self.conns[key].conn.on_deadline(now, env(&self.ctx)) {
+            Expired::Stale => {}
+            Expired::HandshakeTimeout | Expired::CloseTimeout => self.remove(key),
+            Expired::IdleTimeout => self.sync(key),
+            Expired::Heartbeat => {
+                self.sync(key);
+                self.call(key, |service, conn| service.on_heartbeat(conn));
+            }
+        }
+    }
+
+    // ---- Phase 4: flush ------------------------------------------------------------
+
+    fn flush_dirty(&mut self) {
+        std::mem::swap(&mut self.flushing, &mut self.ctx.dirty);
+        let mut flushing = std::mem::take(&mut self.flushing);
+        for key in flushing.drain(..) {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            slot.conn.outbox().dirty = false;
+            let (result, written) = slot.conn.flush(&mut slot.socket);
+            bump(&self.ctx.stats.bytes_written, written as u64);
+            match result {
+                Ok(Flushed::All) => self.after_flush(key),
+                Ok(Flushed::Blocked) => {}
+                Err(_) => self.remove(key),
+            }
+        }
+        self.flushing = flushing;
+    }
+
+    /// Everything queued went out: finish a close if one is under way.
+    fn after_flush(&mut self, key: usize) {
+        let slot = &mut self.conns[key];
+        match slot.conn.after_flush() {
+            AfterFlush::Keep => {}
+            AfterFlush::ShutdownWrite => {
+                let _ = slot.socket.shutdown(Shutdown::Write);
+            }
+            AfterFlush::Remove => self.remove(key),
+        }
+    }
+
+    // ---- Endings -----------------------------------------------------------------
+
+    /// Drops a connection: the peer closed its side, the socket failed, or
+    /// the connection ended. The application hears of it first (1006 if it
+    /// had not yet).
+    fn remove(&mut self, key: usize) {
+        if self
+            .conns
+            .get_mut(key)
+            .is_some_and(|slot| slot.conn.take_close_report())
+        {
+            self.notify_close(key, CloseCode::ABNORMAL, "");
+        }
+        let Some(mut slot) = self.conns.try_remove(key) else {
+            return;
+        };
+        let id = ConnId::new(key, slot.generation);
+        for topic in slot.topics.drain(..) {
+            self.ctx.topics.unsubscribe(&topic, id);
+        }
+        self.ctx.names.remove(id);
+        let _ = self.poll.registry().deregister(&mut slot.socket);
+        if let Some(buf) = slot.read_buf.take() {
+            self.recycle(buf);
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(Instant::now() + self.ctx.config.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            match self.conns[key].conn.begin_shutdown() {
+                ShutdownStep::Remove => self.remove(key),
+                ShutdownStep::Closing => self.sync(key),
+                ShutdownStep::Nothing => {}
+            }
+        }
+    }
+
+    fn shutdown_complete(&self) -> bool {
+        self.shutdown_deadline
+            .is_some_and(|deadline| self.conns.is_empty() || Instant::now() >= deadline)
+    }
+
+    fn drop_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+}
+
+/// When a read of a readable socket may stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadUntil {
+    /// At the first `recv` that returns less than asked: the receive queue
+    /// was emptied, and data arriving later raises a new edge. Saves the
+    /// `recv` that would only return `EAGAIN`, a third of the system calls
+    /// of a small request-response exchange.
+    ShortRead,
+    /// Until `WouldBlock` or EOF: when the peer's FIN or an error was
+    /// reported with the data (no further edge would announce them), and
+    /// for reads resumed after the per-turn budget.
+    WouldBlock,
+}
+
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
