@@ -61,8 +61,14 @@ impl FanoutFixture {
             if *generation != id.generation() {
                 continue;
             }
-            delivered +=
-                usize::from(outbox.fan_out(key, frame, &self.config, &self.stats, &mut self.dirty));
+            delivered += usize::from(outbox.fan_out(
+                key,
+                frame,
+                1,
+                &self.config,
+                &self.stats,
+                &mut self.dirty,
+            ));
         }
         delivered
     }

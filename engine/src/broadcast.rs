@@ -136,6 +136,12 @@ impl Broadcast {
         self
     }
 
+    /// The connection of loop `loop_index` this broadcast excludes, if any.
+    pub(crate) fn excluded_on(&self, loop_index: usize) -> Option<ConnId> {
+        self.exclude
+            .and_then(|(excluded_loop, conn)| (excluded_loop == loop_index).then_some(conn))
+    }
+
     /// Whether the connection `conn` of loop `loop_index` is excluded.
     pub(crate) fn excludes(&self, loop_index: usize, conn: ConnId) -> bool {
         self.exclude == Some((loop_index, conn))

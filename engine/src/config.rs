@@ -33,8 +33,10 @@ pub enum SlowConsumerPolicy {
     DropOldest,
 }
 
-/// A document served at a path with a plain `GET`.
+/// A document served at a path with a plain `GET` (see
+/// [`ServerBuilder::static_file`](crate::ServerBuilder::static_file)).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StaticFile {
     /// The exact path, such as `/`.
     pub path: String,

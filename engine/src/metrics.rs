@@ -156,7 +156,8 @@ counters! {
     messages_received: Counter "messages_received_total",
     /// Broadcasts a loop delivered to its subscribers (one per loop reached).
     publishes_handled: Counter "broadcasts_handled_total",
-    /// Frames queued for subscribers by broadcasts (one per subscriber).
+    /// Messages queued for subscribers by broadcasts (one per message and
+    /// subscriber, whether it travelled alone or in a turn's batch).
     published_deliveries: Counter "deliveries_total",
     /// Bytes handed to the kernel by `writev`.
     bytes_written: Counter "bytes_written_total",
@@ -164,7 +165,7 @@ counters! {
     protocol_errors: Counter "protocol_errors_total",
     /// Connections closed by the slow-consumer policy.
     slow_consumer_closes: Counter "slow_consumer_closes_total",
-    /// Frames dropped unsent: by `DropOldest`, or queued when a slow
+    /// Messages dropped unsent: by `DropOldest`, or queued when a slow
     /// consumer was closed.
     frames_dropped: Counter "frames_dropped_total",
     /// Sends refused because the connection was already closing.

@@ -4,7 +4,9 @@
 //!
 //! Run alone with `cargo test -p herald --test layers`. The order below is
 //! the one the crate docs draw; moving a module, or importing upward, makes
-//! this test name the file and the import.
+//! this test name the file and the import. It reads `crate::` paths only
+//! (`use` lines and paths in code, comments skipped); a child module's
+//! `super::` stays inside its own module, which is what the rule allows.
 
 use std::{collections::HashMap, fs, path::Path};
 

@@ -77,6 +77,7 @@ impl Channel<User> for Room {
             "ping" => ctx.reply(Status::Ok, &Reply::json(&json!({ "pong": true })).unwrap()),
             "whisper" => ctx.push("whispered", payload),
             "crash" => panic!("the channel failed"),
+            "burst" => burst(ctx, payload),
             _ => ctx.reply(Status::Error, &Reply::reason("unknown event")),
         }
     }
@@ -106,6 +107,23 @@ impl Channel<User> for Room {
             return; // not for this subscriber
         }
         ctx.push(event, payload);
+    }
+}
+
+/// Broadcasts `n` messages in one callback, so that they reach the loops in
+/// one turn: `i % 3 == 0` to everyone, `1` to everyone but the sender, and,
+/// if `intercepted`, `2` as the intercepted event `filtered` (for bob only),
+/// else to everyone.
+fn burst(ctx: &mut ChannelContext<'_, '_, User>, payload: &RawValue) {
+    let payload: Value = serde_json::from_str(payload.get()).unwrap();
+    let n = payload["n"].as_u64().unwrap();
+    let intercepted = payload["intercepted"].as_bool().unwrap();
+    for i in 0..n {
+        match i % 3 {
+            1 => ctx.broadcast_from("burst", &json!({ "i": i })),
+            2 if intercepted => ctx.broadcast("filtered", &json!({ "i": i, "secret_for": "bob" })),
+            _ => ctx.broadcast("burst", &json!({ "i": i })),
+        }
     }
 }
 
@@ -597,5 +615,75 @@ fn binary_v2_pushes_replies_and_broadcasts() {
         reply,
         json!({"status": "error", "response": {"reason": "unmatched topic"}})
     );
+    engine.shutdown();
+}
+
+/// The `i` of the next `count` messages a client receives, with their event.
+fn burst_sequence(client: &mut Client, count: usize) -> Vec<(String, u64)> {
+    (0..count)
+        .map(|_| {
+            let message = client.recv();
+            (
+                message[3].as_str().unwrap().to_owned(),
+                message[4]["i"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_turn_of_broadcasts_keeps_exclusions_and_interceptions_exact() {
+    let (engine, _) = start(builder(), 100);
+    let mut ada = client(&engine, "ada");
+    let mut bob = client(&engine, "bob");
+    let mut carol = client(&engine, "carol");
+    let (ada_ref, _) = ada.join("room:burst", json!({}));
+    let _ = bob.join("room:burst", json!({}));
+    let _ = carol.join("room:burst", json!({}));
+    // The joins were announced to those already there.
+    for (client, joins) in [(&mut ada, 2), (&mut bob, 1)] {
+        for _ in 0..joins {
+            assert_eq!(client.recv()[3], "user_joined");
+        }
+    }
+    let burst =
+        |i: &[u64]| -> Vec<(String, u64)> { i.iter().map(|&i| ("burst".to_owned(), i)).collect() };
+
+    // No intercepted event: bob and carol take each run whole; ada, whom
+    // the broadcast_from messages exclude, gets the others one by one.
+    ada.push(
+        &ada_ref,
+        "room:burst",
+        "burst",
+        json!({"n": 9, "intercepted": false}),
+    );
+    assert_eq!(
+        burst_sequence(&mut bob, 9),
+        burst(&[0, 1, 2, 3, 4, 5, 6, 7, 8])
+    );
+    assert_eq!(
+        burst_sequence(&mut carol, 9),
+        burst(&[0, 1, 2, 3, 4, 5, 6, 7, 8])
+    );
+    assert_eq!(burst_sequence(&mut ada, 6), burst(&[0, 2, 3, 5, 6, 8]));
+
+    // With an intercepted event in the run: handle_out runs in order,
+    // between the frames, for every subscriber.
+    ada.push(
+        &ada_ref,
+        "room:burst",
+        "burst",
+        json!({"n": 6, "intercepted": true}),
+    );
+    let mut for_bob = burst(&[0, 1]);
+    for_bob.push(("filtered".to_owned(), 2));
+    for_bob.extend(burst(&[3, 4]));
+    for_bob.push(("filtered".to_owned(), 5));
+    assert_eq!(burst_sequence(&mut bob, 6), for_bob);
+    assert_eq!(burst_sequence(&mut carol, 4), burst(&[0, 1, 3, 4]));
+    assert_eq!(burst_sequence(&mut ada, 2), burst(&[0, 3]));
+    for client in [&mut ada, &mut bob, &mut carol] {
+        assert!(client.sync().is_empty(), "nothing more arrived");
+    }
     engine.shutdown();
 }

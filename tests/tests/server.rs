@@ -80,6 +80,13 @@ impl Handler for TestApp {
                 conn.unsubscribe(topic);
                 let _ = conn.send_text(&format!("unsubscribed:{topic}"));
             }
+            command if command.starts_with("burst:") => {
+                // Publishes `<topic><i>` to each listed topic in turn, all in
+                // one callback, so that they reach the loops in one turn.
+                for (i, topic) in command[6..].split(',').enumerate() {
+                    conn.publish(topic, herald::wire::text_frame(&format!("{topic}{i}")));
+                }
+            }
             command if command.starts_with("pub:") => {
                 if let Some((topic, text)) = command[4..].split_once(':') {
                     conn.publish(topic, herald::wire::text_frame(text));
@@ -630,5 +637,42 @@ fn unsubscribing_or_disconnecting_ends_subscriptions() {
         handle.publish("room", herald::wire::text_frame("nobody")),
         0
     );
+    server.shutdown();
+}
+
+#[test]
+fn a_turn_of_broadcasts_keeps_each_connections_order_across_topics() {
+    let (server, _app) = start(builder().loops(2));
+    let addr = server.local_addr();
+    let mut both = connect(addr, "/ws");
+    let mut only_a = connect(addr, "/ws");
+    let mut publisher = connect(addr, "/ws");
+    for (ws, topics) in [
+        (&mut both, &["a", "b"][..]),
+        (&mut only_a, &["a"][..]),
+        (&mut publisher, &["a", "b"][..]),
+    ] {
+        for topic in topics {
+            ws.send(Message::text(format!("sub:{topic}"))).unwrap();
+            expect_text(ws, &format!("subscribed:{topic}"));
+        }
+    }
+    // Runs of `a` (a2, a3; a6, a7, a8) travel as one entry per subscriber;
+    // `b` comes between them in the order it was published.
+    publisher
+        .send(Message::text("burst:a,b,a,a,b,b,a,a,a"))
+        .unwrap();
+    for expected in ["a0", "b1", "a2", "a3", "b4", "b5", "a6", "a7", "a8"] {
+        expect_text(&mut both, expected);
+    }
+    for expected in ["a0", "a2", "a3", "a6", "a7", "a8"] {
+        expect_text(&mut only_a, expected);
+    }
+    // The publisher got none of its own: the next thing it reads is its echo.
+    drain_with_echo(&mut publisher);
+    drain_with_echo(&mut both);
+    drain_with_echo(&mut only_a);
+    // Deliveries count messages, however they were batched.
+    assert_eq!(server.handle().stats().published_deliveries, 9 + 6);
     server.shutdown();
 }

@@ -103,9 +103,8 @@ impl<A> ChannelContext<'_, '_, A> {
         if self.join.protocol != WireProtocol::PhoenixV2 {
             return;
         }
-        let join_ref = self.join.join_ref.as_ref().map(OwnedRef::value);
-        let join_ref = join_ref.as_deref().unwrap_or_default();
-        match phoenix::binary_push(join_ref, &self.join.topic, event, data) {
+        let join_ref = self.join.join_ref().value();
+        match phoenix::binary_push(&join_ref, &self.join.topic, event, data) {
             Ok(frame) => {
                 let _ = self.conn.send_frame(frame);
             }
@@ -123,15 +122,9 @@ impl<A> ChannelContext<'_, '_, A> {
             return;
         }
         self.replied = true;
-        let join_ref = self.join.join_ref.as_ref().map(OwnedRef::value);
-        let msg_ref = OwnedRef::keep(msg_ref);
-        let frame = phoenix::binary_reply(
-            join_ref.as_deref().unwrap_or_default(),
-            &msg_ref.as_ref().map(OwnedRef::value).unwrap_or_default(),
-            &self.join.topic,
-            status,
-            data,
-        );
+        let join_ref = self.join.join_ref().value();
+        let frame =
+            phoenix::binary_reply(&join_ref, &msg_ref.value(), &self.join.topic, status, data);
         match frame {
             Ok(frame) => {
                 let _ = self.conn.send_frame(frame);

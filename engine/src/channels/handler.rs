@@ -378,12 +378,15 @@ impl ChannelsHandler {
         kind: SubscriptionKind,
         broadcast: &Broadcast,
     ) {
-        let (owner, call) = match kind {
+        let (join, call) = match kind {
             SubscriptionKind::Join { .. } => {
                 let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
                     return;
                 };
-                (Arc::from(broadcast.topic()), Call::Out(event, payload))
+                (
+                    Self::joined(conn, broadcast.topic()),
+                    Call::Out(event, payload),
+                )
             }
             SubscriptionKind::Server => {
                 let owner = conn
@@ -392,14 +395,12 @@ impl ChannelsHandler {
                     .iter()
                     .find(|(info, _)| &**info == broadcast.topic())
                     .map(|(_, owner)| Arc::clone(owner));
-                let Some(owner) = owner else {
-                    return;
-                };
-                (owner, Call::Info(broadcast))
+                let join = owner.and_then(|owner| Self::joined(conn, &owner));
+                (join, Call::Info(broadcast))
             }
             SubscriptionKind::Plain => return,
         };
-        if let Some(join) = Self::joined(conn, &owner)
+        if let Some(join) = join
             && let Ran::Failed = self.run(conn, &join, None, call)
         {
             self.crash(conn, &join);

@@ -28,6 +28,11 @@ use serde_json::value::RawValue;
 use crate::{protocol::WireProtocol, wire::FrameHeader};
 
 /// The envelope format version this build writes and reads.
+///
+/// Kind 3 (disconnect) was added to version 1 without a version change:
+/// nodes that predate it count such envelopes as decode errors, so a
+/// disconnect made during a rolling upgrade may miss the older nodes (their
+/// own disconnects, sent as empty frames, are refused here likewise).
 pub const VERSION: u8 = 1;
 
 const KIND_CHANNEL: u8 = 1;

@@ -197,9 +197,9 @@ counters! {
     /// Broadcasts not published: the hand-off queue was full or the broker
     /// was unreachable.
     publishes_dropped: Counter "bus_publishes_dropped_total",
-    /// Broadcasts received from other nodes and delivered here.
+    /// Envelopes (broadcasts, disconnects) received from other nodes.
     received: Counter "bus_received_total",
-    /// Broadcasts of this node's own that came back, ignored.
+    /// Envelopes of this node's own that came back, ignored.
     received_own: Counter "bus_received_own_total",
     /// Broker messages that were not valid envelopes (dropped).
     decode_errors: Counter "bus_decode_errors_total",

@@ -137,18 +137,20 @@ struct NatsBus<'a> {
 
 impl NatsBus<'_> {
     async fn serve(&mut self, receiver: &mut BusReceiver) {
-        match self.forward_subject(CONTROL_SUBJECT.to_owned()).await {
-            Ok(task) => self.control = Some(task),
-            Err(err) => tracing::warn!(%err, "NATS subscribe to the control subject failed"),
-        }
+        self.listen_to_control().await;
         for topic in self.inbound.local_topics() {
             self.settle(&topic).await;
         }
         let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
+        let mut backoff = Backoff::new();
         loop {
             tokio::select! {
                 biased;
                 () = stopped(&mut receiver.stop) => return,
+                // Until the control subscription holds, retry it.
+                () = tokio::time::sleep(backoff.next_delay()), if self.control.is_none() => {
+                    self.listen_to_control().await;
+                }
                 Some(topic) = receiver.interest.recv() => self.settle(&topic).await,
                 count = receiver.publishes.recv_many(&mut batch, MAX_BATCH) => {
                     if count == 0 {
@@ -156,6 +158,17 @@ impl NatsBus<'_> {
                     }
                     self.publish(&mut batch).await;
                 }
+            }
+        }
+    }
+
+    /// Subscribes to the control subject (disconnects by name), once; the
+    /// client keeps it across reconnects.
+    async fn listen_to_control(&mut self) {
+        match self.forward_subject(CONTROL_SUBJECT.to_owned()).await {
+            Ok(task) => self.control = Some(task),
+            Err(err) => {
+                tracing::warn!(%err, "NATS subscribe to the control subject failed; retrying")
             }
         }
     }

@@ -156,7 +156,7 @@ impl Relay for Bus {
         let _ = self.interest.send(Box::from(topic));
     }
 
-    fn start(&self, server: ServerHandle) -> io::Result<Option<JoinHandle<()>>> {
+    fn start(&self, server: ServerHandle) -> io::Result<JoinHandle<()>> {
         let receiver = self
             .receiver
             .lock()
@@ -172,7 +172,7 @@ impl Relay for Bus {
             server,
             counters: Arc::clone(&self.counters),
         };
-        spawn(self.broker.clone(), receiver, inbound).map(Some)
+        spawn(self.broker.clone(), receiver, inbound)
     }
 
     fn stop(&self) {
@@ -228,25 +228,27 @@ impl Inbound {
         }
         add(&self.counters.received, 1);
         let topic = envelope.topic;
-        if let Content::Disconnect = envelope.content {
-            self.server.disconnect_local(&topic);
-            return;
-        }
-        let Some(entry) = self.server.topic(&topic) else {
-            return;
-        };
         let broadcast = match envelope.content {
+            Content::Disconnect => {
+                self.server.disconnect_local(&topic);
+                return;
+            }
             Content::Channel { event, payload } => {
+                let Some(entry) = self.server.topic(&topic) else {
+                    return;
+                };
                 Broadcast::channel(&topic, &event, payload, &entry)
             }
             Content::Frames(frames) => {
+                if self.server.topic(&topic).is_none() {
+                    return;
+                }
                 let mut by_protocol: [Option<Bytes>; WireProtocol::COUNT] = Default::default();
                 for (protocol, frame) in frames {
                     by_protocol[protocol.index()] = Some(frame);
                 }
                 Broadcast::encoded(&topic, by_protocol)
             }
-            Content::Disconnect => return,
         };
         self.server.broadcast_local(broadcast);
     }

@@ -146,12 +146,16 @@ pub(crate) enum Input {
     /// A frame broke RFC 6455: the close frame with its code is queued and
     /// further input is discarded.
     ProtocolError(ProtocolError),
+    /// A message encoded by an extension that was not negotiated: close
+    /// 1003 is queued; only the peer's close matters from here on.
+    Unsupported,
 }
 
 /// What a deadline brought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expired {
-    /// Not this connection's deadline any more (it moved); nothing to do.
+    /// The deadline has not come yet (a timer fired for an earlier one
+    /// that has since moved): nothing to do.
     Stale,
     /// A heartbeat ping was queued; tell the application (protocols with
     /// heartbeats of their own send theirs now).
@@ -349,11 +353,7 @@ impl Connection {
             Ok(Route::Upgrade) => match handshake::check_upgrade(&request, http_minor) {
                 Err(err) => self.refuse(&err, now, env),
                 Ok(_) if over_limit => self.refuse(&HandshakeError::Overloaded, now, env),
-                Ok(key) => match <[u8; 24]>::try_from(key) {
-                    Ok(key) => HandshakeStep::Upgrade(Box::new(Upgrade { request, key })),
-                    // check_upgrade accepts 24-byte keys only.
-                    Err(_) => self.refuse(&HandshakeError::InvalidKey, now, env),
-                },
+                Ok(key) => HandshakeStep::Upgrade(Box::new(Upgrade { request, key })),
             },
         }
     }
@@ -421,11 +421,8 @@ impl Connection {
                 }
             };
             bump(&env.stats.messages_received, 1);
-            match self.accept_message(message) {
-                Some(input) => return Some(input),
-                // A message refused with a close: nothing after it counts.
-                None if self.is_open() && self.outbox.is_closing() => return None,
-                None => {}
+            if let Some(input) = self.accept_message(message) {
+                return Some(input);
             }
         }
     }
@@ -455,19 +452,17 @@ impl Connection {
                 let code = close.as_ref().map(|close| close.code);
                 self.peer_closed = true;
                 self.outbox.answer_close(code);
-                // The client's code and reason are the ones reported, before
-                // the move to Closing would report ours.
-                self.close_reported = true;
                 let code = code.unwrap_or(CloseCode::NO_STATUS);
                 let reason = close.map(|close| close.reason).unwrap_or_default();
                 Input::Close(code, reason)
             }
             Message::Encoded { .. } => {
-                // No extension is negotiated, so the decoder never yields
-                // this; refuse it like an unknown extension would be.
+                // No extension is negotiated (a decoder configured to accept
+                // RSV bits yields these): refuse it like an unknown
+                // extension would be.
                 self.outbox
                     .queue_close(CloseCode::UNSUPPORTED_DATA, "no extension negotiated");
-                return None;
+                Input::Unsupported
             }
         })
     }

@@ -28,8 +28,8 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues a frame, applying the slow-consumer policy if the queue would
-    /// exceed its limit.
+    /// Queues a frame holding one message, applying the slow-consumer
+    /// policy if the queue would exceed its limit.
     #[inline]
     pub(crate) fn enqueue(
         &mut self,
@@ -37,25 +37,40 @@ impl Outbox {
         config: &ServerConfig,
         stats: &LoopStats,
     ) -> Result<(), SendError> {
+        self.enqueue_messages(frame, 1, config, stats)
+    }
+
+    /// Queues bytes holding `messages` whole messages (a loop turn's
+    /// broadcasts to one topic travel as one), applying the slow-consumer
+    /// policy if the queue would exceed its limit. Drops are counted in
+    /// messages, and only whole entries are dropped.
+    #[inline]
+    pub(crate) fn enqueue_messages(
+        &mut self,
+        bytes: Bytes,
+        messages: u32,
+        config: &ServerConfig,
+        stats: &LoopStats,
+    ) -> Result<(), SendError> {
         if self.close_code.is_some() {
             bump(&stats.sends_after_close, 1);
             return Err(SendError::Closed);
         }
-        if self.queue.queued_bytes() + frame.len() <= config.max_queued_bytes {
-            self.queue.push(frame);
+        if self.queue.queued_bytes() + bytes.len() <= config.max_queued_bytes {
+            self.queue.push_messages(bytes, messages);
             return Ok(());
         }
         match config.slow_consumer {
             SlowConsumerPolicy::DropOldest => {
-                self.queue.push(frame);
+                self.queue.push_messages(bytes, messages);
                 let dropped = self.queue.drop_oldest_until(config.max_queued_bytes);
-                bump(&stats.frames_dropped, dropped as u64);
+                bump(&stats.frames_dropped, dropped);
                 Ok(())
             }
             SlowConsumerPolicy::Close(code) => {
-                // The frame that tripped the limit is dropped too.
-                let dropped = self.queue.drop_unsent() + 1;
-                bump(&stats.frames_dropped, dropped as u64);
+                // What tripped the limit is dropped too.
+                let dropped = self.queue.drop_unsent() + u64::from(messages);
+                bump(&stats.frames_dropped, dropped);
                 bump(&stats.slow_consumer_closes, 1);
                 self.queue_close(code, "slow consumer");
                 Err(SendError::SlowConsumer)
@@ -63,20 +78,23 @@ impl Outbox {
         }
     }
 
-    /// Queues one subscriber's clone of a broadcast frame and puts the
-    /// connection on the turn's flush list: the per-subscriber step of every
-    /// fan-out. Returns `false` if the send was refused (closing, or closed
-    /// by the slow-consumer policy).
+    /// Queues one subscriber's clone of a broadcast's bytes (`messages`
+    /// whole messages) and puts the connection on the turn's flush list: the
+    /// per-subscriber step of every fan-out. Returns `false` if the send was
+    /// refused (closing, or closed by the slow-consumer policy).
     #[inline]
     pub(crate) fn fan_out(
         &mut self,
         key: usize,
-        frame: &Bytes,
+        bytes: &Bytes,
+        messages: u32,
         config: &ServerConfig,
         stats: &LoopStats,
         dirty: &mut Vec<usize>,
     ) -> bool {
-        let queued = self.enqueue(frame.clone(), config, stats).is_ok();
+        let queued = self
+            .enqueue_messages(bytes.clone(), messages, config, stats)
+            .is_ok();
         self.mark_dirty(key, dirty);
         queued
     }

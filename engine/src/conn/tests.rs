@@ -325,8 +325,10 @@ fn a_client_close_is_answered_with_its_code_and_reported_once() {
         panic!("the close is an input");
     };
     assert_eq!((u16::from(code), reason.as_str()), (4000, "bye"));
+    // The loop reports it with the client's code and reason...
+    assert!(harness.conn.take_close_report());
     let sync = harness.sync();
-    assert_eq!(sync.closed, None, "reported with the client's code already");
+    assert_eq!(sync.closed, None, "...so the move to Closing does not");
     // The handshake is complete once our answer is written.
     assert_eq!(harness.flush(), AfterFlush::Remove);
     assert_eq!(harness.frames(), [(OpCode::Close, close_payload(4000, ""))]);
@@ -418,4 +420,33 @@ fn an_open_connection_that_vanishes_is_reported_once_as_abnormal() {
     let mut harness = Harness::open();
     assert!(harness.conn.take_close_report(), "report it now");
     assert!(!harness.conn.take_close_report(), "and only once");
+}
+
+#[test]
+fn a_message_of_an_extension_not_negotiated_is_refused_with_1003() {
+    let mut config = config();
+    config.decoder = config.decoder.accept_rsv_bits(0b100);
+    let mut harness = Harness::new(config);
+    harness.input.extend_from_slice(UPGRADE);
+    let HandshakeStep::Upgrade(_) = harness.poll_handshake() else {
+        panic!("a valid upgrade request");
+    };
+    let env = Env {
+        config: &harness.config,
+        stats: &harness.stats,
+    };
+    harness.conn.open(Bytes::from_static(b""), 0, env);
+    // RSV1 set on a text frame, then the client's close in the same read.
+    let mut frame = BytesMut::new();
+    client_frame(&mut frame, true, OpCode::Text, [1, 2, 3, 4], b"x");
+    frame[0] |= 0x40;
+    harness.input.extend_from_slice(&frame);
+    harness.client_sends(OpCode::Close, &close_payload(1000, ""));
+    assert!(matches!(harness.next_input(), Some(Input::Unsupported)));
+    assert_eq!(harness.sync().closed, Some(CloseCode::UNSUPPORTED_DATA));
+    // The client's close behind it is still read: the close completes.
+    assert!(harness.next_input().is_none());
+    assert!(harness.sync().flush);
+    assert_eq!(harness.flush(), AfterFlush::Remove);
+    assert_eq!(harness.frames()[0].0, OpCode::Close);
 }

@@ -224,8 +224,8 @@ pub(crate) fn route(
 }
 
 /// Checks the upgrade headers (RFC 6455 section 4.2.1) and returns the
-/// client's `Sec-WebSocket-Key`.
-pub(crate) fn check_upgrade(request: &Request, http_minor: u8) -> Result<&[u8], HandshakeError> {
+/// client's `Sec-WebSocket-Key` (24 base64 characters).
+pub(crate) fn check_upgrade(request: &Request, http_minor: u8) -> Result<[u8; 24], HandshakeError> {
     if http_minor != 1 {
         return Err(HandshakeError::HttpVersion);
     }
@@ -252,10 +252,10 @@ pub(crate) fn check_upgrade(request: &Request, http_minor: u8) -> Result<&[u8], 
         .header("sec-websocket-key")
         .map(<[u8]>::trim_ascii)
         .ok_or(HandshakeError::InvalidKey)?;
-    if !is_base64_of_16_bytes(key) {
-        return Err(HandshakeError::InvalidKey);
+    match <[u8; 24]>::try_from(key) {
+        Ok(key) if is_base64_of_16_bytes(&key) => Ok(key),
+        _ => Err(HandshakeError::InvalidKey),
     }
-    Ok(key)
 }
 
 /// 16 bytes in base64 are 22 significant characters and `==`.

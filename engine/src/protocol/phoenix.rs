@@ -70,6 +70,16 @@ impl<'a> Ref<'a> {
         self.0 == "null"
     }
 
+    /// The ref's string, unquoted (for binary messages, which carry refs
+    /// bare); empty for `null`.
+    pub fn value(&self) -> Cow<'a, str> {
+        match serde_json::from_str::<Cow<'a, str>>(self.0) {
+            Ok(value) => value,
+            // `null`: refs are JSON strings or null, checked when decoded.
+            Err(_) => Cow::Borrowed(""),
+        }
+    }
+
     fn from_raw(raw: &'a RawValue) -> Result<Self, MessageError> {
         let text = raw.get();
         if text == "null" || text.starts_with('"') {
@@ -124,11 +134,7 @@ impl OwnedRef {
 
     /// The ref's string, unquoted (for binary messages).
     pub fn value(&self) -> Cow<'_, str> {
-        match serde_json::from_str::<Cow<'_, str>>(&self.0) {
-            Ok(value) => value,
-            // Kept refs are JSON strings; nothing else is ever stored.
-            Err(_) => Cow::Borrowed(""),
-        }
+        self.get().value()
     }
 }
 

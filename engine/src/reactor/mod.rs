@@ -83,7 +83,7 @@ pub(crate) trait Relay: Send + Sync + std::fmt::Debug + 'static {
     fn interest_changed(&self, topic: &str);
     /// The server is up: deliver what other nodes publish through
     /// `server`. Returns the thread doing so, which the server joins.
-    fn start(&self, server: ServerHandle) -> io::Result<Option<JoinHandle<()>>>;
+    fn start(&self, server: ServerHandle) -> io::Result<JoinHandle<()>>;
     /// The server is shutting down.
     fn stop(&self);
 }

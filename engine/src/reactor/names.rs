@@ -1,20 +1,21 @@
 //! One loop's named connections: which connections carry a name (a user
 //! id, Phoenix's socket id), so that a disconnect by name finds them.
 //!
-//! Names are rare next to connections and used once per disconnect, so two
-//! hash maps do: name to connections, and connection to name for removal.
-//! Only named connections cost anything.
+//! Two hash maps: name to connections, and connection to name for
+//! removal; a name's connections are a set, so that removing one is O(1)
+//! however many share the name. Only named connections cost anything.
 
 use std::sync::Arc;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, RandomState};
+use indexmap::IndexSet;
 
 use crate::pubsub::ConnId;
 
 /// The names of one loop's connections.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
-    by_name: AHashMap<Arc<str>, Vec<ConnId>>,
+    by_name: AHashMap<Arc<str>, IndexSet<ConnId, RandomState>>,
     by_conn: AHashMap<ConnId, Arc<str>>,
 }
 
@@ -29,7 +30,7 @@ impl Names {
         self.by_name
             .entry(Arc::clone(&name))
             .or_default()
-            .push(conn);
+            .insert(conn);
         self.by_conn.insert(conn, name);
     }
 
@@ -39,7 +40,7 @@ impl Names {
             return;
         };
         if let Some(conns) = self.by_name.get_mut(&name) {
-            conns.retain(|&named| named != conn);
+            conns.swap_remove(&conn);
             if conns.is_empty() {
                 self.by_name.remove(&name);
             }
@@ -47,8 +48,10 @@ impl Names {
     }
 
     /// The connections named `name`.
-    pub(crate) fn get(&self, name: &str) -> &[ConnId] {
-        self.by_name.get(name).map_or(&[], Vec::as_slice)
+    pub(crate) fn get(&self, name: &str) -> Vec<ConnId> {
+        self.by_name
+            .get(name)
+            .map_or_else(Vec::new, |conns| conns.iter().copied().collect())
     }
 }
 
@@ -63,6 +66,8 @@ mod tests {
         names.insert("user:1", a);
         names.insert("user:1", b);
         assert_eq!(names.get("user:1"), [a, b]);
+        names.insert("user:1", b);
+        assert_eq!(names.get("user:1"), [a, b], "naming again changes nothing");
         names.insert("user:2", a);
         assert_eq!(names.get("user:1"), [b]);
         assert_eq!(names.get("user:2"), [a]);

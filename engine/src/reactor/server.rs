@@ -41,6 +41,11 @@ pub enum StartError {
     /// descriptors, memory or threads).
     #[error("cannot start the event loops: {0}")]
     Io(#[from] io::Error),
+    /// The link to other nodes could not start (its thread, or a
+    /// [`Cluster`](crate::cluster::Cluster) attached to a second server);
+    /// the loops were stopped again.
+    #[error("cannot start the cluster bus: {0}")]
+    Relay(io::Error),
 }
 
 /// For callers that report every failure as an `io::Error`: a bad setting
@@ -48,7 +53,7 @@ pub enum StartError {
 impl From<StartError> for io::Error {
     fn from(err: StartError) -> Self {
         match err {
-            StartError::Io(err) => err,
+            StartError::Io(err) | StartError::Relay(err) => err,
             StartError::Bind { ref source, .. } => Self::new(source.kind(), err.to_string()),
             StartError::Config(_) => Self::new(io::ErrorKind::InvalidInput, err.to_string()),
         }
@@ -228,10 +233,14 @@ impl ServerBuilder {
             relay: self.relay,
         };
         let mut server = Server { handle, threads };
-        if let Some(relay) = &server.handle.relay
-            && let Some(thread) = relay.start(server.handle.clone())?
-        {
-            server.threads.push(thread);
+        if let Some(relay) = &server.handle.relay {
+            match relay.start(server.handle.clone()) {
+                Ok(thread) => server.threads.push(thread),
+                Err(err) => {
+                    server.shutdown();
+                    return Err(StartError::Relay(err));
+                }
+            }
         }
         Ok(server)
     }

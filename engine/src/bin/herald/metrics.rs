@@ -27,13 +27,13 @@ impl ApiCounters {
     /// The API's counters as metrics, each with its help text.
     fn metrics(&self) -> [Metric; 2] {
         [
-            metric(
+            Metric::new(
                 "api_broadcasts_total",
                 "Broadcasts accepted by POST /api/broadcast.",
                 MetricKind::Counter,
                 self.broadcasts.load(Relaxed),
             ),
-            metric(
+            Metric::new(
                 "api_bad_requests_total",
                 "HTTP API requests answered with a 4xx status.",
                 MetricKind::Counter,
@@ -41,10 +41,6 @@ impl ApiCounters {
             ),
         ]
     }
-}
-
-fn metric(name: &'static str, help: &'static str, kind: MetricKind, value: u64) -> Metric {
-    Metric::new(name, help, kind, value)
 }
 
 /// Writes metric families into a string.
@@ -78,7 +74,7 @@ pub(crate) fn render(engine: &EngineHandle, cluster: &Cluster, api: &ApiCounters
     let mut out = Exposition {
         text: String::with_capacity(4096),
     };
-    let connections = metric(
+    let connections = Metric::new(
         "connections",
         "Connections held now, handshaking or open.",
         MetricKind::Gauge,

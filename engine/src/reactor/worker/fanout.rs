@@ -1,51 +1,194 @@
-//! Delivering broadcasts: what callbacks published during the turn, and
-//! what other loops and threads posted to this loop's mailbox.
+//! Delivering broadcasts, once per loop turn.
+//!
+//! Broadcasts reach a loop during a turn from its mailbox (other threads,
+//! other loops, other nodes) and from its own callbacks. None is delivered
+//! on arrival: they wait in the turn's list, in arrival order, and are
+//! delivered just before the flush. Consecutive broadcasts to the same topic
+//! form a run, and a run reaches each subscriber as ONE queue entry holding
+//! all its messages (per wire protocol, the run's frames joined into one
+//! `Bytes`): each subscriber's slot is visited once per run, with one
+//! refcount, one queue push and one iovec, instead of once per message. The
+//! kernel sees the same bytes; the loop touches each connection once.
+//!
+//! Exact semantics are kept where a subscriber must not take the run as a
+//! whole: a connection a message excludes (`broadcast_from`), and a
+//! subscription whose handler intercepts some message of the run
+//! (`handle_out`, server-side subscriptions) get the run message by message,
+//! in order, frames and callbacks interleaved as they would have been one
+//! broadcast at a time. Messages of other topics are never reordered: a run
+//! ends where another topic's broadcast comes between. Large frames travel
+//! alone (copying them into a run would cost more than it saves).
 
 use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 
 use super::{Service, Worker};
 use crate::{
     broadcast::{Broadcast, Delivery},
     metrics::bump,
-    pubsub::SubscriptionKind,
+    protocol::WireProtocol,
+    pubsub::{ConnId, Sub, SubscriptionKind},
     reactor::{LoopContext, route_publish},
 };
 
-/// What one pass over a topic's subscribers left to do after queuing
-/// frames: handler callbacks, and slow consumers the policy just closed.
+/// Frames larger than this travel alone.
+const MAX_BATCHED_FRAME: usize = 16 * 1024;
+/// The most messages one run holds.
+const MAX_RUN_MESSAGES: usize = 256;
+/// The most bytes one run's joined frame holds, per protocol.
+const MAX_RUN_BYTES: usize = 256 * 1024;
+
+/// A run of broadcasts to one topic, ready to be queued to its subscribers.
+struct Run<'a> {
+    broadcasts: &'a [Arc<Broadcast>],
+    /// Per protocol, the run's frames of that protocol joined, and how many
+    /// messages that is.
+    joined: [Option<(Bytes, u32)>; WireProtocol::COUNT],
+    /// This loop's connections that some message of the run excludes.
+    excluded: Vec<ConnId>,
+    /// For each subscription kind other than `Plain` met so far: whether
+    /// it takes every message of the run as a frame.
+    kinds: Vec<(SubscriptionKind, bool)>,
+}
+
+impl<'a> Run<'a> {
+    fn new(broadcasts: &'a [Arc<Broadcast>], loop_index: usize) -> Self {
+        let joined = WireProtocol::ALL.map(|protocol| join(broadcasts, protocol));
+        let mut excluded = Vec::new();
+        for broadcast in broadcasts {
+            if let Some(conn) = broadcast.excluded_on(loop_index)
+                && !excluded.contains(&conn)
+            {
+                excluded.push(conn);
+            }
+        }
+        Self {
+            broadcasts,
+            joined,
+            excluded,
+            kinds: Vec::new(),
+        }
+    }
+
+    /// Whether a subscription of `kind` takes every message as a frame
+    /// (asked of the service once per kind and message, not per
+    /// subscriber).
+    fn all_frames(&mut self, kind: SubscriptionKind, service: &impl Service) -> bool {
+        if kind == SubscriptionKind::Plain {
+            return true;
+        }
+        if let Some(&(_, all)) = self.kinds.iter().find(|(known, _)| *known == kind) {
+            return all;
+        }
+        let all = self
+            .broadcasts
+            .iter()
+            .all(|broadcast| service.delivery(kind, broadcast) == Delivery::Frame);
+        self.kinds.push((kind, all));
+        all
+    }
+}
+
+/// The frames of `protocol` in `broadcasts`, joined: shared as they are for
+/// a single message, copied once into one buffer for several.
+fn join(broadcasts: &[Arc<Broadcast>], protocol: WireProtocol) -> Option<(Bytes, u32)> {
+    let mut frames = broadcasts.iter().filter_map(|b| b.frame(protocol));
+    let first = frames.next()?;
+    let Some(second) = frames.next() else {
+        return Some((first.clone(), 1));
+    };
+    let mut joined = BytesMut::with_capacity(first.len() * broadcasts.len());
+    joined.extend_from_slice(first);
+    joined.extend_from_slice(second);
+    let mut messages = 2;
+    for frame in frames {
+        joined.extend_from_slice(frame);
+        messages += 1;
+    }
+    Some((joined.freeze(), messages))
+}
+
+/// The largest frame of a broadcast.
+fn largest_frame(broadcast: &Broadcast) -> usize {
+    WireProtocol::ALL
+        .iter()
+        .filter_map(|&protocol| broadcast.frame(protocol))
+        .map(Bytes::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where the run that starts at `start` ends: consecutive broadcasts to the
+/// same topic, small enough to copy, within the run limits.
+fn run_end(turn: &[Arc<Broadcast>], start: usize) -> usize {
+    let first = &turn[start];
+    let mut bytes = largest_frame(first);
+    if bytes > MAX_BATCHED_FRAME {
+        return start + 1;
+    }
+    let mut end = start + 1;
+    while end < turn.len() && end - start < MAX_RUN_MESSAGES {
+        let next = &turn[end];
+        let size = largest_frame(next);
+        if next.topic() != first.topic() || size > MAX_BATCHED_FRAME || bytes + size > MAX_RUN_BYTES
+        {
+            break;
+        }
+        bytes += size;
+        end += 1;
+    }
+    end
+}
+
+/// What one pass over a topic's subscribers left to do: subscriptions that
+/// take the run message by message, and slow consumers the policy just
+/// closed.
 #[derive(Debug, Default)]
 struct Leftovers {
-    callbacks: Vec<(usize, SubscriptionKind)>,
+    one_by_one: Vec<(ConnId, Sub)>,
     refused: Vec<usize>,
 }
 
 impl<S: Service> Worker<S> {
-    /// Delivers what callbacks published: to this loop's subscribers now,
-    /// to other loops' through their mailboxes, to other nodes through the
-    /// relay.
+    /// Routes what callbacks published: to other loops' mailboxes and to
+    /// other nodes now, to this loop's subscribers at the end of the turn.
     pub(super) fn deliver_publishes(&mut self) {
-        while !self.ctx.publishes.is_empty() {
-            let publishes = std::mem::take(&mut self.ctx.publishes);
-            for broadcast in &publishes {
-                if let Some(relay) = &self.ctx.relay {
-                    relay.forward(broadcast);
-                }
-                let skip = Some(self.ctx.loop_index);
-                route_publish(self.ctx.topics.registry(), &self.ctx.peers, broadcast, skip);
-                self.deliver(broadcast);
+        for broadcast in std::mem::take(&mut self.ctx.publishes) {
+            if let Some(relay) = &self.ctx.relay {
+                relay.forward(&broadcast);
+            }
+            let skip = Some(self.ctx.loop_index);
+            route_publish(
+                self.ctx.topics.registry(),
+                &self.ctx.peers,
+                &broadcast,
+                skip,
+            );
+            self.turn.push(broadcast);
+        }
+    }
+
+    /// Delivers the turn's broadcasts, run by run, until callbacks publish
+    /// no more.
+    pub(super) fn deliver_turn(&mut self) {
+        while !self.turn.is_empty() {
+            let turn = std::mem::take(&mut self.turn);
+            let mut start = 0;
+            while start < turn.len() {
+                let end = run_end(&turn, start);
+                self.deliver_run(&turn[start..end]);
+                start = end;
             }
         }
     }
 
-    /// Queues a broadcast's frames for this loop's subscribers of its topic
-    /// (except the one it excludes), then runs the handler for the
-    /// subscriptions that take it as a callback.
-    pub(super) fn deliver(&mut self, broadcast: &Arc<Broadcast>) {
-        let leftovers = self.queue_frames(broadcast);
-        for (key, kind) in leftovers.callbacks {
-            self.call(key, |service, conn| {
-                service.on_broadcast(conn, kind, broadcast)
-            });
+    fn deliver_run(&mut self, broadcasts: &[Arc<Broadcast>]) {
+        let mut run = Run::new(broadcasts, self.ctx.loop_index);
+        let leftovers = self.queue_run(&mut run);
+        bump(&self.ctx.stats.publishes_handled, broadcasts.len() as u64);
+        for (conn, sub) in leftovers.one_by_one {
+            self.deliver_one_by_one(conn, sub, broadcasts);
         }
         // Slow consumers the policy just closed move to Closing.
         for key in leftovers.refused {
@@ -53,26 +196,20 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// The hot loop of fan-out: one refcounted frame per subscriber.
-    fn queue_frames(&mut self, broadcast: &Broadcast) -> Leftovers {
+    /// The hot loop of fan-out: one entry per subscriber for the whole run.
+    fn queue_run(&mut self, run: &mut Run<'_>) -> Leftovers {
         let LoopContext {
             topics,
             dirty,
             config,
             stats,
-            loop_index,
             ..
         } = &mut self.ctx;
         let service = &*self.service;
         let mut leftovers = Leftovers::default();
         let mut delivered = 0;
-        // Subscriptions of a topic mostly share a kind: ask the handler once
-        // per run of equal kinds, not once per subscriber.
-        let mut decided: Option<(SubscriptionKind, Delivery)> = None;
-        for (id, sub) in topics.local().subscribers(broadcast.topic()) {
-            if broadcast.excludes(*loop_index, id) {
-                continue;
-            }
+        let topic = run.broadcasts[0].topic();
+        for (id, sub) in topics.local().subscribers(topic) {
             let key = id.key();
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
@@ -80,30 +217,69 @@ impl<S: Service> Worker<S> {
             if slot.generation != id.generation() || !slot.conn.is_open() {
                 continue;
             }
-            let delivery = match (sub.kind, decided) {
-                (SubscriptionKind::Plain, _) => Delivery::Frame,
-                (kind, Some((decided_kind, delivery))) if kind == decided_kind => delivery,
-                (kind, _) => {
-                    let delivery = service.delivery(kind, broadcast);
-                    decided = Some((kind, delivery));
-                    delivery
-                }
+            if run.excluded.contains(&id) || !run.all_frames(sub.kind, service) {
+                leftovers.one_by_one.push((id, *sub));
+                continue;
+            }
+            let Some((bytes, messages)) = &run.joined[sub.protocol.index()] else {
+                continue;
+            };
+            if !slot
+                .conn
+                .outbox()
+                .fan_out(key, bytes, *messages, config, stats, dirty)
+            {
+                leftovers.refused.push(key);
+            }
+            delivered += u64::from(*messages);
+        }
+        bump(&stats.published_deliveries, delivered);
+        leftovers
+    }
+
+    /// Delivers a run to one subscription message by message, in order:
+    /// frames and callbacks as each message asks, skipping the messages that
+    /// exclude this connection.
+    fn deliver_one_by_one(&mut self, conn: ConnId, sub: Sub, broadcasts: &[Arc<Broadcast>]) {
+        let key = conn.key();
+        for broadcast in broadcasts {
+            let Some(slot) = self.conns.get_mut(key) else {
+                return;
+            };
+            if slot.generation != conn.generation() || !slot.conn.is_open() {
+                return;
+            }
+            if broadcast.excludes(self.ctx.loop_index, conn) {
+                continue;
+            }
+            let delivery = match sub.kind {
+                SubscriptionKind::Plain => Delivery::Frame,
+                kind => self.service.delivery(kind, broadcast),
             };
             match delivery {
                 Delivery::Frame => {
                     let Some(frame) = broadcast.frame(sub.protocol) else {
                         continue;
                     };
-                    if !slot.conn.outbox().fan_out(key, frame, config, stats, dirty) {
-                        leftovers.refused.push(key);
+                    let LoopContext {
+                        config,
+                        stats,
+                        dirty,
+                        ..
+                    } = &mut self.ctx;
+                    let queued = slot
+                        .conn
+                        .outbox()
+                        .fan_out(key, frame, 1, config, stats, dirty);
+                    bump(&stats.published_deliveries, 1);
+                    if !queued {
+                        return self.sync(key);
                     }
-                    delivered += 1;
                 }
-                Delivery::Callback => leftovers.callbacks.push((key, sub.kind)),
+                Delivery::Callback => self.call(key, |service, conn| {
+                    service.on_broadcast(conn, sub.kind, broadcast)
+                }),
             }
         }
-        bump(&stats.publishes_handled, 1);
-        bump(&stats.published_deliveries, delivered);
-        leftovers
     }
 }

@@ -186,13 +186,18 @@ impl<S: Service> Worker<S> {
             Input::Ping(payload) => self.call(key, |service, conn| service.on_ping(conn, payload)),
             Input::Pong(payload) => self.call(key, |service, conn| service.on_pong(conn, payload)),
             Input::Close(code, reason) => {
-                self.notify_close(key, code, &reason);
+                // The client's code and reason are the ones reported, before
+                // the move to Closing would report ours.
+                if self.conns[key].conn.take_close_report() {
+                    self.notify_close(key, code, &reason);
+                }
                 self.sync(key);
             }
             Input::ProtocolError(err) => {
                 tracing::debug!(%err, "protocol error");
                 self.sync(key);
             }
+            Input::Unsupported => self.sync(key),
         }
     }
 

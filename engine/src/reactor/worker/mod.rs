@@ -30,6 +30,7 @@ use slab::Slab;
 
 use super::{Command, LoopContext, Mailbox, Relay, Service, names::Names};
 use crate::{
+    broadcast::Broadcast,
     config::ServerConfig,
     conn::{AfterFlush, Connection, Env, Expired, Flushed, Shutdown as ShutdownStep},
     metrics::{LoopStats, bump},
@@ -96,6 +97,9 @@ pub(crate) struct Worker<S: Service> {
     shutdown_deadline: Option<Instant>,
     /// Spare vector swapped with `ctx.dirty` while flushing.
     flushing: Vec<usize>,
+    /// Broadcasts that reached this loop during the turn, in arrival
+    /// order, delivered just before the flush (see `fanout.rs`).
+    turn: Vec<Arc<Broadcast>>,
 }
 
 impl<S: Service> Worker<S> {
@@ -141,6 +145,7 @@ impl<S: Service> Worker<S> {
             accept_paused_until: None,
             shutdown_deadline: None,
             flushing: Vec::new(),
+            turn: Vec::new(),
         })
     }
 
@@ -187,6 +192,7 @@ impl<S: Service> Worker<S> {
             self.read_deferred();
             self.resume_accepting();
             self.expire_timers();
+            self.deliver_turn();
             self.flush_dirty();
             self.ctx.stats.turns.record(turn_started.elapsed());
             if self.shutdown_complete() {
@@ -316,8 +322,7 @@ impl<S: Service> Worker<S> {
                     // Private copies of the frames: every subscriber's clone
                     // then touches this loop's refcount only, not one that
                     // every loop shares.
-                    let broadcast = Arc::new(broadcast.localized());
-                    self.deliver(&broadcast);
+                    self.turn.push(Arc::new(broadcast.localized()));
                 }
                 Command::Disconnect(name) => self.disconnect(&name),
                 Command::Shutdown => self.begin_shutdown(),
@@ -339,10 +344,16 @@ impl<S: Service> Worker<S> {
         open.then_some(key)
     }
 
-    /// Closes this loop's connections named `name`, with 1001.
+    /// Closes this loop's connections named `name`, with 1001 (those
+    /// already closing are left to finish).
     fn disconnect(&mut self, name: &str) {
-        for conn in self.ctx.names.get(name).to_vec() {
-            if let Some(key) = self.open_key(conn) {
+        for conn in self.ctx.names.get(name) {
+            let key = conn.key();
+            let open = self
+                .conns
+                .get(key)
+                .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open());
+            if open {
                 self.conns[key]
                     .conn
                     .close(CloseCode::GOING_AWAY, "disconnected");
