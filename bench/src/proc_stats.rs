@@ -11,6 +11,66 @@ pub struct ProcessSample {
     /// Resident set size (user-space pages; socket buffers are kernel
     /// memory and not included).
     pub rss_bytes: u64,
+    /// Every core's busy and total time at the same moment (read with the
+    /// calling process's sample only).
+    pub cores: CoreTimes,
+}
+
+/// The most cores [`CoreTimes`] keeps.
+pub const MAX_CORES: usize = 64;
+
+/// Busy and total jiffies of each core, from `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreTimes {
+    times: [(u64, u64); MAX_CORES],
+    count: usize,
+}
+
+impl Default for CoreTimes {
+    fn default() -> Self {
+        Self {
+            times: [(0, 0); MAX_CORES],
+            count: 0,
+        }
+    }
+}
+
+impl CoreTimes {
+    /// Reads `/proc/stat`: busy is everything but idle and iowait.
+    pub fn read() -> io::Result<Self> {
+        let stat = fs::read_to_string("/proc/stat")?;
+        let mut cores = Self::default();
+        for line in stat.lines() {
+            let Some(rest) = line.strip_prefix("cpu") else {
+                continue;
+            };
+            if !rest.starts_with(|c: char| c.is_ascii_digit()) || cores.count == MAX_CORES {
+                continue;
+            }
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let total: u64 = fields.iter().take(8).sum();
+            let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+            cores.times[cores.count] = (total - idle, total);
+            cores.count += 1;
+        }
+        Ok(cores)
+    }
+
+    /// Each core's busy fraction, 0 to 1, since `earlier`.
+    pub fn busy_since(&self, earlier: &Self) -> Vec<f64> {
+        self.times[..self.count]
+            .iter()
+            .zip(&earlier.times[..earlier.count])
+            .map(|(&(busy, total), &(busy_before, total_before))| {
+                let total = total.saturating_sub(total_before).max(1);
+                busy.saturating_sub(busy_before) as f64 / total as f64
+            })
+            .collect()
+    }
 }
 
 impl ProcessSample {
@@ -19,9 +79,11 @@ impl ProcessSample {
         Self::read_path(&format!("/proc/{pid}"))
     }
 
-    /// The calling process.
+    /// The calling process, and every core's times.
     pub fn read_self() -> io::Result<Self> {
-        Self::read_path("/proc/self")
+        let mut sample = Self::read_path("/proc/self")?;
+        sample.cores = CoreTimes::read()?;
+        Ok(sample)
     }
 
     fn read_path(dir: &str) -> io::Result<Self> {
@@ -49,6 +111,7 @@ impl ProcessSample {
         Ok(Self {
             cpu,
             rss_bytes: rss_kib * 1024,
+            cores: CoreTimes::default(),
         })
     }
 
@@ -69,7 +132,11 @@ impl ProcessSample {
                 cpu += sample.cpu;
             }
         }
-        Ok(Self { cpu, rss_bytes: 0 })
+        Ok(Self {
+            cpu,
+            rss_bytes: 0,
+            cores: CoreTimes::default(),
+        })
     }
 
     /// CPU time used since `earlier`.

@@ -125,8 +125,20 @@ impl Tracker {
         Some(seq)
     }
 
+    /// The clock [`received_at`](Self::received_at) takes: read it once per
+    /// read from a socket, not once per message.
+    pub fn now(&self) -> u64 {
+        self.now_nanos()
+    }
+
     /// Counts message `seq` as received by one subscriber.
     pub fn received(&self, seq: u64, stats: &mut ThreadStats) -> io::Result<()> {
+        self.received_at(seq, self.now_nanos(), stats)
+    }
+
+    /// Counts message `seq` as received by one subscriber at `now` (from
+    /// [`now`](Self::now)).
+    pub fn received_at(&self, seq: u64, now: u64, stats: &mut ThreadStats) -> io::Result<()> {
         let next = self.next_seq.load(Ordering::Acquire);
         if seq >= next || seq < self.oldest_seq.load(Ordering::Acquire) {
             return Err(io::Error::other(format!(
@@ -142,7 +154,7 @@ impl Tracker {
             )));
         }
         let sent = slot.sent_nanos.load(Ordering::Relaxed);
-        let micros = self.now_nanos().saturating_sub(sent) / 1000;
+        let micros = now.saturating_sub(sent) / 1000;
         let _ = stats.delivery_latency.record(micros.max(1));
         stats.deliveries += 1;
         if before == 1 {

@@ -1,13 +1,16 @@
-//! `raw-fanout`: the physical floor for fan-out, on raw epoll, with no
-//! framework.
+//! `raw-fanout`: the floor for fan-out on this kernel, on raw epoll, with
+//! no framework: what the best hand-written server does, to measure herald
+//! against.
 //!
 //! One thread, edge-triggered epoll. It answers the WebSocket handshake;
 //! connections whose request has `subscribe=0` publish, the others
-//! subscribe. For every text frame a publisher sends, it builds the server
-//! frame once and queues a refcounted copy to every subscriber; after each
-//! batch of events, it writes what is pending for each socket with one
-//! `writev`. What herald adds on top of this (loops, topics, channels,
-//! limits) is what `herald-bench fanout` measures against it.
+//! subscribe. Every text message read in one `epoll_wait` round is framed
+//! once and appended to ONE contiguous batch; after the round, the batch
+//! goes to every subscriber with one `send` each. A subscriber whose socket
+//! is full is parked with a cursor into a shared log of batches and catches
+//! up with one `writev` over everything it missed when it becomes
+//! writable. No per-subscriber copy, no allocation per delivery; the log
+//! keeps batches only while a parked subscriber still needs them.
 //!
 //! Usage: `raw-fanout [--port PORT]` (default 9009). Prints `listening on
 //! ADDR` when ready.
@@ -20,7 +23,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use herald::wire::{FrameHeader, OpCode, apply_mask, server_frame};
+use herald::wire::{FrameHeader, OpCode, apply_mask, server_header};
 
 /// What a connection is.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,10 +38,52 @@ struct Conn {
     stream: TcpStream,
     role: Role,
     input: BytesMut,
-    output: VecDeque<Bytes>,
-    /// Bytes of the front frame already written.
-    written: usize,
-    dirty: bool,
+    /// The handshake response still to write.
+    response: Option<Bytes>,
+    /// For a subscriber: the log offset up to which it has been sent
+    /// everything.
+    cursor: u64,
+}
+
+/// The batches sent so far that a parked subscriber may still need, each
+/// with its offset in the stream every subscriber reads.
+#[derive(Default)]
+struct Log {
+    batches: VecDeque<(u64, Bytes)>,
+    /// The offset just past the last batch.
+    end: u64,
+}
+
+impl Log {
+    fn append(&mut self, batch: Bytes) -> u64 {
+        let start = self.end;
+        self.end += batch.len() as u64;
+        self.batches.push_back((start, batch));
+        start
+    }
+
+    /// Forgets the batches every subscriber is past.
+    fn trim(&mut self, oldest_cursor: u64) {
+        while let Some((start, batch)) = self.batches.front() {
+            if start + batch.len() as u64 > oldest_cursor {
+                break;
+            }
+            self.batches.pop_front();
+        }
+    }
+
+    /// Up to 64 slices of what follows `cursor`.
+    fn slices_from(&self, cursor: u64) -> Vec<IoSlice<'_>> {
+        self.batches
+            .iter()
+            .filter(|(start, batch)| start + batch.len() as u64 > cursor)
+            .take(64)
+            .map(|(start, batch)| {
+                let skip = cursor.saturating_sub(*start) as usize;
+                IoSlice::new(&batch[skip..])
+            })
+            .collect()
+    }
 }
 
 /// The epoll instance and what it watches.
@@ -47,7 +92,11 @@ struct Floor {
     listener: TcpListener,
     conns: Vec<Option<Conn>>,
     subscribers: Vec<RawFd>,
-    dirty: Vec<RawFd>,
+    /// Subscribers behind the log's end, waiting to be writable.
+    parked: Vec<RawFd>,
+    log: Log,
+    /// This round's messages, framed and joined.
+    batch: BytesMut,
 }
 
 fn main() -> io::Result<()> {
@@ -70,7 +119,9 @@ fn main() -> io::Result<()> {
         listener,
         conns: Vec::new(),
         subscribers: Vec::new(),
-        dirty: Vec::new(),
+        parked: Vec::new(),
+        log: Log::default(),
+        batch: BytesMut::new(),
     };
     floor.watch(floor.listener.as_raw_fd(), libc::EPOLLIN as u32)?;
     println!("listening on {}", floor.listener.local_addr()?);
@@ -108,20 +159,24 @@ impl Floor {
                 }
                 return Err(err);
             };
+            let mut writable = Vec::new();
             for event in &events[..ready] {
                 let (fd, flags) = (event.u64 as RawFd, event.events);
                 if fd == self.listener.as_raw_fd() {
                     self.accept_all()?;
                     continue;
                 }
-                if flags & libc::EPOLLOUT as u32 != 0 {
-                    self.mark_dirty(fd);
-                }
                 if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                     self.read(fd);
                 }
+                if flags & libc::EPOLLOUT as u32 != 0 {
+                    writable.push(fd);
+                }
             }
-            self.flush();
+            for fd in writable {
+                self.write_pending(fd);
+            }
+            self.send_batch();
         }
     }
 
@@ -141,9 +196,8 @@ impl Floor {
                         stream,
                         role: Role::Handshaking,
                         input: BytesMut::new(),
-                        output: VecDeque::new(),
-                        written: 0,
-                        dirty: false,
+                        response: None,
+                        cursor: 0,
                     });
                 }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -160,17 +214,8 @@ impl Floor {
         self.conns.get_mut(usize::try_from(fd).ok()?)?.as_mut()
     }
 
-    fn mark_dirty(&mut self, fd: RawFd) {
-        if let Some(conn) = self.conn(fd)
-            && !conn.dirty
-        {
-            conn.dirty = true;
-            self.dirty.push(fd);
-        }
-    }
-
     fn read(&mut self, fd: RawFd) {
-        let mut chunk = [0u8; 16 * 1024];
+        let mut chunk = [0u8; 64 * 1024];
         loop {
             let Some(conn) = self.conn(fd) else {
                 return;
@@ -191,45 +236,63 @@ impl Floor {
             return;
         };
         if conn.role == Role::Handshaking {
-            let Some(end) = conn.input.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if !self.handshake(fd) {
                 return;
-            };
-            let head = String::from_utf8_lossy(&conn.input[..end + 4]).into_owned();
-            let _ = conn.input.split_to(end + 4);
-            let Some(key) = head.lines().find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| value.trim().to_owned())
-            }) else {
-                return self.close(fd);
-            };
-            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let response = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-            );
-            conn.output.push_back(Bytes::from(response));
-            let publisher = head
-                .lines()
-                .next()
-                .is_some_and(|line| line.contains("subscribe=0"));
-            conn.role = if publisher {
-                Role::Publisher
-            } else {
-                Role::Subscriber
-            };
-            if !publisher {
-                self.subscribers.push(fd);
             }
-            self.mark_dirty(fd);
+            // The socket may have reported writable before the request came
+            // (edge-triggered): answer now.
+            self.write_pending(fd);
         }
-        self.publish_frames(fd);
+        self.frame_messages(fd);
     }
 
-    /// Turns each complete text frame of a publisher into one server frame
-    /// queued to every subscriber; subscribers' input is discarded.
-    fn publish_frames(&mut self, fd: RawFd) {
+    /// Answers a complete request head; `false` while it is incomplete.
+    fn handshake(&mut self, fd: RawFd) -> bool {
+        let log_end = self.log.end;
+        let Some(conn) = self.conn(fd) else {
+            return false;
+        };
+        let Some(end) = conn.input.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&conn.input[..end + 4]).into_owned();
+        let _ = conn.input.split_to(end + 4);
+        let Some(key) = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_owned())
+        }) else {
+            self.close(fd);
+            return false;
+        };
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        conn.response = Some(Bytes::from(response));
+        let publisher = head
+            .lines()
+            .next()
+            .is_some_and(|line| line.contains("subscribe=0"));
+        conn.role = if publisher {
+            Role::Publisher
+        } else {
+            Role::Subscriber
+        };
+        // A new subscriber starts at the log's end, behind its response.
+        conn.cursor = log_end;
+        if !publisher {
+            self.subscribers.push(fd);
+        }
+        self.parked.push(fd);
+        true
+    }
+
+    /// Appends each complete text message of a publisher, framed, to the
+    /// round's batch; subscribers' input is discarded.
+    fn frame_messages(&mut self, fd: RawFd) {
         loop {
-            let Some(conn) = self.conn(fd) else {
+            let Some(conn) = self.conns.get_mut(fd as usize).and_then(Option::as_mut) else {
                 return;
             };
             if conn.role != Role::Publisher {
@@ -248,35 +311,88 @@ impl Floor {
             if let Some(key) = header.mask {
                 apply_mask(payload, key, 0);
             }
-            if header.opcode != OpCode::Text {
-                continue;
-            }
-            let out = server_frame(OpCode::Text, payload);
-            for index in 0..self.subscribers.len() {
-                let subscriber = self.subscribers[index];
-                if let Some(conn) = self.conn(subscriber) {
-                    conn.output.push_back(out.clone());
-                }
-                self.mark_dirty(subscriber);
+            if header.opcode == OpCode::Text {
+                let framing = server_header(OpCode::Text, payload.len());
+                self.batch.extend_from_slice(framing.as_bytes());
+                self.batch.extend_from_slice(payload);
             }
         }
     }
 
-    /// One `writev` per dirty socket (more only if it took everything and
-    /// more than 64 frames wait), until done or `EAGAIN`.
-    fn flush(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &fd in &dirty {
-            let Some(conn) = self.conn(fd) else {
+    /// Sends the round's batch to every subscriber that is up to date, one
+    /// `send` each; the others catch up when writable.
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = self.batch.split().freeze();
+        let start = self.log.append(batch.clone());
+        let mut failed = Vec::new();
+        for &fd in &self.subscribers {
+            let Some(conn) = self.conns.get_mut(fd as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            conn.dirty = false;
-            if write_pending(conn).is_err() {
-                self.close(fd);
+            if conn.cursor != start || conn.response.is_some() {
+                continue; // parked: it catches up from the log
+            }
+            match conn.stream.write(&batch) {
+                Ok(n) => {
+                    conn.cursor += n as u64;
+                    if n < batch.len() {
+                        self.parked.push(fd);
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => self.parked.push(fd),
+                Err(_) => failed.push(fd),
             }
         }
-        self.dirty = dirty;
-        self.dirty.clear();
+        for fd in failed {
+            self.close(fd);
+        }
+        self.trim_log();
+    }
+
+    /// Writes a parked connection's response and everything it missed.
+    fn write_pending(&mut self, fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(fd as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(response) = &mut conn.response {
+            match conn.stream.write(response) {
+                Ok(n) if n == response.len() => conn.response = None,
+                Ok(n) => {
+                    let _ = response.split_to(n);
+                    return;
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(fd),
+            }
+        }
+        while conn.role == Role::Subscriber && conn.cursor < self.log.end {
+            let slices = self.log.slices_from(conn.cursor);
+            match conn.stream.write_vectored(&slices) {
+                Ok(0) => return self.close(fd),
+                Ok(n) => conn.cursor += n as u64,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.close(fd),
+            }
+        }
+        self.parked.retain(|&parked| parked != fd);
+    }
+
+    /// Forgets the batches no parked subscriber needs any more.
+    fn trim_log(&mut self) {
+        let conns = &self.conns;
+        let oldest = self
+            .parked
+            .iter()
+            .filter_map(|&fd| conns.get(fd as usize)?.as_ref())
+            .filter(|conn| conn.role == Role::Subscriber)
+            .map(|conn| conn.cursor)
+            .min()
+            .unwrap_or(self.log.end);
+        self.log.trim(oldest);
     }
 
     fn close(&mut self, fd: RawFd) {
@@ -285,45 +401,6 @@ impl Floor {
             *slot = None;
         }
         self.subscribers.retain(|&s| s != fd);
-        self.dirty.retain(|&d| d != fd);
+        self.parked.retain(|&p| p != fd);
     }
-}
-
-fn write_pending(conn: &mut Conn) -> io::Result<()> {
-    while !conn.output.is_empty() {
-        let slices: Vec<IoSlice<'_>> = conn
-            .output
-            .iter()
-            .take(64)
-            .enumerate()
-            .map(|(i, frame)| {
-                IoSlice::new(if i == 0 {
-                    &frame[conn.written..]
-                } else {
-                    frame
-                })
-            })
-            .collect();
-        let mut written = match conn.stream.write_vectored(&slices) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        while written > 0 {
-            let Some(front) = conn.output.front() else {
-                break;
-            };
-            let left = front.len() - conn.written;
-            if written < left {
-                conn.written += written;
-                break;
-            }
-            written -= left;
-            conn.written = 0;
-            conn.output.pop_front();
-        }
-    }
-    Ok(())
 }

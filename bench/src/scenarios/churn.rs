@@ -10,7 +10,7 @@ use std::{
 
 use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, Stage, drive_paced},
+    client::{Client, Scratch, Stage, drive_paced},
     proc_stats::ProcessSample,
     progress::Running,
     report::Report,
@@ -286,12 +286,13 @@ fn run(
     let mut failure = None;
     let registry = poll.registry().try_clone()?;
     let running = Running::start("churn", duration, !options.json);
+    let mut scratch = Scratch::new();
     drive_paced(poll, start + duration, Duration::from_millis(5), |wake| {
         match wake {
             Some(token) if token.0 < churners.first_token => {
                 let path = paths.path_of(token.0);
                 if let Err(err) =
-                    receive(&mut clients[token.0], &path, phoenix, tracker, &mut stats)
+                    receive(&mut clients[token.0], &path, phoenix, tracker, &mut stats, &mut scratch)
                 {
                     failure = Some(err);
                 }

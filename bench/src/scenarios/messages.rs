@@ -8,7 +8,7 @@ use std::{
 
 use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, drive},
+    client::{Client, Scratch, drive},
     tracker::{ThreadStats, Tracker},
 };
 use mio::Poll;
@@ -84,25 +84,26 @@ pub(crate) fn join_all(
     Ok(())
 }
 
-/// Handles a subscriber's readiness: reads its frames and counts each
-/// sequence number it received.
+/// Handles a subscriber's readiness: reads its frames (in place, in the
+/// thread's shared buffer) and counts each sequence number it received, all
+/// at the time of the read.
 pub(crate) fn receive(
     client: &mut Client,
     path: &str,
     phoenix: bool,
     tracker: &Tracker,
     stats: &mut ThreadStats,
+    scratch: &mut Scratch,
 ) -> io::Result<()> {
-    let mut arrived = Vec::new();
-    client.on_ready(path, |_, frame| {
-        if frame.opcode == OpCode::Text {
-            arrived.push(frame.prefix);
+    let now = tracker.now();
+    let mut outcome = Ok(());
+    client.receive_into(path, scratch, |opcode, payload| {
+        if opcode != OpCode::Text || outcome.is_err() {
+            return;
         }
+        outcome = fanout_seq(phoenix, payload)
+            .ok_or_else(|| io::Error::other("a frame without a sequence number"))
+            .and_then(|seq| tracker.received_at(seq, now, stats));
     })?;
-    for prefix in arrived {
-        let seq = fanout_seq(phoenix, &prefix)
-            .ok_or_else(|| io::Error::other("a frame without a sequence number"))?;
-        tracker.received(seq, stats)?;
-    }
-    Ok(())
+    outcome
 }

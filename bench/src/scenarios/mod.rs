@@ -34,7 +34,8 @@ pub(crate) fn cpu_figures(
     elapsed: Duration,
     deliveries: u64,
 ) -> io::Result<()> {
-    let mut client_cpu = ProcessSample::read_self()?.cpu_since(client_before);
+    let client_now = ProcessSample::read_self()?;
+    let mut client_cpu = client_now.cpu_since(client_before);
     let server_cpu = match (options.server_sample()?, server_before) {
         (Some(now), Some(before)) => Some(now.cpu_since(&before)),
         _ => None,
@@ -52,6 +53,23 @@ pub(crate) fn cpu_figures(
             format!("in {:.2} s", elapsed.as_secs_f64()),
         )
         .figure("client_cpu_per_delivery", per_delivery(client_cpu), "ns");
+    let busy = client_now.cores.busy_since(&client_before.cores);
+    let cores: Vec<String> = busy
+        .iter()
+        .enumerate()
+        .map(|(core, busy)| format!("cpu{core} {:.0}%", busy * 100.0))
+        .collect();
+    // The load generator's threads each busy 95 % of the run or more: the
+    // figure measures the client, not the server.
+    let client_load = client_cpu.as_secs_f64() / (elapsed.as_secs_f64() * options.threads as f64);
+    report
+        .figure("cores_busy", cores.join(", "), "")
+        .note(
+            "client_bound",
+            client_load >= 0.95,
+            "",
+            format!("client threads {:.0}% busy", client_load * 100.0),
+        );
     if let Some(server_cpu) = server_cpu {
         report
             .figure("server_cpu", server_cpu.as_secs_f64(), "s")

@@ -8,7 +8,7 @@ use std::{
 
 use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, drive_paced},
+    client::{Client, Scratch, drive_paced},
     proc_stats::ProcessSample,
     progress::Running,
     report::Report,
@@ -81,6 +81,7 @@ pub(crate) fn rooms(options: &Options, plan: &RoomsPlan) -> io::Result<Option<He
     }
     let mut failure = None;
     let running = Running::start("rooms", duration, !options.json);
+    let mut scratch = Scratch::new();
     drive_paced(
         &mut poll,
         start + duration,
@@ -98,6 +99,7 @@ pub(crate) fn rooms(options: &Options, plan: &RoomsPlan) -> io::Result<Option<He
                 false,
                 &trackers[room],
                 &mut stats,
+                &mut scratch,
             ) {
                 failure = Some(err);
             }

@@ -9,7 +9,7 @@ use std::{
 
 use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, drive_paced},
+    client::{Client, Scratch, drive_paced},
     http_publisher::{HttpPublisher, PublisherReport},
     proc_stats::ProcessSample,
     progress::Running,
@@ -65,6 +65,7 @@ pub(super) fn fanout_publisher(
         plan.duration,
         !shared.options.json,
     );
+    let mut scratch = Scratch::new();
     drive_paced(
         &mut poll,
         start + plan.duration,
@@ -75,7 +76,7 @@ pub(super) fn fanout_publisher(
                     // The publisher's own socket: drain what the server sends it.
                     clients[token.0].on_ready(&shared.publisher_path, |_, _| {})
                 }
-                Some(token) => shared.receive(&mut clients[token.0], &mut stats),
+                Some(token) => shared.receive(&mut clients[token.0], &mut stats, &mut scratch),
                 None if tracker.has_failed() => return false,
                 None => {
                     running.tick();

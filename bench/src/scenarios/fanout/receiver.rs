@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herald_bench::{client::drive_paced, tracker::ThreadStats};
+use herald_bench::{
+    client::{Scratch, drive_paced},
+    tracker::ThreadStats,
+};
 
 use super::shared::FanoutShared;
 
@@ -16,10 +19,11 @@ pub(super) fn fanout_receiver(shared: &FanoutShared<'_>, share: usize) -> io::Re
     let mut stats = ThreadStats::new()?;
     let mut failure = None;
     let deadline = Instant::now() + shared.plan.duration;
+    let mut scratch = Scratch::new();
     drive_paced(&mut poll, deadline, Duration::from_millis(5), |wake| {
         match wake {
             Some(token) => {
-                if let Err(err) = shared.receive(&mut clients[token.0], &mut stats) {
+                if let Err(err) = shared.receive(&mut clients[token.0], &mut stats, &mut scratch) {
                     failure = Some(err);
                 }
             }

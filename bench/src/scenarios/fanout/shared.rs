@@ -4,7 +4,7 @@
 use std::{io, sync::Barrier};
 
 use herald_bench::{
-    client::Client,
+    client::{Client, Scratch},
     tracker::{ThreadStats, Tracker},
 };
 use indicatif::ProgressBar;
@@ -113,13 +113,19 @@ impl<'a> FanoutShared<'a> {
     }
 
     /// Reads a subscriber's frames and counts what arrived.
-    pub(super) fn receive(&self, client: &mut Client, stats: &mut ThreadStats) -> io::Result<()> {
+    pub(super) fn receive(
+        &self,
+        client: &mut Client,
+        stats: &mut ThreadStats,
+        scratch: &mut Scratch,
+    ) -> io::Result<()> {
         receive(
             client,
             &self.subscriber_path,
             self.plan.phoenix,
             self.tracker,
             stats,
+            scratch,
         )
     }
 }
