@@ -1,16 +1,18 @@
 //! A coarse hashed timer wheel, in ticks of virtual time.
 //!
 //! Each loop keeps one wheel for all its connections' deadlines (handshake,
-//! heartbeat, close). Advancing the wheel visits only the slots whose time
-//! has come, so a loop turn costs O(expiring), not O(connections): with
+//! heartbeat, idle, close). Advancing the wheel visits only the slots whose
+//! time has come, so a loop turn costs O(expiring), not O(connections): with
 //! 100 ms ticks and 1024 slots, a heartbeat 30 s out sits untouched until its
 //! slot comes up.
 //!
-//! Cancelling is lazy, as in uSockets: an entry carries the slab key, its
-//! generation and its deadline, and the owner ignores an expiry that no
-//! longer matches the connection (closed, slot reused, or rescheduled).
-//! Each connection has at most one live entry, so stale ones are bounded
-//! by the number of reschedules, and each is dropped when its slot comes up.
+//! Memory follows the connections that are open, not those ever opened:
+//! the loop keeps at most ONE entry per connection (it remembers the tick
+//! it armed; a deadline that moves later is re-armed when the entry fires,
+//! one that moves earlier replaces the entry), cancels a connection's entry
+//! when the connection goes (a scan of one slot, a few dozen entries even
+//! with a hundred thousand connections), and a slot gives its memory back
+//! once the entries that filled it are gone. An entry is 12 bytes.
 //!
 //! The wheel is pure: the reactor converts `Instant`s into ticks
 //! ([`TICK`] each), and the connection state machine computes its
@@ -19,8 +21,8 @@
 use std::time::Duration;
 
 /// A point in a loop's virtual time: ticks of [`TICK`] since the loop
-/// started.
-pub(crate) type Tick = u64;
+/// started (a `u32` of 100 ms ticks lasts 13 years).
+pub(crate) type Tick = u32;
 
 /// The timer resolution: deadlines are rounded up to a whole tick.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
@@ -35,27 +37,31 @@ pub(crate) fn ticks(duration: Duration) -> Tick {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Expiry {
     /// The slab key of the connection.
-    pub(crate) key: usize,
+    pub(crate) key: u32,
     /// The generation of the connection that scheduled it.
     pub(crate) generation: u32,
     /// The tick it was scheduled for.
-    pub(crate) deadline: u64,
+    pub(crate) deadline: Tick,
 }
+
+/// A slot keeps at most this many entries' worth of spare room once the
+/// burst that filled it has drained.
+const SPARE_ENTRIES: usize = 16;
 
 /// A timer wheel with a power-of-two number of slots.
 #[derive(Debug)]
 pub(crate) struct TimerWheel {
     slots: Box<[Vec<Expiry>]>,
     /// The last tick that has been processed.
-    now: u64,
-    /// Entries scheduled and not yet expired (stale ones included).
+    now: Tick,
+    /// Entries scheduled and not yet expired or cancelled.
     len: usize,
 }
 
 impl TimerWheel {
     /// A wheel of `slots` slots (rounded up to a power of two) starting at
     /// tick `now`.
-    pub(crate) fn new(slots: usize, now: u64) -> Self {
+    pub(crate) fn new(slots: usize, now: Tick) -> Self {
         let slots = slots.max(2).next_power_of_two();
         Self {
             slots: (0..slots).map(|_| Vec::new()).collect(),
@@ -64,26 +70,54 @@ impl TimerWheel {
         }
     }
 
-    fn slot_of(&self, tick: u64) -> usize {
+    fn slot_of(&self, tick: Tick) -> usize {
         (tick as usize) & (self.slots.len() - 1)
     }
 
-    /// Schedules `key` for `deadline`; a deadline that has already passed
-    /// expires on the next [`advance`](Self::advance).
-    pub(crate) fn schedule(&mut self, key: usize, generation: u32, deadline: u64) {
-        let deadline = deadline.max(self.now + 1);
+    /// The tick an entry for `deadline` is filed under: a deadline that has
+    /// already passed expires on the next [`advance`](Self::advance).
+    pub(crate) fn filed_at(&self, deadline: Tick) -> Tick {
+        deadline.max(self.now + 1)
+    }
+
+    /// Schedules `key` for `deadline`; returns the tick it is filed under
+    /// (see [`filed_at`](Self::filed_at)), which [`cancel`](Self::cancel)
+    /// needs.
+    pub(crate) fn schedule(&mut self, key: usize, generation: u32, deadline: Tick) -> Tick {
+        let deadline = self.filed_at(deadline);
         let slot = self.slot_of(deadline);
         self.slots[slot].push(Expiry {
-            key,
+            key: key as u32,
             generation,
             deadline,
         });
         self.len += 1;
+        deadline
+    }
+
+    /// Removes the entry of `key` and `generation` filed under `deadline`,
+    /// if it is still there.
+    pub(crate) fn cancel(&mut self, key: usize, generation: u32, deadline: Tick) {
+        let slot = self.slot_of(deadline);
+        let entries = &mut self.slots[slot];
+        if let Some(at) = entries.iter().position(|entry| {
+            entry.key == key as u32 && entry.generation == generation && entry.deadline == deadline
+        }) {
+            entries.swap_remove(at);
+            self.len -= 1;
+            shrink(entries);
+        }
     }
 
     /// Whether nothing is scheduled.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Entries scheduled.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// Moves the wheel to tick `to`, appending every entry whose deadline
@@ -92,11 +126,11 @@ impl TimerWheel {
     /// Visits each slot between the last tick and `to` once (all of them,
     /// at most, after a long stall); entries more than a revolution away
     /// stay where they are.
-    pub(crate) fn advance(&mut self, to: u64, expired: &mut Vec<Expiry>) {
+    pub(crate) fn advance(&mut self, to: Tick, expired: &mut Vec<Expiry>) {
         if to <= self.now {
             return;
         }
-        let steps = (to - self.now).min(self.slots.len() as u64);
+        let steps = (to - self.now).min(self.slots.len() as Tick);
         for step in 1..=steps {
             let slot = self.slot_of(self.now + step);
             let entries = &mut self.slots[slot];
@@ -109,8 +143,16 @@ impl TimerWheel {
                 !due
             });
             self.len -= before - entries.len();
+            shrink(entries);
         }
         self.now = to;
+    }
+}
+
+/// Gives back a slot's memory once most of it is unused.
+fn shrink(entries: &mut Vec<Expiry>) {
+    if entries.capacity() > 2 * entries.len() + SPARE_ENTRIES {
+        entries.shrink_to(entries.len() + SPARE_ENTRIES / 2);
     }
 }
 
@@ -118,8 +160,8 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
-    fn keys(expired: &[Expiry]) -> Vec<usize> {
-        let mut keys: Vec<usize> = expired.iter().map(|e| e.key).collect();
+    fn keys(expired: &[Expiry]) -> Vec<u32> {
+        let mut keys: Vec<u32> = expired.iter().map(|e| e.key).collect();
         keys.sort_unstable();
         keys
     }
@@ -164,7 +206,7 @@ mod tests {
     fn a_long_stall_expires_everything_due_in_one_advance() {
         let mut wheel = TimerWheel::new(8, 0);
         for key in 0..50 {
-            wheel.schedule(key, 0, key as u64 + 1);
+            wheel.schedule(key, 0, key as Tick + 1);
         }
         let mut expired = Vec::new();
         wheel.advance(1000, &mut expired);
@@ -175,7 +217,7 @@ mod tests {
     #[test]
     fn past_deadlines_expire_on_the_next_tick() {
         let mut wheel = TimerWheel::new(8, 100);
-        wheel.schedule(3, 0, 50);
+        assert_eq!(wheel.schedule(3, 0, 50), 101);
         let mut expired = Vec::new();
         wheel.advance(101, &mut expired);
         assert_eq!(keys(&expired), [3]);
@@ -195,5 +237,37 @@ mod tests {
         assert_eq!(keys(&expired), [42]);
         assert_eq!(wheel.slots[1].len(), 0);
         assert_eq!(wheel.slots[500].len(), 10_000);
+    }
+
+    #[test]
+    fn cancelled_entries_are_gone_and_their_memory_comes_back() {
+        let mut wheel = TimerWheel::new(64, 0);
+        let filed: Vec<Tick> = (0..20_000).map(|key| wheel.schedule(key, 3, 40)).collect();
+        assert_eq!(wheel.len(), 20_000);
+        for (key, deadline) in filed.into_iter().enumerate() {
+            wheel.cancel(key, 3, deadline);
+        }
+        assert!(wheel.is_empty());
+        assert!(wheel.slots[40].capacity() <= SPARE_ENTRIES);
+        // A cancel of something that is not there changes nothing.
+        wheel.schedule(1, 1, 9);
+        wheel.cancel(1, 2, 9);
+        wheel.cancel(1, 1, 8);
+        assert_eq!(wheel.len(), 1);
+        let mut expired = Vec::new();
+        wheel.advance(9, &mut expired);
+        assert_eq!(keys(&expired), [1]);
+    }
+
+    #[test]
+    fn a_slot_emptied_by_expiry_gives_its_memory_back() {
+        let mut wheel = TimerWheel::new(16, 0);
+        for key in 0..5_000 {
+            wheel.schedule(key, 0, 3);
+        }
+        let mut expired = Vec::new();
+        wheel.advance(3, &mut expired);
+        assert_eq!(expired.len(), 5_000);
+        assert!(wheel.slots[3].capacity() <= SPARE_ENTRIES);
     }
 }

@@ -291,9 +291,14 @@ fn run(
         match wake {
             Some(token) if token.0 < churners.first_token => {
                 let path = paths.path_of(token.0);
-                if let Err(err) =
-                    receive(&mut clients[token.0], &path, phoenix, tracker, &mut stats, &mut scratch)
-                {
+                if let Err(err) = receive(
+                    &mut clients[token.0],
+                    &path,
+                    phoenix,
+                    tracker,
+                    &mut stats,
+                    &mut scratch,
+                ) {
                     failure = Some(err);
                 }
                 if let Err(err) = top_up(clients) {

@@ -62,14 +62,12 @@ pub(crate) fn cpu_figures(
     // The load generator's threads each busy 95 % of the run or more: the
     // figure measures the client, not the server.
     let client_load = client_cpu.as_secs_f64() / (elapsed.as_secs_f64() * options.threads as f64);
-    report
-        .figure("cores_busy", cores.join(", "), "")
-        .note(
-            "client_bound",
-            client_load >= 0.95,
-            "",
-            format!("client threads {:.0}% busy", client_load * 100.0),
-        );
+    report.figure("cores_busy", cores.join(", "), "").note(
+        "client_bound",
+        client_load >= 0.95,
+        "",
+        format!("client threads {:.0}% busy", client_load * 100.0),
+    );
     if let Some(server_cpu) = server_cpu {
         report
             .figure("server_cpu", server_cpu.as_secs_f64(), "s")

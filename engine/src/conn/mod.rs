@@ -84,10 +84,10 @@ pub(crate) struct Env<'a> {
 }
 
 /// Where a connection is in its life.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for the request head.
-    Handshake(Box<Pending>),
+    /// Waiting for the request head (see [`Pending`]).
+    Handshake,
     /// Open: messages flow both ways.
     Open,
     /// A close frame has been queued; waiting for the peer's close frame or
@@ -207,9 +207,15 @@ pub(crate) enum Shutdown {
 }
 
 /// One connection's state machine.
+///
+/// Every open connection holds one, so it is kept small (see the size
+/// budget in the reactor's `Slot`): what only a handshaking connection
+/// needs is boxed in `pending` and dropped when it opens.
 #[derive(Debug)]
 pub(crate) struct Connection {
     phase: Phase,
+    /// What the handshake needs until the connection opens or is refused.
+    pending: Option<Box<Pending>>,
     decoder: Decoder,
     outbox: Outbox,
     /// The tick of the one deadline this connection waits for.
@@ -239,7 +245,8 @@ impl Connection {
     /// limit (it will be answered with 503).
     pub(crate) fn accepted(peer: SocketAddr, over_limit: bool, now: Tick, env: Env<'_>) -> Self {
         Self {
-            phase: Phase::Handshake(Box::new(Pending {
+            phase: Phase::Handshake,
+            pending: Some(Box::new(Pending {
                 peer,
                 scanned: 0,
                 over_limit,
@@ -265,7 +272,7 @@ impl Connection {
 
     /// Whether the connection is still waiting for its request head.
     pub(crate) fn is_handshaking(&self) -> bool {
-        matches!(self.phase, Phase::Handshake(_))
+        self.phase == Phase::Handshake
     }
 
     /// The frames waiting to be sent, and the send side of the API.
@@ -301,7 +308,7 @@ impl Connection {
         env: Env<'_>,
     ) -> HandshakeStep {
         let max_head = env.config.max_head_bytes;
-        let Phase::Handshake(pending) = &mut self.phase else {
+        let Some(pending) = self.pending.as_deref_mut() else {
             return HandshakeStep::Incomplete;
         };
         let Some(end) = handshake::head_end(buf, pending.scanned) else {
@@ -374,6 +381,7 @@ impl Connection {
     /// the peer has closed, or at the close timeout.
     fn respond(&mut self, response: Bytes, now: Tick, env: Env<'_>) -> HandshakeStep {
         self.phase = Phase::Refused;
+        self.pending = None;
         self.discard_input = true;
         self.outbox.queue.push(response);
         self.set_deadline(now + ticks(env.config.close_timeout));
@@ -384,6 +392,7 @@ impl Connection {
     /// and starts the heartbeat.
     pub(crate) fn open(&mut self, response: Bytes, now: Tick, env: Env<'_>) {
         self.phase = Phase::Open;
+        self.pending = None;
         self.opened = true;
         self.outbox.queue.push(response);
         self.set_deadline(now + ticks(env.config.ping_interval));
@@ -507,7 +516,7 @@ impl Connection {
             return Expired::Stale;
         }
         match self.phase {
-            Phase::Handshake(_) => {
+            Phase::Handshake => {
                 bump(&env.stats.handshakes_refused, 1);
                 Expired::HandshakeTimeout
             }
@@ -541,7 +550,7 @@ impl Connection {
                     .queue_close(CloseCode::GOING_AWAY, "server shutting down");
                 Shutdown::Closing
             }
-            Phase::Handshake(_) => Shutdown::Remove,
+            Phase::Handshake => Shutdown::Remove,
             Phase::Closing | Phase::Refused => Shutdown::Nothing,
         }
     }

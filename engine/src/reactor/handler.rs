@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use thin_vec::ThinVec;
 
 use super::{ConnHandle, LoopContext};
 use crate::{
@@ -303,7 +304,7 @@ pub struct Conn<'a, S> {
     pub(crate) state: &'a mut S,
     pub(crate) outbox: &'a mut Outbox,
     /// The topics this connection is subscribed to.
-    pub(crate) topics: &'a mut Vec<Arc<str>>,
+    pub(crate) topics: &'a mut ThinVec<Arc<str>>,
     pub(crate) id: ConnId,
     pub(crate) ctx: &'a mut LoopContext,
 }

@@ -32,10 +32,15 @@
 //!    read each readable socket until `WouldBlock` or a per-turn budget
 //!    (the rest is read next turn, so one fast sender cannot starve the
 //!    others), decoding and dispatching to the handler as bytes arrive.
-//!    Handlers only queue frames; nothing is written yet.
+//!    Handlers only queue frames; nothing is written yet. Broadcasts wait
+//!    in the turn's list: those a read or a command brought are delivered,
+//!    each run to one topic as one queue entry per subscriber, before the
+//!    next socket is read or a command sends to a connection
+//!    (`worker/fanout.rs`).
 //! 3. **Timers**: advance the wheel to now; handshakes that took too long
 //!    are dropped, silent connections are pinged or closed, close
-//!    handshakes that stalled are cut off.
+//!    handshakes that stalled are cut off. Then the broadcasts still
+//!    waiting are delivered.
 //! 4. **Flush**: every connection that had frames queued this turn (or
 //!    became writable) is written once, with `writev`, until its queue is
 //!    empty or the socket would block. Connections whose close is complete

@@ -174,8 +174,9 @@ pub struct Decoder {
     message: Option<Box<PartialMessage>>,
     /// Validates the text message in progress.
     utf8: Utf8Validator,
-    /// The error this decoder failed with.
-    failed: Option<ProtocolError>,
+    /// The error this decoder failed with (boxed: every connection holds a
+    /// decoder, and this is set at most once in its life).
+    failed: Option<Box<ProtocolError>>,
 }
 
 #[derive(Debug)]
@@ -232,12 +233,12 @@ impl Decoder {
         buf: &mut BytesMut,
         config: &DecoderConfig,
     ) -> Result<Option<Message>, ProtocolError> {
-        if let Some(err) = self.failed {
-            return Err(err);
+        if let Some(err) = &self.failed {
+            return Err(**err);
         }
         let result = self.decode_next(buf, config);
         if let Err(err) = result {
-            self.failed = Some(err);
+            self.failed = Some(Box::new(err));
         }
         result
     }

@@ -3,7 +3,12 @@
 //! Broadcasts reach a loop during a turn from its mailbox (other threads,
 //! other loops, other nodes) and from its own callbacks. None is delivered
 //! on arrival: they wait in the turn's list, in arrival order, and are
-//! delivered just before the flush. Consecutive broadcasts to the same topic
+//! delivered just before the flush, or earlier, before the loop reads
+//! another socket or handles a command that sends to one connection: what
+//! happened before an input is delivered before anything that input causes
+//! (a client never sees the reply to its heartbeat before a broadcast that
+//! reached the server first). All that one read brings, a publisher's burst
+//! of messages, stays together. Consecutive broadcasts to the same topic
 //! form a run, and a run reaches each subscriber as ONE queue entry holding
 //! all its messages (per wire protocol, the run's frames joined into one
 //! `Bytes`): each subscriber's slot is visited once per run, with one

@@ -41,6 +41,9 @@ impl<S: Service> Worker<S> {
     /// Reads until `until`, EOF or the budget, processing input after
     /// every `recv`.
     pub(super) fn read(&mut self, key: usize, until: ReadUntil) {
+        // What arrived before this input is delivered before anything this
+        // input makes the handler send (see `fanout.rs`).
+        self.deliver_turn();
         let chunk = self.ctx.config.read_chunk;
         let mut total = 0;
         loop {
@@ -80,14 +83,14 @@ impl<S: Service> Worker<S> {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        let idle = slot.read_buf.as_ref().is_some_and(BytesMut::is_empty)
+        let idle = slot.read_buf.as_ref().is_some_and(|buf| buf.is_empty())
             && slot.conn.is_between_messages();
         if idle && let Some(buf) = slot.read_buf.take() {
             self.recycle(buf);
         }
     }
 
-    pub(super) fn recycle(&mut self, mut buf: BytesMut) {
+    pub(super) fn recycle(&mut self, mut buf: Box<BytesMut>) {
         buf.clear();
         if self.pool.len() < POOL_BUFFERS && buf.capacity() <= POOL_MAX_CAPACITY {
             self.pool.push(buf);
@@ -257,11 +260,11 @@ impl<S: Service> Worker<S> {
             return;
         };
         let sync = slot.conn.sync(now, env(&self.ctx));
-        if let Some(tick) = sync.wake_at {
-            self.wheel.schedule(key, slot.generation, tick);
-        }
         if sync.flush {
             slot.conn.outbox().mark_dirty(key, &mut self.ctx.dirty);
+        }
+        if let Some(tick) = sync.wake_at {
+            self.arm(key, tick);
         }
         if let Some(code) = sync.closed {
             self.notify_close(key, code, "");

@@ -27,6 +27,7 @@ use mio::{
     net::{TcpListener, TcpStream},
 };
 use slab::Slab;
+use thin_vec::ThinVec;
 
 use super::{Command, LoopContext, Mailbox, Relay, Service, names::Names};
 use crate::{
@@ -55,19 +56,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 struct Slot<S> {
     socket: TcpStream,
     generation: u32,
+    /// The tick of this connection's one timer-wheel entry (0: none).
+    armed: Tick,
     /// Bytes read and not yet decoded; borrowed from the loop's pool while
-    /// a message is partly read, so idle connections hold none.
-    read_buf: Option<BytesMut>,
+    /// a message is partly read, so idle connections hold none (boxed, so
+    /// that not holding one costs a pointer).
+    read_buf: Option<Box<BytesMut>>,
     conn: Connection,
-    /// The topics it is subscribed to.
-    topics: Vec<Arc<str>>,
+    /// The topics it is subscribed to (one pointer while there are none).
+    topics: ThinVec<Arc<str>>,
     /// The application's state, once `on_connect` accepted.
     state: Option<S>,
 }
 
 /// A connection's budget: what every idle connection costs in user space,
-/// besides the application's state and slab overhead.
-const _: () = assert!(size_of::<Slot<()>>() <= 272);
+/// besides the application's state and slab overhead. The fields above are
+/// arranged to keep it: a boxed read buffer, a thin topic list, the
+/// handshake's state boxed in the connection.
+const _: () = assert!(size_of::<Slot<()>>() <= 192);
 
 /// What a connection needs from the loop's context.
 fn env(ctx: &LoopContext) -> Env<'_> {
@@ -87,7 +93,10 @@ pub(crate) struct Worker<S: Service> {
     expired: Vec<Expiry>,
     /// Connections whose read budget ran out: read again next turn.
     read_again: Vec<ConnId>,
-    pool: Vec<BytesMut>,
+    /// Read buffers not lent to a connection, boxed as the slots hold them
+    /// (moving one in or out moves a pointer).
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<BytesMut>>,
     rx: Receiver<Command>,
     ctx: LoopContext,
     service: Arc<S>,
@@ -289,9 +298,10 @@ impl<S: Service> Worker<S> {
         entry.insert(Slot {
             socket,
             generation,
+            armed: 0,
             read_buf: None,
             conn,
-            topics: Vec::new(),
+            topics: ThinVec::new(),
             state: None,
         });
         bump(&self.ctx.stats.connections_accepted, 1);
@@ -303,6 +313,11 @@ impl<S: Service> Worker<S> {
     fn drain_mailbox(&mut self) {
         self.ctx.mailbox.clear_wake();
         while let Ok(command) = self.rx.try_recv() {
+            if !matches!(command, Command::Publish(_)) {
+                // Keep a thread's order: its broadcasts posted before this
+                // command reach their subscribers first.
+                self.deliver_turn();
+            }
             match command {
                 Command::Send { conn, frame } => {
                     if let Some(key) = self.open_key(conn) {
@@ -387,14 +402,38 @@ impl<S: Service> Worker<S> {
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
         for expiry in expired.drain(..) {
-            let live = self.conns.get(expiry.key).is_some_and(|slot| {
-                slot.generation == expiry.generation && slot.conn.deadline() == expiry.deadline
-            });
-            if live {
-                self.on_deadline(expiry.key, now);
+            let key = expiry.key as usize;
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if slot.generation != expiry.generation || slot.armed != expiry.deadline {
+                continue;
+            }
+            slot.armed = 0;
+            let deadline = slot.conn.deadline();
+            if deadline > now {
+                // The deadline moved later since it was armed: re-arm.
+                self.arm(key, deadline);
+            } else {
+                self.on_deadline(key, now);
             }
         }
         self.expired = expired;
+    }
+
+    /// Makes sure the wheel wakes this connection by `deadline`, keeping one
+    /// entry per connection: an entry that fires no later stays (it re-arms
+    /// when it fires), a later one is replaced.
+    fn arm(&mut self, key: usize, deadline: Tick) {
+        let filed = self.wheel.filed_at(deadline);
+        let slot = &mut self.conns[key];
+        if slot.armed != 0 {
+            if slot.armed <= filed {
+                return;
+            }
+            self.wheel.cancel(key, slot.generation, slot.armed);
+        }
+        slot.armed = self.wheel.schedule(key, slot.generation, deadline);
     }
 
     fn on_deadline(&mut self, key: usize, now: Tick) {
@@ -458,6 +497,9 @@ impl<S: Service> Worker<S> {
         let Some(mut slot) = self.conns.try_remove(key) else {
             return;
         };
+        if slot.armed != 0 {
+            self.wheel.cancel(key, slot.generation, slot.armed);
+        }
         let id = ConnId::new(key, slot.generation);
         for topic in slot.topics.drain(..) {
             self.ctx.topics.unsubscribe(&topic, id);
