@@ -6,7 +6,10 @@
 
 use bytes::Bytes;
 
-use super::{SendError, write_queue::WriteQueue};
+use super::{
+    SendError,
+    write_queue::{self, WriteQueue},
+};
 use crate::{
     config::{ServerConfig, SlowConsumerPolicy},
     metrics::{LoopStats, bump},
@@ -56,11 +59,16 @@ impl Outbox {
             bump(&stats.sends_after_close, 1);
             return Err(SendError::Closed);
         }
-        if self.queue.queued_bytes() + bytes.len() <= config.max_queued_bytes {
+        let fits = write_queue::fits(&bytes);
+        if fits && self.queue.queued_bytes() + bytes.len() <= config.max_queued_bytes {
             self.queue.push_messages(bytes, messages);
             return Ok(());
         }
         match config.slow_consumer {
+            SlowConsumerPolicy::DropOldest if !fits => {
+                bump(&stats.frames_dropped, u64::from(messages));
+                Ok(())
+            }
             SlowConsumerPolicy::DropOldest => {
                 self.queue.push_messages(bytes, messages);
                 let dropped = self.queue.drop_oldest_until(config.max_queued_bytes);

@@ -45,9 +45,17 @@ pub(crate) struct WriteQueue {
     #[allow(clippy::box_collection)]
     tail: Option<Box<VecDeque<Entry>>>,
     /// How much of the front entry the kernel has already taken.
-    front_sent: usize,
-    /// Bytes queued and not yet written.
-    queued: usize,
+    front_sent: u32,
+    /// Bytes queued and not yet written. `u32`, with `front_sent`, to keep
+    /// every connection's queue small: the outbox never holds more than its
+    /// limit (at most 1 GiB) and one entry, and refuses entries of 4 GiB
+    /// or more ([`fits`]).
+    queued: u32,
+}
+
+/// Whether `bytes` can be queued at all (under 4 GiB).
+pub(crate) fn fits(bytes: &Bytes) -> bool {
+    u32::try_from(bytes.len()).is_ok()
 }
 
 /// How a flush ended.
@@ -69,7 +77,8 @@ impl WriteQueue {
     /// Queues bytes holding `messages` whole messages.
     #[inline]
     pub(crate) fn push_messages(&mut self, bytes: Bytes, messages: u32) {
-        self.queued += bytes.len();
+        debug_assert!(fits(&bytes), "entries over 4 GiB are refused by the outbox");
+        self.queued = self.queued.saturating_add(bytes.len() as u32);
         let entry = Entry { bytes, messages };
         if self.head.is_none() {
             self.head = Some(entry);
@@ -98,7 +107,7 @@ impl WriteQueue {
     /// Bytes queued and not yet written.
     #[inline]
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued
+        self.queued as usize
     }
 
     /// Whether nothing is waiting.
@@ -114,7 +123,7 @@ impl WriteQueue {
             let written = if self.tail_is_empty() {
                 // One entry (the common case in fan-out): a plain `write`
                 // skips the kernel's iovec import.
-                writer.write(&head.bytes[self.front_sent..])
+                writer.write(&head.bytes[self.front_sent as usize..])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let count = self.fill_slices(&mut slices);
@@ -137,7 +146,11 @@ impl WriteQueue {
     fn fill_slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut count = 0;
         for (slot, entry) in slices.iter_mut().zip(self.entries()) {
-            let start = if count == 0 { self.front_sent } else { 0 };
+            let start = if count == 0 {
+                self.front_sent as usize
+            } else {
+                0
+            };
             *slot = IoSlice::new(&entry.bytes[start..]);
             count += 1;
         }
@@ -145,13 +158,15 @@ impl WriteQueue {
     }
 
     /// Removes `written` bytes from the front.
-    fn consume(&mut self, mut written: usize) {
+    fn consume(&mut self, written: usize) {
+        // The kernel took at most what was queued, which fits a u32.
+        let mut written = written as u32;
         self.queued -= written;
         while written > 0 {
             let Some(front) = &self.head else {
                 break;
             };
-            let left = front.bytes.len() - self.front_sent;
+            let left = front.bytes.len() as u32 - self.front_sent;
             if written < left {
                 self.front_sent += written;
                 return;
@@ -168,7 +183,7 @@ impl WriteQueue {
     pub(crate) fn drop_oldest_until(&mut self, cap: usize) -> u64 {
         let keep_front = self.front_sent > 0;
         let mut dropped = 0;
-        while self.queued > cap {
+        while self.queued as usize > cap {
             let entry = if keep_front {
                 self.tail.as_mut().and_then(|tail| tail.pop_front())
             } else {
@@ -177,7 +192,7 @@ impl WriteQueue {
             let Some(entry) = entry else {
                 break;
             };
-            self.queued -= entry.bytes.len();
+            self.queued -= entry.bytes.len() as u32;
             dropped += u64::from(entry.messages);
         }
         dropped
