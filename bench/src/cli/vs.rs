@@ -18,6 +18,9 @@ pub(crate) enum Headline {
     Throughput(f64),
     /// p99 publish-to-receive latency in µs: lower is better.
     P99(u64),
+    /// The load generator was the bottleneck: the run says nothing about
+    /// the server, and is left out of the ratios.
+    ClientBound,
 }
 
 /// Runs herald and a baseline alternately and prints the ratios.
@@ -60,11 +63,15 @@ pub(crate) fn compare(options: &Options, baseline: &str) -> io::Result<()> {
 /// round, herald's, the baseline's) and their ratios.
 fn print_ratios(options: &Options, baseline: &str, rows: Vec<(usize, Headline, Headline)>) {
     let (mut heralds, mut baselines, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for (_, herald, base) in rows {
+    let mut client_bound = Vec::new();
+    for (round, herald, base) in rows {
         let (h, b) = match (herald, base) {
             (Headline::Throughput(h), Headline::Throughput(b)) => (h, b),
             (Headline::P99(h), Headline::P99(b)) => (h as f64, b as f64),
-            _ => continue,
+            _ => {
+                client_bound.push(round);
+                continue;
+            }
         };
         heralds.push(h);
         baselines.push(b);
@@ -92,7 +99,13 @@ fn print_ratios(options: &Options, baseline: &str, rows: Vec<(usize, Headline, H
                 .collect::<Vec<_>>(),
             "x",
         )
-        .note("mean_ratio", (mean * 1000.0).round() / 1000.0, "x", meaning);
+        .note("mean_ratio", (mean * 1000.0).round() / 1000.0, "x", meaning)
+        .note(
+            "client_bound_rounds",
+            format!("{client_bound:?}"),
+            "",
+            "left out: the load generator's threads were 95% busy or more",
+        );
     if !options.json {
         println!();
     }

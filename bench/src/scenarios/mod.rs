@@ -25,7 +25,8 @@ pub(crate) fn mib(bytes: u64) -> f64 {
 }
 
 /// Prints the client's and (with `--server-pid`) the server's CPU time,
-/// per delivery.
+/// per delivery, and each core's busy fraction; returns whether the client
+/// was the bottleneck (its threads 95 % busy or more).
 pub(crate) fn cpu_figures(
     report: &mut Report,
     options: &Options,
@@ -33,7 +34,7 @@ pub(crate) fn cpu_figures(
     client_before: &ProcessSample,
     elapsed: Duration,
     deliveries: u64,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let client_now = ProcessSample::read_self()?;
     let mut client_cpu = client_now.cpu_since(client_before);
     let server_cpu = match (options.server_sample()?, server_before) {
@@ -73,5 +74,5 @@ pub(crate) fn cpu_figures(
             .figure("server_cpu", server_cpu.as_secs_f64(), "s")
             .figure("server_cpu_per_delivery", per_delivery(server_cpu), "ns");
     }
-    Ok(())
+    Ok(client_load >= 0.95)
 }

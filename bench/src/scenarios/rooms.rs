@@ -117,7 +117,7 @@ pub(crate) fn rooms(options: &Options, plan: &RoomsPlan) -> io::Result<Option<He
     let deliveries = stats.deliveries;
     let completed: u64 = trackers.iter().map(Tracker::completed).sum();
     let mut report = rooms_report(plan, rooms, elapsed, &stats, completed);
-    cpu_figures(
+    let client_bound = cpu_figures(
         &mut report,
         options,
         server_before,
@@ -125,6 +125,10 @@ pub(crate) fn rooms(options: &Options, plan: &RoomsPlan) -> io::Result<Option<He
         elapsed,
         deliveries,
     )?;
+    if client_bound {
+        report.print(options.format());
+        return Ok(Some(Headline::ClientBound));
+    }
     report.print(options.format());
     Ok(Some(Headline::Throughput(
         deliveries as f64 / elapsed.as_secs_f64(),

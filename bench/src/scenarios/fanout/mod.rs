@@ -163,7 +163,7 @@ fn print_report(
     if let Some(rate) = plan.rate {
         note_kept_up(&mut report, rate, tracker, &run.last_latency);
     }
-    cpu_figures(
+    let client_bound = cpu_figures(
         &mut report,
         options,
         server_before,
@@ -173,6 +173,7 @@ fn print_report(
     )?;
     report.print(options.format());
     Ok(Some(match plan.rate {
+        _ if client_bound => Headline::ClientBound,
         Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
         None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
     }))
