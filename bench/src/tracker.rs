@@ -28,8 +28,10 @@ struct Slot {
 /// What one receiving thread measured.
 #[derive(Debug)]
 pub struct ThreadStats {
-    /// Messages received.
+    /// Messages received within the measured window.
     pub deliveries: u64,
+    /// Messages received after it, while the run drained.
+    pub drained: u64,
     /// Publish to each subscriber's receipt, in µs.
     pub delivery_latency: Histogram<u64>,
     /// Publish to the last subscriber's receipt, in µs (recorded by the
@@ -43,6 +45,7 @@ impl ThreadStats {
         let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other);
         Ok(Self {
             deliveries: 0,
+            drained: 0,
             delivery_latency: histogram()?,
             last_latency: histogram()?,
         })
@@ -51,6 +54,7 @@ impl ThreadStats {
     /// Adds another thread's figures.
     pub fn merge(&mut self, other: &Self) -> io::Result<()> {
         self.deliveries += other.deliveries;
+        self.drained += other.drained;
         self.delivery_latency
             .add(&other.delivery_latency)
             .map_err(io::Error::other)?;

@@ -78,6 +78,11 @@ fn print_ratios(options: &Options, baseline: &str, rows: Vec<(usize, Headline, H
         ratios.push(h / b.max(1.0));
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+    let mean = if ratios.is_empty() {
+        serde_json::Value::from("none: every round was client-bound")
+    } else {
+        serde_json::Value::from((mean * 1000.0).round() / 1000.0)
+    };
     let (unit, meaning) = if matches!(options.scenario, Scenario::Latency { .. }) {
         (
             "µs",
@@ -99,7 +104,7 @@ fn print_ratios(options: &Options, baseline: &str, rows: Vec<(usize, Headline, H
                 .collect::<Vec<_>>(),
             "x",
         )
-        .note("mean_ratio", (mean * 1000.0).round() / 1000.0, "x", meaning)
+        .note("mean_ratio", mean, "x", meaning)
         .note(
             "client_bound_rounds",
             format!("{client_bound:?}"),

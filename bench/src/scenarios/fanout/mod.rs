@@ -112,6 +112,7 @@ fn print_report(
         api,
         server_before,
         client_before,
+        at_end,
     } = published;
     let protocol = match (phoenix, &api) {
         (_, Some(_)) => "Phoenix V2 channels, published with POST /api/broadcast",
@@ -149,7 +150,17 @@ fn print_report(
             "fully delivered",
         )
         .latency("latency", &run.delivery_latency)
-        .latency("to_last_subscriber", &run.last_latency);
+        .latency("to_last_subscriber", &run.last_latency)
+        .note(
+            "missing_after_drain",
+            tracker.in_flight(),
+            "",
+            format!(
+                "of {} messages sent, not yet at every subscriber {} s after the run",
+                tracker.sent_count(),
+                shared::DRAIN.as_secs()
+            ),
+        );
     if let Some(api) = api {
         report
             .note(
@@ -161,7 +172,7 @@ fn print_report(
             .latency("api_round_trip", &api.latency);
     }
     if let Some(rate) = plan.rate {
-        note_kept_up(&mut report, rate, tracker, &run.last_latency);
+        note_kept_up(&mut report, rate, tracker, at_end, &run.last_latency);
     }
     let client_bound = cpu_figures(
         &mut report,
@@ -169,7 +180,8 @@ fn print_report(
         server_before,
         &client_before,
         elapsed,
-        run.deliveries,
+        // The CPU samples include the drain: count its deliveries too.
+        run.deliveries + run.drained,
     )?;
     report.print(options.format());
     Ok(Some(match plan.rate {
@@ -182,19 +194,23 @@ fn print_report(
 /// Notes whether a run on a schedule kept up: what is still in flight at
 /// the end is about what the latency to the last subscriber accounts for,
 /// not a growing pile.
-fn note_kept_up(report: &mut Report, rate: u32, tracker: &Tracker, last_latency: &Histogram<u64>) {
+fn note_kept_up(
+    report: &mut Report,
+    rate: u32,
+    tracker: &Tracker,
+    (completed, in_flight): (u64, u64),
+    last_latency: &Histogram<u64>,
+) {
     let expected_backlog =
         (f64::from(rate) * (last_latency.value_at_quantile(0.99) as f64 / 1e6)).ceil() as u64 + 1;
-    let kept_up = tracker.in_flight() <= expected_backlog.max(2);
+    let kept_up = in_flight <= expected_backlog.max(2);
     report.note(
         "kept_up",
         kept_up,
         "",
         format!(
-            "{} sent, {} fully delivered, {} in flight at the end",
+            "{} sent, {completed} fully delivered, {in_flight} in flight at the end",
             tracker.sent_count(),
-            tracker.completed(),
-            tracker.in_flight()
         ),
     );
 }

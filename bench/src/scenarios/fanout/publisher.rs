@@ -31,6 +31,9 @@ pub(super) struct PublisherOutcome {
     pub(super) server_before: Option<ProcessSample>,
     /// This process's CPU time when the run started.
     pub(super) client_before: ProcessSample,
+    /// Messages fully delivered, and still in flight, when the measured
+    /// window ended (before the drain).
+    pub(super) at_end: (u64, u64),
 }
 
 /// The publishing thread: its share of the subscribers, and the publisher
@@ -95,6 +98,14 @@ pub(super) fn fanout_publisher(
         return Err(err);
     }
     let elapsed = start.elapsed();
+    let at_end = (tracker.completed(), tracker.in_flight());
+    shared.drain(
+        &mut poll,
+        &mut clients,
+        &mut stats,
+        &mut scratch,
+        websocket_publisher,
+    )?;
     let api = http_publisher.map(HttpPublisher::finish).transpose()?;
     Ok(PublisherOutcome {
         stats,
@@ -102,6 +113,7 @@ pub(super) fn fanout_publisher(
         api,
         server_before,
         client_before,
+        at_end,
     })
 }
 

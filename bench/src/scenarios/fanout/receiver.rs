@@ -36,5 +36,6 @@ pub(super) fn fanout_receiver(shared: &FanoutShared<'_>, share: usize) -> io::Re
         shared.tracker.fail();
         return Err(err);
     }
+    shared.drain(&mut poll, &mut clients, &mut stats, &mut scratch, false)?;
     Ok(stats)
 }

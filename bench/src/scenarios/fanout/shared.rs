@@ -1,16 +1,24 @@
 //! What every thread of a fan-out run shares: the plan, the delivery
 //! tracker, the paths, and opening a thread's share of the connections.
 
-use std::{io, sync::Barrier};
+use std::{
+    io,
+    sync::Barrier,
+    time::{Duration, Instant},
+};
 
 use herald_bench::{
-    client::{Client, Scratch},
+    client::{Client, Scratch, drive_paced},
     tracker::{ThreadStats, Tracker},
 };
 use indicatif::ProgressBar;
 use mio::Poll;
 
 use super::FanoutPlan;
+
+/// How long a run waits, after its measured window, for the messages still
+/// in flight to reach every subscriber.
+pub(super) const DRAIN: Duration = Duration::from_secs(2);
 use crate::{
     cli::options::Options,
     scenarios::{
@@ -110,6 +118,42 @@ impl<'a> FanoutShared<'a> {
                 .unwrap_or_else(|| io::Error::other("another thread failed")));
         }
         Ok((poll, opened?))
+    }
+
+    /// After the measured window: keeps reading until every message sent
+    /// has reached every subscriber, or [`DRAIN`] has passed; what arrives
+    /// meanwhile counts as drained, not as measured.
+    pub(super) fn drain(
+        &self,
+        poll: &mut Poll,
+        clients: &mut [Client],
+        stats: &mut ThreadStats,
+        scratch: &mut Scratch,
+        skip_last: bool,
+    ) -> io::Result<()> {
+        let measured = stats.deliveries;
+        let mut failure = None;
+        let receivers = clients.len() - usize::from(skip_last);
+        drive_paced(
+            poll,
+            Instant::now() + DRAIN,
+            Duration::from_millis(5),
+            |wake| {
+                match wake {
+                    Some(token) if token.0 < receivers => {
+                        if let Err(err) = self.receive(&mut clients[token.0], stats, scratch) {
+                            failure = Some(err);
+                        }
+                    }
+                    Some(_) => {}
+                    None => return self.tracker.in_flight() > 0 && !self.tracker.has_failed(),
+                }
+                failure.is_none()
+            },
+        )?;
+        stats.drained = stats.deliveries - measured;
+        stats.deliveries = measured;
+        failure.map_or(Ok(()), Err)
     }
 
     /// Reads a subscriber's frames and counts what arrived.
