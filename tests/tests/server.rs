@@ -186,6 +186,14 @@ fn handshake_rejections_get_the_right_status() {
             200,
         ),
         ("\x16\x03\x01 not http at all\r\n\r\n".to_owned(), 400),
+        // RFC 6455 section 11.3.1: the key must not appear twice.
+        (
+            good.replace(
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            ),
+            400,
+        ),
     ];
     for (request, expected) in cases {
         let (status, response) = http_exchange(addr, request.as_bytes());
@@ -674,5 +682,24 @@ fn a_turn_of_broadcasts_keeps_each_connections_order_across_topics() {
     drain_with_echo(&mut only_a);
     // Deliveries count messages, however they were batched.
     assert_eq!(server.handle().stats().published_deliveries, 9 + 6);
+    server.shutdown();
+}
+
+#[test]
+fn bytes_that_cannot_be_http_get_400_without_waiting_for_the_timeout() {
+    // A 10 s handshake timeout: the answer must come long before it.
+    let (server, _app) = start(builder().handshake_timeout(Duration::from_secs(10)));
+    for garbage in [&b"\x16\x03\x01\x02\x00"[..], b"hello\nworld\n"] {
+        let started = std::time::Instant::now();
+        let mut stream = raw(server.local_addr());
+        stream.write_all(garbage).unwrap();
+        let head = read_head(&mut stream);
+        assert_eq!(status_of(&head), 400, "{head}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
     server.shutdown();
 }

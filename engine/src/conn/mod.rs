@@ -316,6 +316,11 @@ impl Connection {
             if buf.len() > max_head {
                 return self.refuse(&HandshakeError::HeadTooLarge { limit: max_head }, now, env);
             }
+            // Bytes that can never begin an HTTP request get their 400 now,
+            // not at the handshake timeout.
+            if let Err(err) = handshake::parse_head(buf, max_head) {
+                return self.refuse(&err, now, env);
+            }
             return HandshakeStep::Incomplete;
         };
         let parsed = match handshake::parse_head(&buf[..end], max_head) {

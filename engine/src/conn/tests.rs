@@ -450,3 +450,28 @@ fn a_message_of_an_extension_not_negotiated_is_refused_with_1003() {
     assert_eq!(harness.flush(), AfterFlush::Remove);
     assert_eq!(harness.frames()[0].0, OpCode::Close);
 }
+
+#[test]
+fn bytes_that_cannot_begin_a_request_get_400_at_once() {
+    for garbage in [
+        &b"\x00\xff\x10 binary noise"[..],
+        b"hello\nworld\n",
+        b"GET /ws HTTP/1.1\r\nBad Header\r\n",
+    ] {
+        let mut harness = Harness::new(config());
+        harness.input.extend_from_slice(garbage);
+        assert!(
+            matches!(harness.poll_handshake(), HandshakeStep::Responded),
+            "{garbage:?} waits"
+        );
+        harness.flush();
+        assert!(harness.output.starts_with(b"HTTP/1.1 400"), "{garbage:?}");
+    }
+    // A request arriving a few bytes at a time still waits.
+    let mut harness = Harness::new(config());
+    harness.input.extend_from_slice(&UPGRADE[..20]);
+    assert!(matches!(
+        harness.poll_handshake(),
+        HandshakeStep::Incomplete
+    ));
+}

@@ -9,12 +9,12 @@
 //!
 //! | check | status |
 //! | --- | --- |
-//! | head larger than the limit (default 8 KiB), or too many headers | 431 |
-//! | not parseable as HTTP/1.x | 400 |
+//! | head larger than the limit (default 8 KiB), or more than 64 headers | 431 |
+//! | not parseable as HTTP/1.x (as soon as the bytes received so far cannot begin a request) | 400 |
 //! | method other than `GET` | 405 |
 //! | `GET /healthz` | 200 |
 //! | path that no endpoint serves | 404 |
-//! | not HTTP/1.1, no `Host`, no `Upgrade: websocket` or `Connection: upgrade`, no `Sec-WebSocket-Version`, bad `Sec-WebSocket-Key` | 400 |
+//! | not HTTP/1.1, no `Host`, no `Upgrade: websocket` or `Connection: upgrade`, no `Sec-WebSocket-Version`, a missing, repeated or bad `Sec-WebSocket-Key` | 400 |
 //! | `Sec-WebSocket-Version` other than 13 | 426, with `Sec-WebSocket-Version: 13` |
 //! | connection limit reached | 503 |
 //! | refused by the application's `on_connect` | its status |
@@ -81,9 +81,9 @@ pub enum HandshakeError {
     /// `Sec-WebSocket-Version: 13` so the client can retry.
     #[error("unsupported WebSocket version")]
     UnsupportedVersion,
-    /// `Sec-WebSocket-Key` missing, or not the base64 of 16 bytes.
-    /// Status 400.
-    #[error("missing or malformed Sec-WebSocket-Key")]
+    /// `Sec-WebSocket-Key` missing, sent twice, or not the base64 of 16
+    /// bytes. Status 400.
+    #[error("missing, repeated or malformed Sec-WebSocket-Key")]
     InvalidKey,
     /// The server is at its connection limit. Status 503.
     #[error("server at its connection limit")]
@@ -248,10 +248,14 @@ pub(crate) fn check_upgrade(request: &Request, http_minor: u8) -> Result<[u8; 24
         Some(b"13") => {}
         Some(_) => return Err(HandshakeError::UnsupportedVersion),
     }
-    let key = request
-        .header("sec-websocket-key")
-        .map(<[u8]>::trim_ascii)
-        .ok_or(HandshakeError::InvalidKey)?;
+    // RFC 6455 section 11.3.1: the key MUST NOT appear more than once.
+    let mut keys = request
+        .headers()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"));
+    let (Some((_, key)), None) = (keys.next(), keys.next()) else {
+        return Err(HandshakeError::InvalidKey);
+    };
+    let key = key.trim_ascii();
     match <[u8; 24]>::try_from(key) {
         Ok(key) if is_base64_of_16_bytes(&key) => Ok(key),
         _ => Err(HandshakeError::InvalidKey),

@@ -145,6 +145,19 @@ fn missing_or_malformed_keys_get_400() {
 }
 
 #[test]
+fn a_repeated_key_gets_400() {
+    // RFC 6455 section 11.3.1: Sec-WebSocket-Key must not appear twice,
+    // even with the same value.
+    let head = GOOD.replacen(
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        1,
+    );
+    assert_eq!(outcome(&head), Err(HandshakeError::InvalidKey));
+    assert_eq!(HandshakeError::InvalidKey.status(), 400);
+}
+
+#[test]
 fn oversized_heads_get_431_without_waiting_for_the_end() {
     let mut head = String::from("GET /ws HTTP/1.1\r\nX-Padding: ");
     head.push_str(&"a".repeat(9000));

@@ -8,9 +8,14 @@
 //!
 //! - `sub` (required): the user id; it names the socket for
 //!   `POST /api/disconnect` and the user in presence notices;
-//! - `exp` (required): expiry, seconds since the epoch;
+//! - `exp` (required): expiry, seconds since the epoch; checked with no
+//!   leeway unless `auth.leeway_seconds` says otherwise;
+//! - `nbf` (optional): not valid before, checked the same way;
 //! - `channels` (optional): topic patterns (`"room:*"`) the user may join;
 //!   absent, the channel rules alone decide.
+//!
+//! Only HS256 is accepted; every refusal says why (missing, expired, not
+//! yet valid, bad signature, wrong algorithm, missing claim, malformed).
 
 use base64::Engine as _;
 use herald::{Reject, Request, channels::TopicPattern};
@@ -30,7 +35,9 @@ pub(crate) struct Identity {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
-    sub: String,
+    /// Optional here so that its absence gets its own reason.
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     channels: Option<Vec<String>>,
 }
@@ -43,9 +50,15 @@ pub(crate) enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
     #[error("token signature is invalid")]
     BadSignature,
-    #[error("token is malformed or lacks the `sub` and `exp` claims")]
+    #[error("token algorithm {0} is not accepted: sign with HS256")]
+    WrongAlgorithm(String),
+    #[error("token lacks the `{0}` claim")]
+    MissingClaim(String),
+    #[error("token is malformed")]
     Malformed,
 }
 
@@ -68,9 +81,15 @@ impl std::fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
-    pub(crate) fn new(secret: &str) -> Self {
+    /// A verifier for `secret`, tolerating `leeway` seconds of clock skew
+    /// on `exp` and `nbf`.
+    pub(crate) fn new(secret: &str, leeway: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken's default is 60 s past `exp`: too generous for a
+        // token that grants a connection.
+        validation.leeway = leeway;
+        validation.validate_nbf = true;
         Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
@@ -88,18 +107,50 @@ impl TokenVerifier {
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
                 match err.kind() {
                     ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    _ => AuthError::Malformed,
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        AuthError::MissingClaim(claim.clone())
+                    }
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        AuthError::WrongAlgorithm(header_algorithm(token))
+                    }
+                    // An algorithm jsonwebtoken does not know (`none`) fails
+                    // while the header is read.
+                    _ => match header_algorithm(token).as_str() {
+                        "HS256" | "?" => AuthError::Malformed,
+                        other => AuthError::WrongAlgorithm(other.to_owned()),
+                    },
                 }
             })?;
         let claims = data.claims;
+        let user = claims
+            .sub
+            .ok_or_else(|| AuthError::MissingClaim("sub".to_owned()))?;
         Ok(Identity {
-            user: claims.sub,
+            user,
             channels: claims
                 .channels
                 .map(|patterns| patterns.iter().map(|p| TopicPattern::new(p)).collect()),
         })
     }
+}
+
+/// The `alg` of a token's header, read without trusting it (`?` if there
+/// is none), for the refusal's reason.
+fn header_algorithm(token: &str) -> String {
+    let header = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .and_then(|header| {
+            header
+                .get("alg")?
+                .as_str()
+                .map(|alg| alg.chars().take(16).collect())
+        })
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// The token from the `token` parameter, or from the phoenix client's
@@ -140,16 +191,58 @@ mod tests {
 
     #[test]
     fn a_good_token_names_the_user_and_topics() {
-        let verifier = TokenVerifier::new("s3cret");
+        let verifier = TokenVerifier::new("s3cret", 0);
         let claims = serde_json::json!({"sub": "ada", "exp": in_an_hour(), "channels": ["room:*"]});
         let identity = verifier.verify(&token("s3cret", &claims)).unwrap();
         assert_eq!(identity.user, "ada");
         assert_eq!(identity.channels, Some(vec![TopicPattern::new("room:*")]),);
     }
 
+    fn now() -> u64 {
+        in_an_hour() - 3600
+    }
+
+    /// A token signed with `alg` (header only: the signature is garbage).
+    fn with_algorithm(alg: &str) -> String {
+        let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        let header = encode(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+        let claims = encode(&format!(r#"{{"sub":"ada","exp":{}}}"#, in_an_hour()));
+        format!("{header}.{claims}.c2ln")
+    }
+
+    #[test]
+    fn expiry_and_not_before_have_no_leeway_unless_configured() {
+        let strict = TokenVerifier::new("s3cret", 0);
+        let lenient = TokenVerifier::new("s3cret", 120);
+        let just_expired = serde_json::json!({"sub": "ada", "exp": now() - 5});
+        let not_yet = serde_json::json!({"sub": "ada", "exp": in_an_hour(), "nbf": now() + 30});
+        assert_eq!(
+            strict.verify(&token("s3cret", &just_expired)).unwrap_err(),
+            AuthError::Expired
+        );
+        assert_eq!(
+            strict.verify(&token("s3cret", &not_yet)).unwrap_err(),
+            AuthError::NotYetValid
+        );
+        assert!(lenient.verify(&token("s3cret", &just_expired)).is_ok());
+        assert!(lenient.verify(&token("s3cret", &not_yet)).is_ok());
+    }
+
+    #[test]
+    fn other_algorithms_are_refused_by_name() {
+        let verifier = TokenVerifier::new("s3cret", 0);
+        for alg in ["none", "HS512", "RS256"] {
+            assert_eq!(
+                verifier.verify(&with_algorithm(alg)).unwrap_err(),
+                AuthError::WrongAlgorithm(alg.to_owned()),
+                "{alg}"
+            );
+        }
+    }
+
     #[test]
     fn bad_tokens_say_why() {
-        let verifier = TokenVerifier::new("s3cret");
+        let verifier = TokenVerifier::new("s3cret", 0);
         let good = serde_json::json!({"sub": "ada", "exp": in_an_hour()});
         let expired = serde_json::json!({"sub": "ada", "exp": 1_000_000});
         let no_sub = serde_json::json!({"exp": in_an_hour()});
@@ -163,7 +256,7 @@ mod tests {
         );
         assert_eq!(
             verifier.verify(&token("s3cret", &no_sub)).unwrap_err(),
-            AuthError::Malformed
+            AuthError::MissingClaim("sub".to_owned())
         );
         assert_eq!(
             verifier.verify("not.a.jwt").unwrap_err(),

@@ -128,6 +128,9 @@ impl Default for ApiSection {
 pub(crate) struct AuthSection {
     /// HMAC secret of HS256 JWTs; set, every connection needs a token.
     pub(crate) jwt_secret: Option<String>,
+    /// Seconds a token is still accepted past its `exp` (and before its
+    /// `nbf`), for clocks that disagree. Default 0.
+    pub(crate) leeway_seconds: u64,
 }
 
 /// Logging.

@@ -117,7 +117,7 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
         .auth
         .jwt_secret
         .as_deref()
-        .map(|secret| Arc::new(TokenVerifier::new(secret)));
+        .map(|secret| Arc::new(TokenVerifier::new(secret, config.auth.leeway_seconds)));
     let origins: Arc<[String]> = server.allowed_origins.clone().into();
     let rules = config.channel_rules();
     let endpoint = || {

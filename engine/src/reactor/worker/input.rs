@@ -23,6 +23,11 @@ const READ_BUDGET: usize = 256 * 1024;
 /// Read buffers kept for reuse per loop, and the largest one kept.
 const POOL_BUFFERS: usize = 64;
 const POOL_MAX_CAPACITY: usize = 64 * 1024;
+/// Bytes read per `recv` while a request head arrives: a head is a few
+/// hundred bytes, and a connection that sends it slowly (or never, as in a
+/// slowloris attack) then holds a buffer of its size, not a whole read
+/// chunk. It grows, a chunk at a time, up to the head limit.
+const HANDSHAKE_CHUNK: usize = 1024;
 
 impl<S: Service> Worker<S> {
     /// Reads what the budget cut short last turn.
@@ -44,16 +49,23 @@ impl<S: Service> Worker<S> {
         // What arrived before this input is delivered before anything this
         // input makes the handler send (see `fanout.rs`).
         self.deliver_turn();
-        let chunk = self.ctx.config.read_chunk;
         let mut total = 0;
         loop {
             let now = self.now_tick();
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };
-            let buf = slot
-                .read_buf
-                .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+            let (chunk, buf) = if slot.conn.is_handshaking() {
+                let buf = slot
+                    .read_buf
+                    .get_or_insert_with(|| Box::new(BytesMut::with_capacity(HANDSHAKE_CHUNK)));
+                (HANDSHAKE_CHUNK, buf)
+            } else {
+                let buf = slot
+                    .read_buf
+                    .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+                (self.ctx.config.read_chunk, buf)
+            };
             match recv_into(&slot.socket, buf, chunk) {
                 Ok(0) => return self.remove(key),
                 Ok(received) => {
