@@ -116,6 +116,12 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for clients to answer its 1001
     /// close frames. Default 5 s.
     pub(crate) shutdown_timeout: Duration,
+    /// Over how long a drain ([`ServerHandle::drain`](crate::ServerHandle::drain))
+    /// spreads its 1012 closes, a batch every 100 ms tick, so that clients
+    /// reconnect to other nodes a few at a time rather than all at once (a
+    /// reconnect storm). Default 10 s; Phoenix drains 10,000 sockets every
+    /// 2 s by default.
+    pub(crate) drain_period: Duration,
     /// Bytes read from a socket per `recv`. Default 16 KiB. Read buffers
     /// come from a per-loop pool and go back to it when a connection has
     /// no partial message, so idle connections hold none.
@@ -149,6 +155,7 @@ impl Default for ServerConfig {
             max_queued_bytes: 4 << 20,
             slow_consumer: SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER),
             shutdown_timeout: Duration::from_secs(5),
+            drain_period: Duration::from_secs(10),
             read_chunk: 16 * 1024,
         }
     }
@@ -263,6 +270,8 @@ impl ServerConfig {
         slow_consumer: SlowConsumerPolicy,
         /// How long a graceful shutdown waits for clients.
         shutdown_timeout: Duration,
+        /// Over how long a drain spreads its closes.
+        drain_period: Duration,
         /// Bytes per `recv`.
         read_chunk: usize,
     }
@@ -305,6 +314,7 @@ impl ServerConfig {
             Duration::ZERO,
             MAX_TIMER,
         )?;
+        check_duration("drain_period", self.drain_period, Duration::ZERO, MAX_TIMER)?;
         Ok(())
     }
 }

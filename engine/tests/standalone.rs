@@ -433,7 +433,7 @@ fn presence_notices_and_metrics_follow_joins() {
 }
 
 #[test]
-fn sigterm_closes_clients_with_1001_and_exits_zero() {
+fn sigterm_drains_clients_with_1012_and_exits_zero() {
     let mut herald = Herald::start(&[]);
     let mut client = herald.phoenix("");
     join(&mut client, "room:1");
@@ -445,7 +445,8 @@ fn sigterm_closes_clients_with_1001_and_exits_zero() {
             Err(err) => panic!("expected a close frame, got {err}"),
         }
     };
-    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Away));
+    // A drain: "service restart", reconnect (to another node).
+    assert_eq!(close.map(|frame| frame.code), Some(CloseCode::Restart));
     // tungstenite answered the close; the server has nobody left to wait for.
     let _ = client.ws.flush();
     let status = herald.child.wait().expect("wait for herald");

@@ -703,3 +703,37 @@ fn bytes_that_cannot_be_http_get_400_without_waiting_for_the_timeout() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_drain_closes_every_client_with_1012_spread_over_the_period() {
+    let (server, app) = start(builder().drain_period(Duration::from_millis(1000)));
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..20).map(|_| connect(addr, "/ws")).collect();
+    let started = std::time::Instant::now();
+    let drain = thread::spawn(move || server.drain());
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            thread::spawn(move || match ws.read() {
+                Ok(Message::Close(Some(frame))) => {
+                    let at = started.elapsed();
+                    let _ = ws.read();
+                    (u16::from(frame.code), at)
+                }
+                other => panic!("expected a close, got {other:?}"),
+            })
+        })
+        .collect();
+    let mut closes: Vec<(u16, Duration)> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    drain.join().unwrap();
+    closes.sort_by_key(|&(_, at)| at);
+    assert!(closes.iter().all(|&(code, _)| code == 1012), "{closes:?}");
+    // Spread over the period, not all at once: the last close comes at
+    // least half a period after the first.
+    let spread = closes[19].1 - closes[0].1;
+    assert!(spread >= Duration::from_millis(500), "{closes:?}");
+    assert!(closes[19].1 < Duration::from_secs(5), "{closes:?}");
+    assert_eq!(app.closes.lock().unwrap().len(), 20);
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}

@@ -319,6 +319,12 @@ impl Engine {
         self.server.shutdown();
     }
 
+    /// Drains for a deploy (close 1012 in batches, see
+    /// [`Server::drain`]) and waits.
+    pub fn drain(self) {
+        self.server.drain();
+    }
+
     /// Serves until shut down through a handle.
     pub fn join(self) {
         self.server.join();

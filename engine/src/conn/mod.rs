@@ -547,12 +547,17 @@ impl Connection {
         Expired::Heartbeat
     }
 
-    /// A graceful shutdown reaches this connection.
-    pub(crate) fn begin_shutdown(&mut self) -> Shutdown {
+    /// A graceful shutdown (`code` 1001) or a drain (1012, "service
+    /// restart": reconnect, to another node) reaches this connection.
+    pub(crate) fn begin_shutdown(&mut self, code: CloseCode) -> Shutdown {
         match self.phase {
             Phase::Open => {
-                self.outbox
-                    .queue_close(CloseCode::GOING_AWAY, "server shutting down");
+                let reason = if code == CloseCode::SERVICE_RESTART {
+                    "server restarting"
+                } else {
+                    "server shutting down"
+                };
+                self.outbox.queue_close(code, reason);
                 Shutdown::Closing
             }
             Phase::Handshake => Shutdown::Remove,

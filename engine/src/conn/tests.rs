@@ -408,11 +408,32 @@ fn invalid_utf8_closes_with_1007() {
 #[test]
 fn shutdown_closes_open_connections_with_1001_and_drops_handshakes() {
     let mut open = Harness::open();
-    assert_eq!(open.conn.begin_shutdown(), Shutdown::Closing);
+    assert_eq!(
+        open.conn.begin_shutdown(CloseCode::GOING_AWAY),
+        Shutdown::Closing
+    );
     assert_eq!(open.sync().closed, Some(CloseCode::GOING_AWAY));
-    assert_eq!(open.conn.begin_shutdown(), Shutdown::Nothing);
+    assert_eq!(
+        open.conn.begin_shutdown(CloseCode::GOING_AWAY),
+        Shutdown::Nothing
+    );
     let mut handshaking = Harness::new(config());
-    assert_eq!(handshaking.conn.begin_shutdown(), Shutdown::Remove);
+    assert_eq!(
+        handshaking.conn.begin_shutdown(CloseCode::GOING_AWAY),
+        Shutdown::Remove
+    );
+    // A drain closes with 1012: reconnect, to another node.
+    let mut draining = Harness::open();
+    assert_eq!(
+        draining.conn.begin_shutdown(CloseCode::SERVICE_RESTART),
+        Shutdown::Closing
+    );
+    assert_eq!(draining.sync().closed, Some(CloseCode::SERVICE_RESTART));
+    draining.flush();
+    assert_eq!(
+        draining.frames(),
+        [(OpCode::Close, close_payload(1012, "server restarting"))]
+    );
 }
 
 #[test]

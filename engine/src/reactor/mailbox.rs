@@ -36,6 +36,8 @@ pub(crate) enum Command {
     Disconnect(Arc<str>),
     /// Begin a graceful shutdown.
     Shutdown,
+    /// Begin a drain: close the connections in batches with 1012.
+    Drain,
 }
 
 /// The sending side of a loop's mailbox.

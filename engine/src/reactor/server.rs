@@ -137,6 +137,8 @@ impl ServerBuilder {
         slow_consumer: SlowConsumerPolicy,
         /// How long a graceful shutdown waits for clients (default 5 s).
         shutdown_timeout: Duration,
+        /// Over how long a drain spreads its 1012 closes (default 10 s).
+        drain_period: Duration,
         /// Bytes per `recv` (default 16 KiB; range 512 B to 16 MiB).
         read_chunk: usize,
         /// The cores the loops are pinned to, in loop order (default: the
@@ -232,10 +234,14 @@ impl ServerBuilder {
             registry,
             relay: self.relay,
         };
-        let mut server = Server { handle, threads };
+        let mut server = Server {
+            handle,
+            threads,
+            relay_thread: None,
+        };
         if let Some(relay) = &server.handle.relay {
             match relay.start(server.handle.clone()) {
-                Ok(thread) => server.threads.push(thread),
+                Ok(thread) => server.relay_thread = Some(thread),
                 Err(err) => {
                     server.shutdown();
                     return Err(StartError::Relay(err));
@@ -284,7 +290,10 @@ fn spawn_loops<S: Service>(
 #[derive(Debug)]
 pub struct Server {
     handle: ServerHandle,
+    /// The loops' threads.
     threads: Vec<JoinHandle<()>>,
+    /// The relay's thread, stopped once the loops are done.
+    relay_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -312,11 +321,27 @@ impl Server {
         self.join();
     }
 
+    /// Drains for a deploy: stops accepting, closes every client with
+    /// 1012 ("service restart") in batches over the drain period (clients
+    /// reconnect, to another node, a few at a time), waits for them up to
+    /// the shutdown timeout, and returns once the loops have exited. A
+    /// cluster bus keeps delivering other nodes' broadcasts meanwhile.
+    pub fn drain(self) {
+        self.handle.drain();
+        self.join();
+    }
+
     /// Waits until the server has shut down (through a [`ServerHandle`]).
     pub fn join(self) {
         for thread in self.threads {
             // A loop thread that panicked has already dropped its sockets;
             // there is nothing more to clean up here.
+            let _ = thread.join();
+        }
+        if let Some(thread) = self.relay_thread {
+            if let Some(relay) = &self.handle.relay {
+                relay.stop();
+            }
             let _ = thread.join();
         }
     }
@@ -343,6 +368,14 @@ impl ServerHandle {
         }
         if let Some(relay) = &self.relay {
             relay.stop();
+        }
+    }
+
+    /// Starts a drain (see [`Server::drain`]) and returns at once.
+    pub fn drain(&self) {
+        for mailbox in self.mailboxes.iter() {
+            // A loop that has already stopped has nothing left to drain.
+            let _ = mailbox.post(Command::Drain);
         }
     }
 

@@ -49,6 +49,7 @@ pub(crate) struct ServerSection {
     pub(crate) ping_interval_secs: u64,
     pub(crate) idle_timeout_secs: u64,
     pub(crate) shutdown_timeout_secs: u64,
+    pub(crate) drain_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -69,6 +70,7 @@ impl Default for ServerSection {
             ping_interval_secs: 30,
             idle_timeout_secs: 60,
             shutdown_timeout_secs: 5,
+            drain_secs: 10,
         }
     }
 }
@@ -84,6 +86,10 @@ impl ServerSection {
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub(crate) fn drain_period(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Starts the channels engine with Phoenix V2 and Amber endpoints, channel
 //! rules and token auth from configuration, the HTTP API on its own port,
-//! and the demo chat page at `/`; runs until SIGTERM or SIGINT, then closes
-//! every client with 1001, drains, and exits 0.
+//! and the demo chat page at `/`; runs until SIGTERM (drain: close 1012 in
+//! batches over `drain_secs`) or SIGINT (close 1001 at once), then exits 0.
 //!
 //! ```text
 //! herald                              # defaults: ws 127.0.0.1:4000, API 127.0.0.1:4001
@@ -102,11 +102,19 @@ fn run(config: &Config) -> std::io::Result<()> {
     };
     announce(config, &engine);
     let signal = signals.forever().next();
-    tracing::info!(signal, "shutting down: closing clients with 1001");
     if let Some(api) = api {
         api.stop();
     }
-    engine.shutdown();
+    if signal == Some(SIGTERM) {
+        tracing::info!(
+            drain = ?config.server.drain_period(),
+            "draining: closing clients with 1012 in batches"
+        );
+        engine.drain();
+    } else {
+        tracing::info!(signal, "shutting down: closing clients with 1001");
+        engine.shutdown();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -153,6 +161,7 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
         .ping_interval(server.ping_interval())
         .idle_timeout(server.idle_timeout())
         .shutdown_timeout(server.shutdown_timeout())
+        .drain_period(server.drain_period())
         .decoder(decoder);
     if server.demo {
         builder = builder

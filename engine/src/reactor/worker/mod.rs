@@ -7,6 +7,7 @@
 //! drives with bytes and ticks. Reading and dispatching to the application
 //! is in `input.rs`, delivering broadcasts in `fanout.rs`.
 
+mod ending;
 mod fanout;
 mod input;
 
@@ -33,7 +34,7 @@ use super::{Command, LoopContext, Mailbox, Relay, Service, names::Names};
 use crate::{
     broadcast::Broadcast,
     config::ServerConfig,
-    conn::{AfterFlush, Connection, Env, Expired, Flushed, Shutdown as ShutdownStep},
+    conn::{AfterFlush, Connection, Env, Expired, Flushed},
     metrics::{LoopStats, bump},
     pubsub::{ConnId, LoopTopics, TopicRegistry},
     timer::{Expiry, TICK, Tick, TimerWheel},
@@ -106,6 +107,8 @@ pub(crate) struct Worker<S: Service> {
     epoch: Instant,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
+    /// A drain in progress (see `ending.rs`).
+    drain: Option<ending::Drain>,
     /// Spare vector swapped with `ctx.dirty` while flushing.
     flushing: Vec<usize>,
     /// Broadcasts that reached this loop during the turn, in arrival
@@ -155,6 +158,7 @@ impl<S: Service> Worker<S> {
             epoch: Instant::now(),
             accept_paused_until: None,
             shutdown_deadline: None,
+            drain: None,
             flushing: Vec::new(),
             turn: Vec::new(),
         })
@@ -203,6 +207,7 @@ impl<S: Service> Worker<S> {
             self.read_deferred();
             self.resume_accepting();
             self.expire_timers();
+            self.drain_step();
             self.deliver_turn();
             self.flush_dirty();
             self.ctx.stats.turns.record(turn_started.elapsed());
@@ -343,6 +348,7 @@ impl<S: Service> Worker<S> {
                 }
                 Command::Disconnect(name) => self.disconnect(&name),
                 Command::Shutdown => self.begin_shutdown(),
+                Command::Drain => self.begin_drain(),
             }
         }
     }
@@ -480,67 +486,6 @@ impl<S: Service> Worker<S> {
                 let _ = slot.socket.shutdown(Shutdown::Write);
             }
             AfterFlush::Remove => self.remove(key),
-        }
-    }
-
-    // ---- Endings -----------------------------------------------------------------
-
-    /// Drops a connection: the peer closed its side, the socket failed, or
-    /// the connection ended. The application hears of it first (1006 if it
-    /// had not yet).
-    fn remove(&mut self, key: usize) {
-        if self
-            .conns
-            .get_mut(key)
-            .is_some_and(|slot| slot.conn.take_close_report())
-        {
-            self.notify_close(key, CloseCode::ABNORMAL, "");
-        }
-        let Some(mut slot) = self.conns.try_remove(key) else {
-            return;
-        };
-        if slot.armed != 0 {
-            self.wheel.cancel(key, slot.generation, slot.armed);
-        }
-        let id = ConnId::new(key, slot.generation);
-        for topic in slot.topics.drain(..) {
-            self.ctx.topics.unsubscribe(&topic, id);
-        }
-        self.ctx.names.remove(id);
-        let _ = self.poll.registry().deregister(&mut slot.socket);
-        if let Some(buf) = slot.read_buf.take() {
-            self.recycle(buf);
-        }
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        self.shutdown_deadline = Some(Instant::now() + self.ctx.config.shutdown_timeout);
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            match self.conns[key].conn.begin_shutdown() {
-                ShutdownStep::Remove => self.remove(key),
-                ShutdownStep::Closing => self.sync(key),
-                ShutdownStep::Nothing => {}
-            }
-        }
-    }
-
-    fn shutdown_complete(&self) -> bool {
-        self.shutdown_deadline
-            .is_some_and(|deadline| self.conns.is_empty() || Instant::now() >= deadline)
-    }
-
-    fn drop_all(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.remove(key);
         }
     }
 }
