@@ -8,7 +8,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::wire::{CloseCode, DecoderConfig};
+use crate::{
+    admission::RateLimit,
+    wire::{CloseCode, DecoderConfig},
+};
 
 /// The most event loops a server runs: the topic index tracks loops as the
 /// bits of a `u64`.
@@ -122,6 +125,13 @@ pub struct ServerConfig {
     /// reconnect storm). Default 10 s; Phoenix drains 10,000 sockets every
     /// 2 s by default.
     pub(crate) drain_period: Duration,
+    /// Connections a source address may open (a second, in bursts of);
+    /// more get 429 with `Retry-After`, before their request is read.
+    /// Default: no limit (a load test from one address would trip any).
+    pub(crate) connect_rate_per_address: Option<RateLimit>,
+    /// Connections the server takes overall; more get 503 with
+    /// `Retry-After`. Default: no limit.
+    pub(crate) connect_rate: Option<RateLimit>,
     /// Bytes read from a socket per `recv`. Default 16 KiB. Read buffers
     /// come from a per-loop pool and go back to it when a connection has
     /// no partial message, so idle connections hold none.
@@ -156,6 +166,8 @@ impl Default for ServerConfig {
             slow_consumer: SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER),
             shutdown_timeout: Duration::from_secs(5),
             drain_period: Duration::from_secs(10),
+            connect_rate_per_address: None,
+            connect_rate: None,
             read_chunk: 16 * 1024,
         }
     }
@@ -272,6 +284,10 @@ impl ServerConfig {
         shutdown_timeout: Duration,
         /// Over how long a drain spreads its closes.
         drain_period: Duration,
+        /// The connection rate allowed per source address, if limited.
+        connect_rate_per_address: Option<RateLimit>,
+        /// The connection rate allowed overall, if limited.
+        connect_rate: Option<RateLimit>,
         /// Bytes per `recv`.
         read_chunk: usize,
     }

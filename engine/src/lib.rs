@@ -136,6 +136,7 @@ pub mod cluster;
 pub mod protocol;
 pub mod wire;
 
+mod admission;
 mod broadcast;
 mod config;
 mod conn;
@@ -145,6 +146,7 @@ mod pubsub;
 mod reactor;
 mod timer;
 
+pub use admission::RateLimit;
 pub use broadcast::Broadcast;
 pub use config::{ConfigError, MAX_LOOPS, ServerConfig, SlowConsumerPolicy, StaticFile};
 pub use conn::SendError;

@@ -152,6 +152,9 @@ counters! {
     connections_closed: Counter "connections_closed_total",
     /// Handshakes answered with an error status (4xx, 503) or that timed out.
     handshakes_refused: Counter "handshakes_refused_total",
+    /// Connections refused at accept by a connection rate limit (429 for an
+    /// address, 503 overall; counted in `handshakes_refused` too).
+    connections_rate_limited: Counter "connections_rate_limited_total",
     /// Messages received from clients (text, binary, ping, pong, close).
     messages_received: Counter "messages_received_total",
     /// Broadcasts a loop delivered to its subscribers (one per loop reached).

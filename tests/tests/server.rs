@@ -12,7 +12,8 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use herald::{
-    Accept, Conn, ConnHandle, Handler, Reject, Request, Server, ServerBuilder, SlowConsumerPolicy,
+    Accept, Conn, ConnHandle, Handler, RateLimit, Reject, Request, Server, ServerBuilder,
+    SlowConsumerPolicy,
     wire::{CloseCode, DecoderConfig, OpCode, Utf8Bytes, client_frame},
 };
 use herald_tests::server::{
@@ -736,4 +737,34 @@ fn a_drain_closes_every_client_with_1012_spread_over_the_period() {
     assert_eq!(app.closes.lock().unwrap().len(), 20);
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn connection_storms_get_429_per_address_and_503_overall_with_retry_after() {
+    // Per address: a burst of 2, then one a second.
+    let (server, _app) = start(
+        builder()
+            .loops(1)
+            .connect_rate_per_address(RateLimit::new(1, 2)),
+    );
+    let addr = server.local_addr();
+    let mut open: Vec<Client> = (0..2).map(|_| connect(addr, "/ws")).collect();
+    let (status, response) = http_exchange(addr, upgrade_request("/ws").as_bytes());
+    assert_eq!(status, 429, "{response}");
+    assert!(response.contains("Retry-After: 1\r\n"), "{response}");
+    // The connections already open do not notice.
+    for ws in &mut open {
+        drain_with_echo(ws);
+    }
+    assert_eq!(server.handle().stats().connections_rate_limited, 1);
+    server.shutdown();
+
+    // Overall: the same, as 503.
+    let (server, _app) = start(builder().loops(1).connect_rate(RateLimit::new(1, 1)));
+    let addr = server.local_addr();
+    let _first = connect(addr, "/ws");
+    let (status, response) = http_exchange(addr, upgrade_request("/ws").as_bytes());
+    assert_eq!(status, 503, "{response}");
+    assert!(response.contains("Retry-After: 1\r\n"), "{response}");
+    server.shutdown();
 }

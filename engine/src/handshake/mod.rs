@@ -17,6 +17,7 @@
 //! | not HTTP/1.1, no `Host`, no `Upgrade: websocket` or `Connection: upgrade`, no `Sec-WebSocket-Version`, a missing, repeated or bad `Sec-WebSocket-Key` | 400 |
 //! | `Sec-WebSocket-Version` other than 13 | 426, with `Sec-WebSocket-Version: 13` |
 //! | connection limit reached | 503 |
+//! | connection rate of the source address, or overall, exceeded (checked at accept, before the head is read) | 429, or 503, with `Retry-After` |
 //! | refused by the application's `on_connect` | its status |
 
 mod request;
@@ -88,6 +89,20 @@ pub enum HandshakeError {
     /// The server is at its connection limit. Status 503.
     #[error("server at its connection limit")]
     Overloaded,
+    /// This address opens connections faster than the server allows.
+    /// Status 429, with `Retry-After`.
+    #[error("too many connections from this address; retry in {retry_after} s")]
+    RateLimited {
+        /// Seconds until a connection would be taken.
+        retry_after: u32,
+    },
+    /// The server as a whole is taking connections as fast as it allows.
+    /// Status 503, with `Retry-After`.
+    #[error("server busy with new connections; retry in {retry_after} s")]
+    Busy {
+        /// Seconds until a connection would be taken.
+        retry_after: u32,
+    },
     /// The application's `on_connect` refused the connection with this
     /// status and, perhaps, a reason.
     #[error("{}", reason.as_deref().unwrap_or("refused by the application"))]
@@ -107,7 +122,8 @@ impl HandshakeError {
             Self::MethodNotAllowed => 405,
             Self::NotFound => 404,
             Self::UnsupportedVersion => 426,
-            Self::Overloaded => 503,
+            Self::Overloaded | Self::Busy { .. } => 503,
+            Self::RateLimited { .. } => 429,
             Self::Rejected { status, .. } => *status,
             Self::Malformed
             | Self::HttpVersion

@@ -34,6 +34,9 @@ pub(crate) fn error_response(error: &HandshakeError) -> Bytes {
     match error {
         HandshakeError::UnsupportedVersion => extra.push_str("Sec-WebSocket-Version: 13\r\n"),
         HandshakeError::MethodNotAllowed => extra.push_str("Allow: GET\r\n"),
+        HandshakeError::RateLimited { retry_after } | HandshakeError::Busy { retry_after } => {
+            extra.push_str(&format!("Retry-After: {retry_after}\r\n"));
+        }
         _ => {}
     }
     Bytes::from(format!(

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::{Command, Mailbox, Relay, Service, listener, route_publish, worker::Worker};
 use crate::{
+    admission::RateLimit,
     broadcast::Broadcast,
     config::{ConfigError, ServerConfig, SlowConsumerPolicy, StaticFile},
     metrics::{LoopStats, ServerStats, TurnTimes},
@@ -144,6 +145,21 @@ impl ServerBuilder {
         /// The cores the loops are pinned to, in loop order (default: the
         /// first cores listed, one per loop).
         core_ids: Vec<usize>,
+    }
+
+    /// Limits how fast one source address may open connections: past
+    /// `limit`, 429 with `Retry-After` (counted in
+    /// [`ServerStats::connections_rate_limited`]). Default: no limit.
+    pub fn connect_rate_per_address(mut self, limit: RateLimit) -> Self {
+        self.config.connect_rate_per_address = Some(limit);
+        self
+    }
+
+    /// Limits how fast the server takes connections overall: past `limit`,
+    /// 503 with `Retry-After`. Default: no limit.
+    pub fn connect_rate(mut self, limit: RateLimit) -> Self {
+        self.config.connect_rate = Some(limit);
+        self
     }
 
     /// Where to listen (default `127.0.0.1:9001`; port 0 picks a free one).

@@ -8,6 +8,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use herald::RateLimit;
 use serde::Deserialize;
 
 /// The whole configuration, as the file spells it.
@@ -50,6 +51,10 @@ pub(crate) struct ServerSection {
     pub(crate) idle_timeout_secs: u64,
     pub(crate) shutdown_timeout_secs: u64,
     pub(crate) drain_secs: u64,
+    pub(crate) connect_rate_per_address: u32,
+    pub(crate) connect_burst_per_address: u32,
+    pub(crate) connect_rate: u32,
+    pub(crate) connect_burst: u32,
 }
 
 impl Default for ServerSection {
@@ -71,6 +76,10 @@ impl Default for ServerSection {
             idle_timeout_secs: 60,
             shutdown_timeout_secs: 5,
             drain_secs: 10,
+            connect_rate_per_address: 0,
+            connect_burst_per_address: 0,
+            connect_rate: 0,
+            connect_burst: 0,
         }
     }
 }
@@ -91,6 +100,24 @@ impl ServerSection {
     pub(crate) fn drain_period(&self) -> Duration {
         Duration::from_secs(self.drain_secs)
     }
+
+    /// The per-address connection rate limit, if set (a burst of 0 means
+    /// the rate).
+    pub(crate) fn connect_limit_per_address(&self) -> Option<RateLimit> {
+        limit(
+            self.connect_rate_per_address,
+            self.connect_burst_per_address,
+        )
+    }
+
+    /// The overall connection rate limit, if set.
+    pub(crate) fn connect_limit(&self) -> Option<RateLimit> {
+        limit(self.connect_rate, self.connect_burst)
+    }
+}
+
+fn limit(rate: u32, burst: u32) -> Option<RateLimit> {
+    (rate > 0).then(|| RateLimit::new(rate, if burst == 0 { rate } else { burst }))
 }
 
 /// What to do with a client that cannot keep up.

@@ -163,6 +163,12 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
         .shutdown_timeout(server.shutdown_timeout())
         .drain_period(server.drain_period())
         .decoder(decoder);
+    if let Some(limit) = server.connect_limit_per_address() {
+        builder = builder.connect_rate_per_address(limit);
+    }
+    if let Some(limit) = server.connect_limit() {
+        builder = builder.connect_rate(limit);
+    }
     if server.demo {
         builder = builder
             .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)

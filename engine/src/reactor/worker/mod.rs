@@ -32,6 +32,7 @@ use thin_vec::ThinVec;
 
 use super::{Command, LoopContext, Mailbox, Relay, Service, names::Names};
 use crate::{
+    admission::Admission,
     broadcast::Broadcast,
     config::ServerConfig,
     conn::{AfterFlush, Connection, Env, Expired, Flushed},
@@ -109,6 +110,8 @@ pub(crate) struct Worker<S: Service> {
     shutdown_deadline: Option<Instant>,
     /// A drain in progress (see `ending.rs`).
     drain: Option<ending::Drain>,
+    /// This loop's share of the connection rate limits.
+    admission: Admission,
     /// Spare vector swapped with `ctx.dirty` while flushing.
     flushing: Vec<usize>,
     /// Broadcasts that reached this loop during the turn, in arrival
@@ -131,6 +134,12 @@ impl<S: Service> Worker<S> {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let (mailbox, rx) = Mailbox::new(waker);
+        let admission = Admission::new(
+            config.connect_rate_per_address,
+            config.connect_rate,
+            config.loops,
+            0,
+        );
         Ok(Self {
             poll,
             listener: Some(listener),
@@ -159,6 +168,7 @@ impl<S: Service> Worker<S> {
             accept_paused_until: None,
             shutdown_deadline: None,
             drain: None,
+            admission,
             flushing: Vec::new(),
             turn: Vec::new(),
         })
@@ -238,6 +248,11 @@ impl<S: Service> Worker<S> {
         (self.epoch.elapsed().as_millis() / TICK.as_millis()) as Tick
     }
 
+    /// Milliseconds since the loop started, for rate limits.
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     // ---- Phase 2: accept ----------------------------------------------------
 
     fn accept_all(&mut self) {
@@ -292,6 +307,7 @@ impl<S: Service> Worker<S> {
         let generation = self.next_generation & 0x7FFF_FFFF;
         self.next_generation = self.next_generation.wrapping_add(1);
         let now = self.now_tick();
+        let admitted = self.admission.admit(peer.ip(), self.now_millis());
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token(ConnId::new(key, generation).to_bits() as usize);
@@ -301,7 +317,11 @@ impl<S: Service> Worker<S> {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let conn = Connection::accepted(peer, over_limit, now, env(&self.ctx));
+        let mut conn = Connection::accepted(peer, over_limit, now, env(&self.ctx));
+        if let Err(refusal) = admitted {
+            bump(&self.ctx.stats.connections_rate_limited, 1);
+            conn.refuse(&refusal.into(), now, env(&self.ctx));
+        }
         entry.insert(Slot {
             socket,
             generation,
