@@ -101,6 +101,47 @@ impl Bucket {
     }
 }
 
+/// A bucket in a loop's 100 ms ticks, 8 bytes: what every connection
+/// carries for its message rate. Refused events count too, as debt: a
+/// client that keeps sending past the rate runs up a burst's worth of debt
+/// and is then told to stop.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TickBucket {
+    /// Tokens used (0: full), so that a new connection's zeroed bucket is
+    /// full; past the burst, the debt of refused events.
+    used: f32,
+    tick: u32,
+}
+
+/// What a [`TickBucket`] says of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Metered {
+    /// Within the rate.
+    Taken,
+    /// Past the rate: refused.
+    Refused,
+    /// Past the rate by more than a burst's worth, kept up: stop it.
+    Exceeded,
+}
+
+impl TickBucket {
+    /// Takes a token at `tick` (of 100 ms), or refuses.
+    pub(crate) fn take(&mut self, limit: RateLimit, tick: u32) -> Metered {
+        let elapsed = tick.saturating_sub(self.tick) as f32 / 10.0;
+        self.used = (self.used - elapsed * limit.per_second as f32).max(0.0);
+        self.tick = tick;
+        let burst = limit.burst as f32;
+        self.used = (self.used + 1.0).min(3.0 * burst);
+        if self.used <= burst {
+            Metered::Taken
+        } else if self.used <= 2.0 * burst {
+            Metered::Refused
+        } else {
+            Metered::Exceeded
+        }
+    }
+}
+
 /// Why a connection was not admitted, and when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -256,6 +297,27 @@ mod tests {
             Err(Refusal::Overall(_))
         ));
         assert_eq!(admission.admit(ip(4), 10), Ok(()));
+    }
+
+    #[test]
+    fn a_tick_bucket_starts_full_refills_per_tick_and_stops_a_persistent_sender() {
+        let limit = RateLimit::new(10, 5);
+        let mut bucket = TickBucket::default();
+        assert!((0..5).all(|_| bucket.take(limit, 7) == Metered::Taken));
+        assert_eq!(bucket.take(limit, 7), Metered::Refused);
+        // A tick brings one token at 10/s: the debt shrinks by one.
+        assert_eq!(bucket.take(limit, 8), Metered::Refused);
+        assert_eq!(bucket.take(limit, 10), Metered::Taken);
+        // Sending on past the rate: refused, then, a burst's worth later,
+        // exceeded.
+        let mut outcomes = Vec::new();
+        for _ in 0..7 {
+            outcomes.push(bucket.take(limit, 10));
+        }
+        assert_eq!(outcomes[..5], [Metered::Refused; 5]);
+        assert_eq!(outcomes[5..], [Metered::Exceeded; 2]);
+        // Quiet for long enough, it is welcome again.
+        assert_eq!(bucket.take(limit, 100), Metered::Taken);
     }
 
     #[test]

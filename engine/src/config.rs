@@ -132,6 +132,11 @@ pub struct ServerConfig {
     /// Connections the server takes overall; more get 503 with
     /// `Retry-After`. Default: no limit.
     pub(crate) connect_rate: Option<RateLimit>,
+    /// Messages (text and binary) one connection may send; past it, the
+    /// handler's `on_rate_limited` decides (by default: close 1008), and
+    /// more than a burst's worth past it in a row closes with 1008. Default:
+    /// no limit.
+    pub(crate) message_rate: Option<RateLimit>,
     /// Bytes read from a socket per `recv`. Default 16 KiB. Read buffers
     /// come from a per-loop pool and go back to it when a connection has
     /// no partial message, so idle connections hold none.
@@ -168,6 +173,7 @@ impl Default for ServerConfig {
             drain_period: Duration::from_secs(10),
             connect_rate_per_address: None,
             connect_rate: None,
+            message_rate: None,
             read_chunk: 16 * 1024,
         }
     }
@@ -288,6 +294,8 @@ impl ServerConfig {
         connect_rate_per_address: Option<RateLimit>,
         /// The connection rate allowed overall, if limited.
         connect_rate: Option<RateLimit>,
+        /// The message rate allowed per connection, if limited.
+        message_rate: Option<RateLimit>,
         /// Bytes per `recv`.
         read_chunk: usize,
     }

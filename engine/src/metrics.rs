@@ -157,6 +157,8 @@ counters! {
     connections_rate_limited: Counter "connections_rate_limited_total",
     /// Messages received from clients (text, binary, ping, pong, close).
     messages_received: Counter "messages_received_total",
+    /// Client messages past the connection's message rate, not handled.
+    messages_rate_limited: Counter "messages_rate_limited_total",
     /// Broadcasts a loop delivered to its subscribers (one per loop reached).
     publishes_handled: Counter "broadcasts_handled_total",
     /// Messages queued for subscribers by broadcasts (one per message and

@@ -687,3 +687,35 @@ fn a_turn_of_broadcasts_keeps_exclusions_and_interceptions_exact() {
     }
     engine.shutdown();
 }
+
+#[test]
+fn pushes_past_the_message_rate_get_an_error_reply_then_the_socket_closes() {
+    let (engine, _) = start(builder().message_rate(herald::RateLimit::new(1, 3)), 100);
+    let mut ada = client(&engine, "ada");
+    // The join spends one of the burst of 3.
+    let (join_ref, _) = ada.join("room:rate", json!({}));
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let msg_ref = ada.push(&join_ref, "room:rate", "ping", json!({}));
+        replies.push(ada.reply_to(&msg_ref).0);
+    }
+    let ok = json!({"status": "ok", "response": {"pong": true}});
+    let limited = json!({"status": "error", "response": {"reason": "rate limited"}});
+    assert_eq!(replies, [ok.clone(), ok, limited.clone(), limited]);
+    // Going on past a burst's worth more closes the socket with 1008.
+    for _ in 0..3 {
+        ada.push(&join_ref, "room:rate", "ping", json!({}));
+    }
+    loop {
+        match ada.ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                break;
+            }
+            Ok(_) => {}
+            Err(err) => panic!("expected close 1008, got {err}"),
+        }
+    }
+    assert!(engine.handle().server().stats().messages_rate_limited >= 3);
+    engine.shutdown();
+}

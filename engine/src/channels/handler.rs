@@ -468,6 +468,28 @@ impl Service for ChannelsHandler {
 
     fn on_ping(&self, _: &mut Conn<'_, ChannelConn>, _: Bytes) {}
 
+    fn on_rate_limited(&self, conn: &mut Conn<'_, ChannelConn>, text: Option<&str>) {
+        let protocol = conn.state().protocol;
+        let message = text.and_then(|text| phoenix::decode_text(text).ok());
+        match (protocol, message) {
+            // A Phoenix push waiting for its reply gets an error reply.
+            (WireProtocol::PhoenixV2, Some(message)) if !message.msg_ref.is_null() => {
+                let reply = Reply::reason("rate limited");
+                let frame = phoenix::reply(
+                    message.join_ref,
+                    message.msg_ref,
+                    &message.topic,
+                    Status::Error,
+                    reply.as_raw(),
+                );
+                let _ = conn.send_frame(frame);
+            }
+            (WireProtocol::PhoenixV2, _) => {}
+            // Amber has no replies.
+            _ => conn.close(CloseCode::POLICY_VIOLATION, "message rate exceeded"),
+        }
+    }
+
     fn on_pong(&self, _: &mut Conn<'_, ChannelConn>, _: Bytes) {}
 
     fn on_heartbeat(&self, conn: &mut Conn<'_, ChannelConn>) {

@@ -49,6 +49,7 @@ pub(crate) use outbox::Outbox;
 pub(crate) use write_queue::Flushed;
 
 use crate::{
+    admission::{Metered, TickBucket},
     config::ServerConfig,
     handshake::{self, HandshakeError, Request, Route},
     metrics::{LoopStats, bump},
@@ -146,9 +147,14 @@ pub(crate) enum Input {
     /// A frame broke RFC 6455: the close frame with its code is queued and
     /// further input is discarded.
     ProtocolError(ProtocolError),
-    /// A message encoded by an extension that was not negotiated: close
-    /// 1003 is queued; only the peer's close matters from here on.
-    Unsupported,
+    /// A text (with it) or binary message past the connection's message
+    /// rate, not given to the application as a message: the application
+    /// may tell the client (a Phoenix error reply) or close.
+    RateLimited(Option<Utf8Bytes>),
+    /// A message was refused with a close (1003 for an extension that was
+    /// not negotiated, 1008 for a client that kept sending past its
+    /// message rate); only the peer's close matters from here on.
+    Refused,
 }
 
 /// What a deadline brought.
@@ -237,6 +243,8 @@ pub(crate) struct Connection {
     opened: bool,
     /// Whether the end has been reported to the application.
     close_reported: bool,
+    /// The client's message rate, when one is set.
+    message_rate: TickBucket,
 }
 
 impl Connection {
@@ -262,6 +270,7 @@ impl Connection {
             write_shut: false,
             opened: false,
             close_reported: false,
+            message_rate: TickBucket::default(),
         }
     }
 
@@ -415,7 +424,12 @@ impl Connection {
     /// requires by itself (a pong for a ping, the answer to a close, a close
     /// for a protocol error). `None` when `buf` holds no complete message,
     /// or nothing more is wanted from this peer.
-    pub(crate) fn next_input(&mut self, buf: &mut BytesMut, env: Env<'_>) -> Option<Input> {
+    pub(crate) fn next_input(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Tick,
+        env: Env<'_>,
+    ) -> Option<Input> {
         loop {
             if self.discard_input || self.is_handshaking() {
                 if self.discard_input {
@@ -436,7 +450,7 @@ impl Connection {
             };
             bump(&env.stats.messages_received, 1);
             if let Some(input) = self.accept_message(message) {
-                return Some(input);
+                return Some(self.meter(input, now, env));
             }
         }
     }
@@ -476,9 +490,36 @@ impl Connection {
                 // extension would be.
                 self.outbox
                     .queue_close(CloseCode::UNSUPPORTED_DATA, "no extension negotiated");
-                Input::Unsupported
+                Input::Refused
             }
         })
+    }
+
+    /// Applies the client message rate, if one is set, to text and binary
+    /// messages: over it, the message is not given to the application;
+    /// kept up past a burst's worth more, the connection is closed with
+    /// 1008.
+    fn meter(&mut self, input: Input, now: Tick, env: Env<'_>) -> Input {
+        let Some(limit) = env.config.message_rate else {
+            return input;
+        };
+        if !matches!(input, Input::Text(_) | Input::Binary(_)) {
+            return input;
+        }
+        match self.message_rate.take(limit, now) {
+            Metered::Taken => return input,
+            Metered::Refused => bump(&env.stats.messages_rate_limited, 1),
+            Metered::Exceeded => {
+                bump(&env.stats.messages_rate_limited, 1);
+                self.outbox
+                    .queue_close(CloseCode::POLICY_VIOLATION, "message rate exceeded");
+                return Input::Refused;
+            }
+        }
+        match input {
+            Input::Text(text) => Input::RateLimited(Some(text)),
+            _ => Input::RateLimited(None),
+        }
     }
 
     /// Queues a close frame with `code` and `reason` (the application's, or

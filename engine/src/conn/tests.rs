@@ -113,7 +113,7 @@ impl Harness {
             config: &self.config,
             stats: &self.stats,
         };
-        self.conn.next_input(&mut self.input, env)
+        self.conn.next_input(&mut self.input, self.now, env)
     }
 
     fn sync(&mut self) -> Sync {
@@ -463,7 +463,7 @@ fn a_message_of_an_extension_not_negotiated_is_refused_with_1003() {
     frame[0] |= 0x40;
     harness.input.extend_from_slice(&frame);
     harness.client_sends(OpCode::Close, &close_payload(1000, ""));
-    assert!(matches!(harness.next_input(), Some(Input::Unsupported)));
+    assert!(matches!(harness.next_input(), Some(Input::Refused)));
     assert_eq!(harness.sync().closed, Some(CloseCode::UNSUPPORTED_DATA));
     // The client's close behind it is still read: the close completes.
     assert!(harness.next_input().is_none());
@@ -495,4 +495,49 @@ fn bytes_that_cannot_begin_a_request_get_400_at_once() {
         harness.poll_handshake(),
         HandshakeStep::Incomplete
     ));
+}
+
+#[test]
+fn a_client_past_its_message_rate_is_refused_then_closed_with_1008() {
+    let mut config = config();
+    config.message_rate = Some(crate::admission::RateLimit::new(10, 2));
+    let mut harness = Harness::new(config);
+    harness.input.extend_from_slice(UPGRADE);
+    let HandshakeStep::Upgrade(_) = harness.poll_handshake() else {
+        panic!("a valid upgrade request");
+    };
+    let env = Env {
+        config: &harness.config,
+        stats: &harness.stats,
+    };
+    harness.conn.open(Bytes::from_static(b""), 0, env);
+    for n in 0..2 {
+        harness.client_sends(OpCode::Text, format!("m{n}").as_bytes());
+        assert!(matches!(harness.next_input(), Some(Input::Text(_))));
+    }
+    // Past the rate: handed over as refused, with its text.
+    harness.client_sends(OpCode::Text, b"m2");
+    assert!(
+        matches!(harness.next_input(), Some(Input::RateLimited(Some(t))) if t.as_str() == "m2")
+    );
+    harness.client_sends(OpCode::Ping, b"");
+    assert!(
+        matches!(harness.next_input(), Some(Input::Ping(_))),
+        "control frames are not metered"
+    );
+    harness.client_sends(OpCode::Binary, b"b");
+    assert!(matches!(
+        harness.next_input(),
+        Some(Input::RateLimited(None))
+    ));
+    // Kept up past a burst's worth more: closed with 1008.
+    harness.client_sends(OpCode::Text, b"m4");
+    assert!(matches!(harness.next_input(), Some(Input::Refused)));
+    assert_eq!(harness.sync().closed, Some(CloseCode::POLICY_VIOLATION));
+    assert_eq!(harness.count(|s| &s.messages_rate_limited), 3);
+    // A tenth of a second later the client could have sent one more, but
+    // the connection is closing: nothing reaches the application.
+    harness.now = 1;
+    harness.client_sends(OpCode::Text, b"late");
+    assert!(harness.next_input().is_none());
 }

@@ -100,6 +100,16 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (conn, code, reason);
     }
 
+    /// A message past the connection's
+    /// [`message_rate`](crate::ServerBuilder::message_rate) (`text` for a
+    /// text message), not given to `on_message`. Default: close with 1008;
+    /// a protocol with replies may answer with an error instead (the server
+    /// closes with 1008 anyway once the client sends a burst's worth more).
+    fn on_rate_limited(&self, conn: &mut Conn<'_, Self::State>, text: Option<&str>) {
+        let _ = text;
+        conn.close(CloseCode::POLICY_VIOLATION, "message rate exceeded");
+    }
+
     /// The server has just pinged this connection (every
     /// [`ping_interval`](crate::ServerConfig::ping_interval)), for protocols
     /// with heartbeats of their own (Amber's `ping` text frame).
@@ -134,6 +144,8 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn on_close(&self, conn: &mut Conn<'_, Self::State>, code: CloseCode, reason: &str);
     /// See [`Handler::on_heartbeat`].
     fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>);
+    /// See [`Handler::on_rate_limited`].
+    fn on_rate_limited(&self, conn: &mut Conn<'_, Self::State>, text: Option<&str>);
 
     /// How `broadcast` reaches a subscription of `kind` (never
     /// [`SubscriptionKind::Plain`], which always gets its frame). Asked once
@@ -183,6 +195,10 @@ impl<H: Handler> Service for H {
 
     fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
         Handler::on_heartbeat(self, conn);
+    }
+
+    fn on_rate_limited(&self, conn: &mut Conn<'_, Self::State>, text: Option<&str>) {
+        Handler::on_rate_limited(self, conn, text);
     }
 
     fn delivery(&self, _: SubscriptionKind, _: &Broadcast) -> Delivery {
@@ -474,5 +490,9 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_heartbeat(&self, conn: &mut Conn<'_, Self::State>) {
         (**self).on_heartbeat(conn);
+    }
+
+    fn on_rate_limited(&self, conn: &mut Conn<'_, Self::State>, text: Option<&str>) {
+        (**self).on_rate_limited(conn, text);
     }
 }

@@ -162,6 +162,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Limits how fast one connection may send messages: past `limit`,
+    /// [`Handler::on_rate_limited`](crate::Handler::on_rate_limited) gets
+    /// the message instead (by default closing with 1008), and a client
+    /// that goes on past a burst's worth is closed with 1008. Counted in
+    /// [`ServerStats::messages_rate_limited`]. Default: no limit.
+    pub fn message_rate(mut self, limit: RateLimit) -> Self {
+        self.config.message_rate = Some(limit);
+        self
+    }
+
     /// Where to listen (default `127.0.0.1:9001`; port 0 picks a free one).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.config.addr = addr;

@@ -55,6 +55,8 @@ pub(crate) struct ServerSection {
     pub(crate) connect_burst_per_address: u32,
     pub(crate) connect_rate: u32,
     pub(crate) connect_burst: u32,
+    pub(crate) message_rate: u32,
+    pub(crate) message_burst: u32,
 }
 
 impl Default for ServerSection {
@@ -80,6 +82,8 @@ impl Default for ServerSection {
             connect_burst_per_address: 0,
             connect_rate: 0,
             connect_burst: 0,
+            message_rate: 0,
+            message_burst: 0,
         }
     }
 }
@@ -113,6 +117,11 @@ impl ServerSection {
     /// The overall connection rate limit, if set.
     pub(crate) fn connect_limit(&self) -> Option<RateLimit> {
         limit(self.connect_rate, self.connect_burst)
+    }
+
+    /// The per-connection message rate limit, if set.
+    pub(crate) fn message_limit(&self) -> Option<RateLimit> {
+        limit(self.message_rate, self.message_burst)
     }
 }
 

@@ -169,6 +169,9 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
     if let Some(limit) = server.connect_limit() {
         builder = builder.connect_rate(limit);
     }
+    if let Some(limit) = server.message_limit() {
+        builder = builder.message_rate(limit);
+    }
     if server.demo {
         builder = builder
             .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)

@@ -15,7 +15,7 @@ use crate::{
     metrics::bump,
     pubsub::ConnId,
     reactor::{Conn, sys::recv_into},
-    wire::CloseCode,
+    wire::{CloseCode, Utf8Bytes},
 };
 
 /// Bytes read from one socket per turn before others get their turn.
@@ -181,13 +181,14 @@ impl<S: Service> Worker<S> {
     /// Hands every complete message in the read buffer to the application.
     fn decode_inputs(&mut self, key: usize) {
         loop {
+            let now = self.now_tick();
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };
             let Some(buf) = &mut slot.read_buf else {
                 return;
             };
-            let Some(input) = slot.conn.next_input(buf, env(&self.ctx)) else {
+            let Some(input) = slot.conn.next_input(buf, now, env(&self.ctx)) else {
                 return self.sync(key);
             };
             self.dispatch(key, input);
@@ -212,7 +213,10 @@ impl<S: Service> Worker<S> {
                 tracing::debug!(%err, "protocol error");
                 self.sync(key);
             }
-            Input::Unsupported => self.sync(key),
+            Input::RateLimited(text) => self.call(key, |service, conn| {
+                service.on_rate_limited(conn, text.as_ref().map(Utf8Bytes::as_str));
+            }),
+            Input::Refused => self.sync(key),
         }
     }
 
