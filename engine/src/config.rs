@@ -137,6 +137,12 @@ pub struct ServerConfig {
     /// more than a burst's worth past it in a row closes with 1008. Default:
     /// no limit.
     pub(crate) message_rate: Option<RateLimit>,
+    /// Broadcasts, sends and closes from other threads that may wait for a
+    /// loop; past it they are refused with `SendError::Busy` and counted
+    /// (`commands_refused`), so a publisher faster than the loops cannot
+    /// grow memory without end. Default 65,536 (a few MiB per loop at
+    /// most); range 16 to 16 M.
+    pub(crate) mailbox_capacity: usize,
     /// Bytes read from a socket per `recv`. Default 16 KiB. Read buffers
     /// come from a per-loop pool and go back to it when a connection has
     /// no partial message, so idle connections hold none.
@@ -174,6 +180,7 @@ impl Default for ServerConfig {
             connect_rate_per_address: None,
             connect_rate: None,
             message_rate: None,
+            mailbox_capacity: 65_536,
             read_chunk: 16 * 1024,
         }
     }
@@ -296,6 +303,8 @@ impl ServerConfig {
         connect_rate: Option<RateLimit>,
         /// The message rate allowed per connection, if limited.
         message_rate: Option<RateLimit>,
+        /// Commands a loop's mailbox holds.
+        mailbox_capacity: usize,
         /// Bytes per `recv`.
         read_chunk: usize,
     }
@@ -323,6 +332,7 @@ impl ServerConfig {
         check_count("max_head_bytes", self.max_head_bytes, 512, 1 << 20)?;
         check_count("max_queued_bytes", self.max_queued_bytes, 1024, 1 << 30)?;
         check_count("read_chunk", self.read_chunk, 512, 16 << 20)?;
+        check_count("mailbox_capacity", self.mailbox_capacity, 16, 16 << 20)?;
         check_duration(
             "handshake_timeout",
             self.handshake_timeout,

@@ -38,7 +38,8 @@
 //!  pubsub      the topic index (lock-free registry + per-loop subscribers)
 //!  broadcast   a publish, encoded once per wire protocol
 //!  ─────────────────────────────────────────────────────
-//!  timer, metrics, config, protocol, handshake, wire    pure, no I/O
+//!  timer, metrics, config, admission,                   pure, no I/O
+//!  protocol, handshake, wire
 //! ```
 //!
 //! # The life of a broadcast

@@ -18,8 +18,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["wire", "handshake", "protocol"],
     ),
     (
-        "pure settings, counters and time",
-        &["config", "metrics", "timer"],
+        "pure limits, settings, counters and time",
+        &["admission", "config", "metrics", "timer"],
     ),
     (
         "connection state machine and topic index",

@@ -74,6 +74,10 @@ pub enum SendError {
     /// The server has shut down.
     #[error("server has shut down")]
     ServerStopped,
+    /// The connection's loop has a full mailbox (a publisher faster than
+    /// the loop): nothing was queued; retry later, or slow down.
+    #[error("the server is busy; retry later")]
+    Busy,
 }
 
 /// What a connection needs from its loop: the limits, and the counters it

@@ -6,11 +6,11 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::{
     broadcast::Broadcast,
@@ -41,34 +41,90 @@ pub(crate) enum Command {
 }
 
 /// The sending side of a loop's mailbox.
+///
+/// Two queues: a bounded one for what other threads send at the rate of
+/// their traffic (broadcasts, sends and closes for connections), so that a
+/// publisher faster than the loop cannot grow memory without end (a full
+/// queue refuses, and the refusal is counted and returned), and an
+/// unbounded one for the rare commands that must never be refused
+/// (shutdown, drain, disconnect by name), which the loop reads first.
 #[derive(Debug)]
 pub(crate) struct Mailbox {
-    tx: Sender<Command>,
+    data: Sender<Command>,
+    control: Sender<Command>,
     waker: mio::Waker,
     wake_pending: AtomicBool,
+    /// Commands refused because the bounded queue was full (written by the
+    /// posting threads).
+    refused: AtomicU64,
+}
+
+/// The loop's side of its mailbox.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    pub(crate) control: Receiver<Command>,
+    pub(crate) data: Receiver<Command>,
+}
+
+impl Inbox {
+    /// The next command: control commands first.
+    pub(crate) fn next(&self) -> Option<Command> {
+        self.control
+            .try_recv()
+            .or_else(|_| self.data.try_recv())
+            .ok()
+    }
 }
 
 impl Mailbox {
-    pub(crate) fn new(waker: mio::Waker) -> (Arc<Self>, Receiver<Command>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    /// A mailbox whose bounded queue holds `capacity` commands.
+    pub(crate) fn new(waker: mio::Waker, capacity: usize) -> (Arc<Self>, Inbox) {
+        let (data, data_rx) = crossbeam_channel::bounded(capacity);
+        let (control, control_rx) = crossbeam_channel::unbounded();
         let mailbox = Self {
-            tx,
+            data,
+            control,
             waker,
             wake_pending: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
         };
-        (Arc::new(mailbox), rx)
+        let inbox = Inbox {
+            control: control_rx,
+            data: data_rx,
+        };
+        (Arc::new(mailbox), inbox)
     }
 
     /// Queues a command and wakes the loop unless a wake is already on its
-    /// way.
+    /// way. A broadcast, send or close is refused with [`SendError::Busy`]
+    /// (and counted) when the loop has a full queue's worth waiting.
     pub(crate) fn post(&self, command: Command) -> Result<(), SendError> {
-        self.tx
-            .send(command)
-            .map_err(|_| SendError::ServerStopped)?;
+        let queue = match command {
+            Command::Shutdown | Command::Drain | Command::Disconnect(_) => &self.control,
+            Command::Send { .. } | Command::Close { .. } | Command::Publish(_) => &self.data,
+        };
+        queue.try_send(command).map_err(|err| match err {
+            TrySendError::Full(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                SendError::Busy
+            }
+            TrySendError::Disconnected(_) => SendError::ServerStopped,
+        })?;
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             self.waker.wake().map_err(|_| SendError::ServerStopped)?;
         }
         Ok(())
+    }
+
+    /// How full the bounded queue is, 0 to 1.
+    pub(crate) fn load(&self) -> f64 {
+        let capacity = self.data.capacity().unwrap_or(1).max(1);
+        self.data.len() as f64 / capacity as f64
+    }
+
+    /// Commands refused so far because the queue was full.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Called by the loop before it drains: posts from now on wake it again.
@@ -126,5 +182,45 @@ impl ConnHandle {
             code,
             reason: reason.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(capacity: usize) -> (Arc<Mailbox>, Inbox, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let (mailbox, inbox) = Mailbox::new(waker, capacity);
+        (mailbox, inbox, poll)
+    }
+
+    fn publish() -> Command {
+        Command::Publish(Arc::new(Broadcast::raw("t", text_frame("x"))))
+    }
+
+    #[test]
+    fn a_full_mailbox_refuses_traffic_but_never_control() {
+        let (mailbox, inbox, _poll) = mailbox(16);
+        for _ in 0..16 {
+            mailbox.post(publish()).unwrap();
+        }
+        assert_eq!(mailbox.load(), 1.0);
+        // A publisher flood: refused and counted, nothing queued.
+        for _ in 0..1000 {
+            assert_eq!(mailbox.post(publish()), Err(SendError::Busy));
+        }
+        assert_eq!(mailbox.refused(), 1000);
+        // Shutdown still gets through, and is read first.
+        mailbox.post(Command::Shutdown).unwrap();
+        assert!(matches!(inbox.next(), Some(Command::Shutdown)));
+        let mut drained = 0;
+        while inbox.next().is_some() {
+            drained += 1;
+        }
+        assert_eq!(drained, 16);
+        assert_eq!(mailbox.load(), 0.0);
+        mailbox.post(publish()).unwrap();
     }
 }

@@ -140,6 +140,9 @@ impl ServerBuilder {
         shutdown_timeout: Duration,
         /// Over how long a drain spreads its 1012 closes (default 10 s).
         drain_period: Duration,
+        /// Commands from other threads a loop's mailbox holds before it
+        /// refuses more (default 65,536).
+        mailbox_capacity: usize,
         /// Bytes per `recv` (default 16 KiB; range 512 B to 16 MiB).
         read_chunk: usize,
         /// The cores the loops are pinned to, in loop order (default: the
@@ -483,6 +486,22 @@ impl ServerHandle {
             .into_iter()
             .map(String::from)
             .collect()
+    }
+
+    /// How full the fullest loop's mailbox is, 0 to 1: what an API in
+    /// front of the server checks to answer "busy, retry later" before
+    /// publishing, rather than have broadcasts refused halfway.
+    pub fn backlog(&self) -> f64 {
+        self.mailboxes
+            .iter()
+            .map(|mailbox| mailbox.load())
+            .fold(0.0, f64::max)
+    }
+
+    /// Broadcasts, sends and closes refused so far because a loop's
+    /// mailbox was full.
+    pub fn commands_refused(&self) -> u64 {
+        self.mailboxes.iter().map(|mailbox| mailbox.refused()).sum()
     }
 
     /// How many connections of this node are subscribed to `topic`.

@@ -34,6 +34,10 @@ const MAX_BATCH: usize = 1000;
 /// The longest topic or event accepted, in bytes.
 const MAX_NAME_BYTES: usize = 255;
 
+/// How full a loop's mailbox may be before broadcasts get 503: half, so
+/// that what is already accepted still fits.
+const BUSY_BACKLOG: f64 = 0.5;
+
 /// A refused API request; each maps to a status and a JSON error body.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -47,6 +51,8 @@ pub(crate) enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the server is busy delivering earlier broadcasts; retry in a second")]
+    Busy,
 }
 
 impl ApiError {
@@ -57,6 +63,7 @@ impl ApiError {
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge(_) => 413,
             Self::BadRequest(_) => 400,
+            Self::Busy => 503,
         }
     }
 
@@ -261,6 +268,11 @@ impl Api {
                 return Err(ApiError::bad("events starting with phx_ are reserved"));
             }
         }
+        // Refuse the whole request rather than have its broadcasts refused
+        // halfway by full loop mailboxes.
+        if self.engine.server().backlog() >= BUSY_BACKLOG {
+            return Err(ApiError::Busy);
+        }
         for item in &items {
             self.engine
                 .broadcast(&item.topic, &item.event, item.payload)
@@ -383,6 +395,11 @@ fn serve(server: &tiny_http::Server, api: &Api) {
         // Our content types are static ASCII, which tiny_http always accepts.
         if let Ok(content_type) = Header::from_bytes("Content-Type", reply.content_type) {
             response = response.with_header(content_type);
+        }
+        if reply.status == 503
+            && let Ok(retry) = Header::from_bytes("Retry-After", "1")
+        {
+            response = response.with_header(retry);
         }
         if let Err(err) = request.respond(response) {
             tracing::debug!(%err, "API client went away before its response");

@@ -22,7 +22,6 @@ use std::{
 };
 
 use bytes::BytesMut;
-use crossbeam_channel::Receiver;
 use mio::{
     Events, Interest, Poll, Token, Waker,
     net::{TcpListener, TcpStream},
@@ -30,7 +29,7 @@ use mio::{
 use slab::Slab;
 use thin_vec::ThinVec;
 
-use super::{Command, LoopContext, Mailbox, Relay, Service, names::Names};
+use super::{Command, LoopContext, Mailbox, Relay, Service, mailbox::Inbox, names::Names};
 use crate::{
     admission::Admission,
     broadcast::Broadcast,
@@ -101,7 +100,7 @@ pub(crate) struct Worker<S: Service> {
     /// (moving one in or out moves a pointer).
     #[allow(clippy::vec_box)]
     pool: Vec<Box<BytesMut>>,
-    rx: Receiver<Command>,
+    rx: Inbox,
     ctx: LoopContext,
     service: Arc<S>,
     open: Arc<AtomicUsize>,
@@ -133,7 +132,7 @@ impl<S: Service> Worker<S> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
-        let (mailbox, rx) = Mailbox::new(waker);
+        let (mailbox, rx) = Mailbox::new(waker, config.mailbox_capacity);
         let admission = Admission::new(
             config.connect_rate_per_address,
             config.connect_rate,
@@ -339,7 +338,7 @@ impl<S: Service> Worker<S> {
 
     fn drain_mailbox(&mut self) {
         self.ctx.mailbox.clear_wake();
-        while let Ok(command) = self.rx.try_recv() {
+        while let Some(command) = self.rx.next() {
             if !matches!(command, Command::Publish(_)) {
                 // Keep a thread's order: its broadcasts posted before this
                 // command reach their subscribers first.
