@@ -80,11 +80,18 @@ pub(crate) fn render(engine: &EngineHandle, cluster: &Cluster, api: &ApiCounters
         MetricKind::Gauge,
         server.connections() as u64,
     );
+    let refused = Metric::new(
+        "commands_refused_total",
+        "Broadcasts, sends and closes refused because a loop's mailbox was full.",
+        MetricKind::Counter,
+        server.commands_refused(),
+    );
     let bus = cluster
         .stats()
         .into_iter()
         .flat_map(|stats| stats.metrics());
-    std::iter::once(connections)
+    [connections, refused]
+        .into_iter()
         .chain(server.stats().metrics())
         .chain(engine.channel_stats().metrics())
         .chain(api.metrics())
