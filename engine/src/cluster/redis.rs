@@ -50,6 +50,9 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
     };
     let mut backoff = Backoff::new();
     let mut ever_connected = false;
+    // Failed attempts in the outage under way: the first is a warning, the
+    // retries are debug lines, and the recovery says how many there were.
+    let mut failed_attempts = 0u32;
     loop {
         let connection = tokio::select! {
             () = stopped(&mut receiver.stop) => return,
@@ -61,7 +64,12 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
             Ok(connection) => connection,
             Err(err) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%url, %err, retry_in = ?delay, "cannot reach Redis; serving local traffic only");
+                if failed_attempts == 0 {
+                    tracing::warn!(%url, %err, retry_in = ?delay, "cannot reach Redis; serving local traffic only, retrying");
+                } else {
+                    tracing::debug!(%url, %err, retry_in = ?delay, "Redis still unreachable");
+                }
+                failed_attempts += 1;
                 if !wait_dropping(&mut receiver, &counters, delay).await {
                     return;
                 }
@@ -74,7 +82,8 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
         }
         ever_connected = true;
         set(&counters.connected, 1);
-        tracing::info!(%url, "cluster bus connected to Redis");
+        tracing::info!(%url, failed_attempts, "cluster bus connected to Redis");
+        failed_attempts = 0;
         let mut session = Session {
             sink,
             publisher,

@@ -195,8 +195,11 @@ impl<S: Service> Worker<S> {
         for (conn, sub) in leftovers.one_by_one {
             self.deliver_one_by_one(conn, sub, broadcasts);
         }
-        // Slow consumers the policy just closed move to Closing.
+        // Slow consumers the policy just closed move to Closing. Their
+        // socket buffer is full, so the client may never read the 1013:
+        // the close is counted (`slow_consumer_closes`) and logged here.
         for key in leftovers.refused {
+            tracing::debug!(key, "closed a slow consumer (queue limit reached)");
             self.sync(key);
         }
     }
