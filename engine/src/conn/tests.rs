@@ -72,7 +72,12 @@ impl Harness {
 
     /// A connection whose upgrade was accepted, with the 101 written.
     fn open() -> Self {
-        let mut harness = Self::new(config());
+        Self::open_with(config())
+    }
+
+    /// A connection open under `config`, with the 101 written.
+    fn open_with(config: ServerConfig) -> Self {
+        let mut harness = Self::new(config);
         harness.input.extend_from_slice(UPGRADE);
         let HandshakeStep::Upgrade(upgrade) = harness.poll_handshake() else {
             panic!("a valid upgrade request");
@@ -447,16 +452,7 @@ fn an_open_connection_that_vanishes_is_reported_once_as_abnormal() {
 fn a_message_of_an_extension_not_negotiated_is_refused_with_1003() {
     let mut config = config();
     config.decoder = config.decoder.accept_rsv_bits(0b100);
-    let mut harness = Harness::new(config);
-    harness.input.extend_from_slice(UPGRADE);
-    let HandshakeStep::Upgrade(_) = harness.poll_handshake() else {
-        panic!("a valid upgrade request");
-    };
-    let env = Env {
-        config: &harness.config,
-        stats: &harness.stats,
-    };
-    harness.conn.open(Bytes::from_static(b""), 0, env);
+    let mut harness = Harness::open_with(config);
     // RSV1 set on a text frame, then the client's close in the same read.
     let mut frame = BytesMut::new();
     client_frame(&mut frame, true, OpCode::Text, [1, 2, 3, 4], b"x");
@@ -501,16 +497,7 @@ fn bytes_that_cannot_begin_a_request_get_400_at_once() {
 fn a_client_past_its_message_rate_is_refused_then_closed_with_1008() {
     let mut config = config();
     config.message_rate = Some(crate::admission::RateLimit::new(10, 2));
-    let mut harness = Harness::new(config);
-    harness.input.extend_from_slice(UPGRADE);
-    let HandshakeStep::Upgrade(_) = harness.poll_handshake() else {
-        panic!("a valid upgrade request");
-    };
-    let env = Env {
-        config: &harness.config,
-        stats: &harness.stats,
-    };
-    harness.conn.open(Bytes::from_static(b""), 0, env);
+    let mut harness = Harness::open_with(config);
     for n in 0..2 {
         harness.client_sends(OpCode::Text, format!("m{n}").as_bytes());
         assert!(matches!(harness.next_input(), Some(Input::Text(_))));
