@@ -51,6 +51,10 @@ const _: () = assert!(usize::BITS == 64, "herald needs a 64-bit target");
 const WHEEL_SLOTS: usize = 1024;
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections that must have gone since the last peak before the loop
+/// gives the freed memory back to the system (see `sys::release_free_memory`):
+/// a burst of this size (a storm, a slowloris round) is worth a heap walk.
+const RELEASE_AFTER_GONE: usize = 1024;
 
 /// A connection's slot in the loop's slab.
 #[derive(Debug)]
@@ -111,6 +115,8 @@ pub(crate) struct Worker<S: Service> {
     drain: Option<ending::Drain>,
     /// This loop's share of the connection rate limits.
     admission: Admission,
+    /// The most connections held since memory was last given back.
+    peak_connections: usize,
     /// Spare vector swapped with `ctx.dirty` while flushing.
     flushing: Vec<usize>,
     /// Broadcasts that reached this loop during the turn, in arrival
@@ -168,6 +174,7 @@ impl<S: Service> Worker<S> {
             shutdown_deadline: None,
             drain: None,
             admission,
+            peak_connections: 0,
             flushing: Vec::new(),
             turn: Vec::new(),
         })
@@ -425,6 +432,7 @@ impl<S: Service> Worker<S> {
     // ---- Phase 3: timers ---------------------------------------------------------
 
     fn expire_timers(&mut self) {
+        self.release_memory_after_a_burst();
         let now = self.now_tick();
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
@@ -446,6 +454,19 @@ impl<S: Service> Worker<S> {
             }
         }
         self.expired = expired;
+    }
+
+    /// Gives freed memory back once many connections have gone since the
+    /// peak: what a burst took comes back.
+    fn release_memory_after_a_burst(&mut self) {
+        let held = self.conns.len();
+        self.peak_connections = self.peak_connections.max(held);
+        if self.peak_connections - held >= RELEASE_AFTER_GONE {
+            self.pool.clear();
+            self.pool.shrink_to_fit();
+            super::sys::release_free_memory();
+            self.peak_connections = held;
+        }
     }
 
     /// Makes sure the wheel wakes this connection by `deadline`, keeping one
