@@ -168,6 +168,14 @@ impl From<Refusal> for crate::handshake::HandshakeError {
     }
 }
 
+/// The key an address is limited under: itself for IPv4, its /64 for IPv6.
+fn network_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+    }
+}
+
 /// One loop's connection rate limits.
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -205,15 +213,17 @@ impl Admission {
         }
     }
 
-    /// Whether a connection from `address` may be taken now. The overall
-    /// limit is checked first, so that a refused address does not use up a
-    /// token of the overall rate.
+    /// Whether a connection from `address` may be taken now. The address's
+    /// limit is checked first, so that an address refused for its own rate
+    /// does not use up a token of the overall rate. IPv6 addresses count
+    /// per /64 (one customer's network), so that rotating the low bits does
+    /// not escape the limit.
     pub(crate) fn admit(&mut self, address: IpAddr, now_ms: u64) -> Result<(), Refusal> {
         if let Some(limit) = self.per_address {
             self.sweep(limit, now_ms);
             let bucket = self
                 .addresses
-                .entry(address)
+                .entry(network_of(address))
                 .or_insert_with(|| Bucket::full(limit, now_ms));
             bucket.take(limit, now_ms).map_err(Refusal::Address)?;
         }
@@ -318,6 +328,17 @@ mod tests {
         assert_eq!(outcomes[5..], [Metered::Exceeded; 2]);
         // Quiet for long enough, it is welcome again.
         assert_eq!(bucket.take(limit, 100), Metered::Taken);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let mut admission = Admission::new(Some(RateLimit::new(1, 1)), None, 1, 0);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(admission.admit(a, 0), Ok(()));
+        assert!(admission.admit(b, 0).is_err(), "the same /64");
+        assert_eq!(admission.admit(other, 0), Ok(()));
     }
 
     #[test]

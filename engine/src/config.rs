@@ -333,6 +333,17 @@ impl ServerConfig {
         check_count("max_queued_bytes", self.max_queued_bytes, 1024, 1 << 30)?;
         check_count("read_chunk", self.read_chunk, 512, 16 << 20)?;
         check_count("mailbox_capacity", self.mailbox_capacity, 16, 16 << 20)?;
+        if let Some(limit) = self.message_rate {
+            // The message bucket refills once per 100 ms tick: a burst
+            // smaller than a tick's worth would refuse an even sender.
+            let tick_worth = u64::from(limit.per_second()).div_ceil(10);
+            check_count(
+                "message_rate burst",
+                limit.burst() as usize,
+                tick_worth,
+                u64::from(u32::MAX),
+            )?;
+        }
         check_duration(
             "handshake_timeout",
             self.handshake_timeout,

@@ -768,3 +768,43 @@ fn connection_storms_get_429_per_address_and_503_overall_with_retry_after() {
     assert!(response.contains("Retry-After: 1\r\n"), "{response}");
     server.shutdown();
 }
+
+#[test]
+fn a_shutdown_during_a_drain_closes_the_rest_at_once() {
+    // A 30 s drain of 30 clients closes one every second...
+    let (server, _app) = start(builder().loops(1).drain_period(Duration::from_secs(30)));
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let clients: Vec<_> = (0..30).map(|_| connect(addr, "/ws")).collect();
+    let started = std::time::Instant::now();
+    handle.drain();
+    // ...until a shutdown closes everyone left, with 1001, now.
+    handle.shutdown();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            thread::spawn(move || match ws.read() {
+                Ok(Message::Close(Some(frame))) => {
+                    let _ = ws.read();
+                    u16::from(frame.code)
+                }
+                other => panic!("expected a close, got {other:?}"),
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    server.join();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        codes.iter().all(|&code| code == 1001 || code == 1012),
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().filter(|&&code| code == 1001).count() >= 25,
+        "{codes:?}"
+    );
+}

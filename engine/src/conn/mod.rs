@@ -453,14 +453,14 @@ impl Connection {
                 }
             };
             bump(&env.stats.messages_received, 1);
-            if let Some(input) = self.accept_message(message) {
+            if let Some(input) = self.accept_message(message, env.config.max_queued_bytes) {
                 return Some(self.meter(input, now, env));
             }
         }
     }
 
     /// What a decoded message means in the current phase.
-    fn accept_message(&mut self, message: Message) -> Option<Input> {
+    fn accept_message(&mut self, message: Message, max_queued_bytes: usize) -> Option<Input> {
         if !self.is_open() {
             // After our close frame, only the peer's close matters
             // (RFC 6455 section 5.5.1).
@@ -475,7 +475,7 @@ impl Connection {
             Message::Binary(data) => Input::Binary(data),
             Message::Ping(payload) => {
                 if let Ok(pong) = pong_frame(&payload) {
-                    self.outbox.push_control(pong);
+                    self.outbox.push_control(pong, max_queued_bytes);
                 }
                 Input::Ping(payload)
             }
@@ -585,7 +585,7 @@ impl Connection {
                 .queue_close(CloseCode::GOING_AWAY, "idle timeout");
             return Expired::IdleTimeout;
         }
-        self.outbox.push_control(PING);
+        self.outbox.push_control(PING, env.config.max_queued_bytes);
         self.outbox.queue.release_if_idle();
         let next_ping = now + ticks(env.config.ping_interval);
         self.set_deadline(next_ping.min(self.last_recv + idle).max(now + 1));

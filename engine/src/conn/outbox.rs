@@ -117,9 +117,11 @@ impl Outbox {
     }
 
     /// Queues a control frame the protocol requires (a pong, a heartbeat
-    /// ping), outside the queue limit; nothing after a close frame.
-    pub(crate) fn push_control(&mut self, frame: Bytes) {
-        if self.close_code.is_none() {
+    /// ping); nothing after a close frame, nor into a queue already at its
+    /// limit (a client that pings and never reads must not grow it: its
+    /// pongs are skipped, as RFC 6455 allows for an unread connection).
+    pub(crate) fn push_control(&mut self, frame: Bytes, max_queued_bytes: usize) {
+        if self.close_code.is_none() && self.queue.queued_bytes() < max_queued_bytes {
             self.queue.push(frame);
         }
     }

@@ -161,7 +161,7 @@ impl WriteQueue {
     fn consume(&mut self, written: usize) {
         // The kernel took at most what was queued, which fits a u32.
         let mut written = written as u32;
-        self.queued -= written;
+        self.queued = self.queued.saturating_sub(written);
         while written > 0 {
             let Some(front) = &self.head else {
                 break;
@@ -192,7 +192,7 @@ impl WriteQueue {
             let Some(entry) = entry else {
                 break;
             };
-            self.queued -= entry.bytes.len() as u32;
+            self.queued = self.queued.saturating_sub(entry.bytes.len() as u32);
             dropped += u64::from(entry.messages);
         }
         dropped

@@ -97,6 +97,18 @@ impl<T: Subscription> LocalIndex<T> {
             .flat_map(|entry| entry.subscribers.iter().map(|(id, sub)| (*id, sub)))
     }
 
+    /// `id`'s subscription to `topic` on this loop, if it has one.
+    pub(crate) fn subscription(&self, topic: &str, id: ConnId) -> Option<&T> {
+        self.topics.get(topic)?.subscribers.get(&id)
+    }
+
+    /// Whether `topic` has subscribers speaking `protocol` on this loop.
+    pub(crate) fn has_protocol(&self, topic: &str, protocol: WireProtocol) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|entry| entry.per_protocol[protocol.index()] > 0)
+    }
+
     /// How many subscribers `topic` has on this loop.
     #[cfg(test)]
     pub(crate) fn len(&self, topic: &str) -> usize {

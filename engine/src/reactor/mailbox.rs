@@ -47,7 +47,9 @@ pub(crate) enum Command {
 /// publisher faster than the loop cannot grow memory without end (a full
 /// queue refuses, and the refusal is counted and returned), and an
 /// unbounded one for the rare commands that must never be refused
-/// (shutdown, drain, disconnect by name), which the loop reads first.
+/// (shutdown, drain), which the loop reads first. A disconnect by name
+/// goes with the traffic, in order, and takes the control queue only when
+/// the traffic queue is full.
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     data: Sender<Command>,
@@ -99,11 +101,20 @@ impl Mailbox {
     /// way. A broadcast, send or close is refused with [`SendError::Busy`]
     /// (and counted) when the loop has a full queue's worth waiting.
     pub(crate) fn post(&self, command: Command) -> Result<(), SendError> {
-        let queue = match command {
-            Command::Shutdown | Command::Drain | Command::Disconnect(_) => &self.control,
-            Command::Send { .. } | Command::Close { .. } | Command::Publish(_) => &self.data,
+        let result = match command {
+            Command::Shutdown | Command::Drain => self.control.try_send(command),
+            // In order with the broadcasts before it ("you are banned", then
+            // the disconnect), and never refused: past a full queue it takes
+            // the control queue.
+            Command::Disconnect(_) => match self.data.try_send(command) {
+                Err(TrySendError::Full(command)) => self.control.try_send(command),
+                other => other,
+            },
+            Command::Send { .. } | Command::Close { .. } | Command::Publish(_) => {
+                self.data.try_send(command)
+            }
         };
-        queue.try_send(command).map_err(|err| match err {
+        result.map_err(|err| match err {
             TrySendError::Full(_) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 SendError::Busy

@@ -108,9 +108,21 @@ fn run(config: &Config) -> std::io::Result<()> {
     if signal == Some(SIGTERM) {
         tracing::info!(
             drain = ?config.server.drain_period(),
-            "draining: closing clients with 1012 in batches"
+            "draining: closing clients with 1012 in batches (a second signal stops at once)"
         );
+        // A second SIGTERM or SIGINT during the drain closes everyone left
+        // with 1001 now.
+        let server = engine.handle().server().clone();
+        let stop_listening = signals.handle();
+        let impatient = std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                tracing::info!("shutting down now: closing the rest with 1001");
+                server.shutdown();
+            }
+        });
         engine.drain();
+        stop_listening.close();
+        let _ = impatient.join();
     } else {
         tracing::info!(signal, "shutting down: closing clients with 1001");
         engine.shutdown();

@@ -54,10 +54,15 @@ impl<S: Service> Worker<S> {
     }
 
     pub(super) fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
-            return;
+        let deadline = Instant::now() + self.ctx.config.shutdown_timeout;
+        match self.shutdown_deadline {
+            // Already shutting down.
+            Some(_) if self.drain.is_none() => return,
+            // A drain under way becomes a shutdown: everyone still open is
+            // closed now, and the wait ends no later than a shutdown's.
+            Some(earlier) => self.shutdown_deadline = Some(earlier.min(deadline)),
+            None => self.shutdown_deadline = Some(deadline),
         }
-        self.shutdown_deadline = Some(Instant::now() + self.ctx.config.shutdown_timeout);
         self.stop_accepting();
         self.drain = None;
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
@@ -116,6 +121,11 @@ impl<S: Service> Worker<S> {
 
     /// Closes the batches that are due.
     pub(super) fn drain_step(&mut self) {
+        if self.drain.is_none() {
+            return;
+        }
+        // Broadcasts that reached the loop before a client's 1012 reach it.
+        self.deliver_turn();
         let now = self.now_tick();
         let Some(drain) = &mut self.drain else {
             return;

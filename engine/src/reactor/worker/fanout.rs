@@ -33,7 +33,7 @@ use crate::{
     broadcast::{Broadcast, Delivery},
     metrics::bump,
     protocol::WireProtocol,
-    pubsub::{ConnId, Sub, SubscriptionKind},
+    pubsub::{ConnId, SubscriptionKind},
     reactor::{LoopContext, route_publish},
 };
 
@@ -58,8 +58,20 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(broadcasts: &'a [Arc<Broadcast>], loop_index: usize) -> Self {
-        let joined = WireProtocol::ALL.map(|protocol| join(broadcasts, protocol));
+    /// The run, its frames joined for the protocols `wanted` says this
+    /// loop's subscribers speak.
+    fn new(
+        broadcasts: &'a [Arc<Broadcast>],
+        loop_index: usize,
+        wanted: impl Fn(WireProtocol) -> bool,
+    ) -> Self {
+        let joined = WireProtocol::ALL.map(|protocol| {
+            if wanted(protocol) {
+                join(broadcasts, protocol)
+            } else {
+                None
+            }
+        });
         let mut excluded = Vec::new();
         for broadcast in broadcasts {
             if let Some(conn) = broadcast.excluded_on(loop_index)
@@ -103,7 +115,12 @@ fn join(broadcasts: &[Arc<Broadcast>], protocol: WireProtocol) -> Option<(Bytes,
     let Some(second) = frames.next() else {
         return Some((first.clone(), 1));
     };
-    let mut joined = BytesMut::with_capacity(first.len() * broadcasts.len());
+    let total = broadcasts
+        .iter()
+        .filter_map(|b| b.frame(protocol))
+        .map(Bytes::len)
+        .sum();
+    let mut joined = BytesMut::with_capacity(total);
     joined.extend_from_slice(first);
     joined.extend_from_slice(second);
     let mut messages = 2;
@@ -125,8 +142,11 @@ fn largest_frame(broadcast: &Broadcast) -> usize {
 }
 
 /// Where the run that starts at `start` ends: consecutive broadcasts to the
-/// same topic, small enough to copy, within the run limits.
-fn run_end(turn: &[Arc<Broadcast>], start: usize) -> usize {
+/// same topic, small enough to copy, within the run limits (and within half
+/// a connection's queue limit, so that `DropOldest` never has to drop a
+/// whole run where one message at a time would have kept the newest).
+fn run_end(turn: &[Arc<Broadcast>], start: usize, max_queued_bytes: usize) -> usize {
+    let max_run_bytes = MAX_RUN_BYTES.min(max_queued_bytes / 2);
     let first = &turn[start];
     let mut bytes = largest_frame(first);
     if bytes > MAX_BATCHED_FRAME {
@@ -136,7 +156,7 @@ fn run_end(turn: &[Arc<Broadcast>], start: usize) -> usize {
     while end < turn.len() && end - start < MAX_RUN_MESSAGES {
         let next = &turn[end];
         let size = largest_frame(next);
-        if next.topic() != first.topic() || size > MAX_BATCHED_FRAME || bytes + size > MAX_RUN_BYTES
+        if next.topic() != first.topic() || size > MAX_BATCHED_FRAME || bytes + size > max_run_bytes
         {
             break;
         }
@@ -151,7 +171,7 @@ fn run_end(turn: &[Arc<Broadcast>], start: usize) -> usize {
 /// closed.
 #[derive(Debug, Default)]
 struct Leftovers {
-    one_by_one: Vec<(ConnId, Sub)>,
+    one_by_one: Vec<ConnId>,
     refused: Vec<usize>,
 }
 
@@ -174,6 +194,17 @@ impl<S: Service> Worker<S> {
         }
     }
 
+    /// Whether the turn holds a broadcast that `conn` (subscribed to
+    /// `topics`) would receive: then it is delivered before anything `conn`'s
+    /// next input makes the handler send.
+    pub(super) fn turn_reaches(&self, conn: ConnId, topics: &[Arc<str>]) -> bool {
+        !topics.is_empty()
+            && self.turn.iter().any(|broadcast| {
+                !broadcast.excludes(self.ctx.loop_index, conn)
+                    && topics.iter().any(|topic| **topic == *broadcast.topic())
+            })
+    }
+
     /// Delivers the turn's broadcasts, run by run, until callbacks publish
     /// no more.
     pub(super) fn deliver_turn(&mut self) {
@@ -181,7 +212,7 @@ impl<S: Service> Worker<S> {
             let turn = std::mem::take(&mut self.turn);
             let mut start = 0;
             while start < turn.len() {
-                let end = run_end(&turn, start);
+                let end = run_end(&turn, start, self.ctx.config.max_queued_bytes);
                 self.deliver_run(&turn[start..end]);
                 start = end;
             }
@@ -189,11 +220,15 @@ impl<S: Service> Worker<S> {
     }
 
     fn deliver_run(&mut self, broadcasts: &[Arc<Broadcast>]) {
-        let mut run = Run::new(broadcasts, self.ctx.loop_index);
+        let local = self.ctx.topics.local();
+        let topic = broadcasts[0].topic();
+        let mut run = Run::new(broadcasts, self.ctx.loop_index, |protocol| {
+            local.has_protocol(topic, protocol)
+        });
         let leftovers = self.queue_run(&mut run);
         bump(&self.ctx.stats.publishes_handled, broadcasts.len() as u64);
-        for (conn, sub) in leftovers.one_by_one {
-            self.deliver_one_by_one(conn, sub, broadcasts);
+        for conn in leftovers.one_by_one {
+            self.deliver_one_by_one(conn, broadcasts);
         }
         // Slow consumers the policy just closed move to Closing. Their
         // socket buffer is full, so the client may never read the 1013:
@@ -226,7 +261,7 @@ impl<S: Service> Worker<S> {
                 continue;
             }
             if run.excluded.contains(&id) || !run.all_frames(sub.kind, service) {
-                leftovers.one_by_one.push((id, *sub));
+                leftovers.one_by_one.push(id);
                 continue;
             }
             let Some((bytes, messages)) = &run.joined[sub.protocol.index()] else {
@@ -247,10 +282,15 @@ impl<S: Service> Worker<S> {
 
     /// Delivers a run to one subscription message by message, in order:
     /// frames and callbacks as each message asks, skipping the messages that
-    /// exclude this connection.
-    fn deliver_one_by_one(&mut self, conn: ConnId, sub: Sub, broadcasts: &[Arc<Broadcast>]) {
+    /// exclude this connection. The subscription is looked up again before
+    /// each message: a callback may have ended or changed it.
+    fn deliver_one_by_one(&mut self, conn: ConnId, broadcasts: &[Arc<Broadcast>]) {
         let key = conn.key();
         for broadcast in broadcasts {
+            let local = self.ctx.topics.local();
+            let Some(&sub) = local.subscription(broadcast.topic(), conn) else {
+                return;
+            };
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };

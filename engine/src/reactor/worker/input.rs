@@ -191,6 +191,13 @@ impl<S: Service> Worker<S> {
             let Some(input) = slot.conn.next_input(buf, now, env(&self.ctx)) else {
                 return self.sync(key);
             };
+            // A broadcast this input's own earlier messages caused, for this
+            // connection, goes out before what this input causes (a reply
+            // never overtakes it).
+            let conn = ConnId::new(key, self.conns[key].generation);
+            if self.turn_reaches(conn, &self.conns[key].topics) {
+                self.deliver_turn();
+            }
             self.dispatch(key, input);
         }
     }

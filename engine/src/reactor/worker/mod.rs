@@ -51,6 +51,11 @@ const _: () = assert!(usize::BITS == 64, "herald needs a 64-bit target");
 const WHEEL_SLOTS: usize = 1024;
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Broadcasts a turn holds before it delivers them: a publisher as fast as
+/// the loop cannot pile them up.
+const MAX_TURN: usize = 4096;
+/// The shortest time between two releases of free memory.
+const RELEASE_EVERY: Duration = Duration::from_secs(10);
 /// Connections that must have gone since the last peak before the loop
 /// gives the freed memory back to the system (see `sys::release_free_memory`):
 /// a burst of this size (a storm, a slowloris round) is worth a heap walk.
@@ -117,6 +122,8 @@ pub(crate) struct Worker<S: Service> {
     admission: Admission,
     /// The most connections held since memory was last given back.
     peak_connections: usize,
+    /// When memory was last given back.
+    released_at: Option<Instant>,
     /// Spare vector swapped with `ctx.dirty` while flushing.
     flushing: Vec<usize>,
     /// Broadcasts that reached this loop during the turn, in arrival
@@ -175,6 +182,7 @@ impl<S: Service> Worker<S> {
             drain: None,
             admission,
             peak_connections: 0,
+            released_at: None,
             flushing: Vec::new(),
             turn: Vec::new(),
         })
@@ -237,7 +245,9 @@ impl<S: Service> Worker<S> {
     // ---- Phase 1: how long to sleep ----------------------------------------
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() {
+        // Reads cut short, or broadcasts published after the last delivery
+        // (by a callback run from the flush): no sleeping on them.
+        if !self.read_again.is_empty() || !self.turn.is_empty() {
             return Some(Duration::ZERO);
         }
         let timers_pending = !self.wheel.is_empty()
@@ -371,6 +381,9 @@ impl<S: Service> Worker<S> {
                     // then touches this loop's refcount only, not one that
                     // every loop shares.
                     self.turn.push(Arc::new(broadcast.localized()));
+                    if self.turn.len() >= MAX_TURN {
+                        self.deliver_turn();
+                    }
                 }
                 Command::Disconnect(name) => self.disconnect(&name),
                 Command::Shutdown => self.begin_shutdown(),
@@ -432,6 +445,9 @@ impl<S: Service> Worker<S> {
     // ---- Phase 3: timers ---------------------------------------------------------
 
     fn expire_timers(&mut self) {
+        // What reached the loop before the timers goes out before what they
+        // send (Amber's heartbeat text, closes).
+        self.deliver_turn();
         self.release_memory_after_a_burst();
         let now = self.now_tick();
         let mut expired = std::mem::take(&mut self.expired);
@@ -461,7 +477,11 @@ impl<S: Service> Worker<S> {
     fn release_memory_after_a_burst(&mut self) {
         let held = self.conns.len();
         self.peak_connections = self.peak_connections.max(held);
-        if self.peak_connections - held >= RELEASE_AFTER_GONE {
+        let recently = self
+            .released_at
+            .is_some_and(|at| at.elapsed() < RELEASE_EVERY);
+        if self.peak_connections - held >= RELEASE_AFTER_GONE && !recently {
+            self.released_at = Some(Instant::now());
             self.pool.clear();
             self.pool.shrink_to_fit();
             super::sys::release_free_memory();
