@@ -125,14 +125,12 @@ pub(crate) fn rooms(options: &Options, plan: &RoomsPlan) -> io::Result<Option<He
         elapsed,
         deliveries,
     )?;
-    if client_bound {
-        report.print(options.format());
-        return Ok(Some(Headline::ClientBound));
-    }
     report.print(options.format());
-    Ok(Some(Headline::Throughput(
-        deliveries as f64 / elapsed.as_secs_f64(),
-    )))
+    Ok(Some(if client_bound {
+        Headline::ClientBound
+    } else {
+        Headline::Throughput(deliveries as f64 / elapsed.as_secs_f64())
+    }))
 }
 
 /// The figures of a run of `rooms` rooms (the plan's, or fewer): deliveries

@@ -181,7 +181,7 @@ pub(crate) enum Expired {
 
 /// What the reactor must do after a change (see [`Connection::sync`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Sync {
+pub(crate) struct Followup {
     /// Frames are waiting, or a close can complete: put the connection on
     /// the turn's flush list.
     pub(crate) flush: bool,
@@ -535,8 +535,8 @@ impl Connection {
     /// Applies what the last change asked for: an open connection with a
     /// queued close moves to `Closing` (waiting at most the close timeout
     /// for the peer). Returns what the reactor must do.
-    pub(crate) fn sync(&mut self, now: Tick, env: Env<'_>) -> Sync {
-        let mut sync = Sync::default();
+    pub(crate) fn sync(&mut self, now: Tick, env: Env<'_>) -> Followup {
+        let mut sync = Followup::default();
         if self.is_open()
             && let Some(code) = self.outbox.close_code()
         {

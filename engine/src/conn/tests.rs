@@ -121,7 +121,7 @@ impl Harness {
         self.conn.next_input(&mut self.input, self.now, env)
     }
 
-    fn sync(&mut self) -> Sync {
+    fn sync(&mut self) -> Followup {
         let env = Env {
             config: &self.config,
             stats: &self.stats,
