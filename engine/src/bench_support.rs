@@ -65,6 +65,7 @@ impl FanoutFixture {
                 key,
                 frame,
                 1,
+                None,
                 &self.config,
                 &self.stats,
                 &mut self.dirty,

@@ -10,6 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use crate::{
     admission::RateLimit,
+    conflation::Conflation,
     wire::{CloseCode, DecoderConfig},
 };
 
@@ -116,6 +117,21 @@ pub struct ServerConfig {
     pub(crate) max_queued_bytes: usize,
     /// What happens past `max_queued_bytes`. Default: close with 1013.
     pub(crate) slow_consumer: SlowConsumerPolicy,
+    /// Topics whose messages supersede one another for a subscriber that
+    /// falls behind (see [`Conflation`]): the first rule matching a topic
+    /// applies. Default: none.
+    pub(crate) conflation: Vec<Conflation>,
+    /// Outbound bytes all connections together may hold queued, split
+    /// evenly between the loops. After each turn's writes a loop over its
+    /// share applies the [`slow_consumer`](Self::slow_consumer) policy to
+    /// its largest queues first (closing them, or dropping their oldest
+    /// messages) until it is back under, and counts each in
+    /// [`ServerStats::queue_budget_sheds`](crate::ServerStats). It bounds
+    /// what slow consumers can hold together, where `max_queued_bytes`
+    /// bounds each: size it as the memory you give herald for backlogs
+    /// (clients that keep up hold next to nothing between turns). Default
+    /// 1 GiB; range 1 MiB to 1 TiB.
+    pub(crate) queue_budget: usize,
     /// How long a graceful shutdown waits for clients to answer its 1001
     /// close frames. Default 5 s.
     pub(crate) shutdown_timeout: Duration,
@@ -175,6 +191,8 @@ impl Default for ServerConfig {
                 .max_message_size(1 << 20),
             max_queued_bytes: 4 << 20,
             slow_consumer: SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER),
+            conflation: Vec::new(),
+            queue_budget: 1 << 30,
             shutdown_timeout: Duration::from_secs(5),
             drain_period: Duration::from_secs(10),
             connect_rate_per_address: None,
@@ -293,6 +311,8 @@ impl ServerConfig {
         max_queued_bytes: usize,
         /// What happens past that limit.
         slow_consumer: SlowConsumerPolicy,
+        /// Outbound bytes all connections may hold queued together.
+        queue_budget: usize,
         /// How long a graceful shutdown waits for clients.
         shutdown_timeout: Duration,
         /// Over how long a drain spreads its closes.
@@ -324,6 +344,16 @@ impl ServerConfig {
         &self.core_ids
     }
 
+    /// The conflation rules, in the order they are tried.
+    pub fn conflation(&self) -> &[Conflation] {
+        &self.conflation
+    }
+
+    /// One loop's share of [`queue_budget`](Self::queue_budget).
+    pub(crate) fn loop_queue_budget(&self) -> usize {
+        self.queue_budget / self.loops.max(1)
+    }
+
     /// Checks every setting against the range the server supports; the
     /// server does this when it starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -331,6 +361,7 @@ impl ServerConfig {
         check_count("max_connections", self.max_connections, 1, 1 << 31)?;
         check_count("max_head_bytes", self.max_head_bytes, 512, 1 << 20)?;
         check_count("max_queued_bytes", self.max_queued_bytes, 1024, 1 << 30)?;
+        check_count("queue_budget", self.queue_budget, 1 << 20, 1 << 40)?;
         check_count("read_chunk", self.read_chunk, 512, 16 << 20)?;
         check_count("mailbox_capacity", self.mailbox_capacity, 16, 16 << 20)?;
         if let Some(limit) = self.message_rate {

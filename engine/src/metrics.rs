@@ -173,6 +173,13 @@ counters! {
     /// Messages dropped unsent: by `DropOldest`, or queued when a slow
     /// consumer was closed.
     frames_dropped: Counter "frames_dropped_total",
+    /// Messages a subscriber that fell behind was never sent because a
+    /// newer one of the same conflated topic or key replaced them in its
+    /// queue.
+    messages_conflated: Counter "messages_conflated_total",
+    /// Times a loop over its share of the queue budget shed one of its
+    /// largest queues (closed it, or dropped its oldest messages).
+    queue_budget_sheds: Counter "queue_budget_sheds_total",
     /// Sends refused because the connection was already closing.
     sends_after_close: Counter "sends_after_close_total",
     /// Commands from other threads for connections that had gone.

@@ -12,8 +12,8 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use herald::{
-    Accept, Conn, ConnHandle, Handler, RateLimit, Reject, Request, Server, ServerBuilder,
-    SlowConsumerPolicy,
+    Accept, Conflation, Conn, ConnHandle, Handler, RateLimit, Reject, Request, Server,
+    ServerBuilder, SlowConsumerPolicy,
     wire::{CloseCode, DecoderConfig, OpCode, Utf8Bytes, client_frame},
 };
 use herald_tests::server::{
@@ -493,6 +493,125 @@ fn drop_oldest_policy_keeps_a_slow_consumer_connected_and_counts_drops() {
     assert!(wait_until(WAIT, || server.handle().stats().frames_dropped > 0));
     assert_eq!(server.handle().stats().slow_consumer_closes, 0);
     assert_eq!(server.handle().connections(), 1);
+    server.shutdown();
+}
+
+/// Subscribes a raw connection to `topic` through the test app.
+fn raw_subscribe(stream: &mut std::net::TcpStream, topic: &str) {
+    let mut frame = BytesMut::new();
+    let command = format!("sub:{topic}");
+    client_frame(
+        &mut frame,
+        true,
+        OpCode::Text,
+        [5, 6, 7, 8],
+        command.as_bytes(),
+    );
+    stream.write_all(&frame).unwrap();
+    let (_, reply) = read_server_frame(stream).unwrap();
+    assert_eq!(reply, format!("subscribed:{topic}").as_bytes());
+}
+
+#[test]
+fn a_conflated_topic_gives_a_slow_reader_the_latest_value_within_its_queue_limit() {
+    let (server, _app) = start(
+        builder()
+            .loops(1)
+            .max_queued_bytes(64 * 1024)
+            .conflate(Conflation::topic("ticker:*")),
+    );
+    let addr = server.local_addr();
+    let mut conflated = raw_upgraded(addr, "/ws");
+    raw_subscribe(&mut conflated, "ticker:a");
+    // The same stream on a topic that does not conflate, to show that
+    // without conflation this reader would be past its limit.
+    let mut plain = raw_upgraded(addr, "/ws");
+    raw_subscribe(&mut plain, "plain");
+    let handle = server.handle();
+    let value = |i: u32| format!("{i:06}:{}", "v".repeat(1024));
+    const UPDATES: u32 = 20_000;
+    for i in 0..UPDATES {
+        let frame = herald::wire::text_frame(&value(i));
+        handle.publish("ticker:a", frame.clone());
+        handle.publish("plain", frame);
+    }
+    let handled = || handle.stats().publishes_handled >= u64::from(UPDATES) * 2;
+    assert!(wait_until(WAIT, handled));
+    // Only now does the reader read: it gets an increasing sequence that
+    // ends with the last update, and was never closed.
+    conflated.set_read_timeout(Some(WAIT)).unwrap();
+    let mut received = Vec::new();
+    while received.last() != Some(&(UPDATES - 1)) {
+        let (opcode, payload) = read_server_frame(&mut conflated).expect("an update");
+        assert_eq!(opcode, OpCode::Text);
+        let seq: u32 = std::str::from_utf8(&payload[..6]).unwrap().parse().unwrap();
+        received.push(seq);
+    }
+    assert!(received.windows(2).all(|pair| pair[0] < pair[1]));
+    assert!(
+        received.len() < UPDATES as usize / 2,
+        "{} updates",
+        received.len()
+    );
+    let stats = handle.stats();
+    assert_eq!(
+        stats.messages_conflated,
+        u64::from(UPDATES) - received.len() as u64
+    );
+    // The plain subscriber, same stream, same limit: closed with 1013.
+    assert_eq!(stats.slow_consumer_closes, 1);
+    plain.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(read_until_close(&mut plain).ok().flatten(), Some(1013));
+    server.shutdown();
+}
+
+#[test]
+fn past_the_queue_budget_the_largest_queue_is_shed_and_the_others_keep_theirs() {
+    let (server, app) = start(
+        builder()
+            .loops(1)
+            .max_queued_bytes(256 << 20)
+            .queue_budget(16 << 20),
+    );
+    let addr = server.local_addr();
+    // Two clients that do not read for now.
+    let mut large = raw_upgraded(addr, "/ws");
+    let mut small = raw_upgraded(addr, "/ws");
+    assert!(wait_until(WAIT, || app.handles.lock().unwrap().len() == 2));
+    let handles = app.handles.lock().unwrap().clone();
+    let chunk = "z".repeat(64 * 1024);
+    // 48 MiB to the first: past the budget on its own, whatever the
+    // kernel's buffers take.
+    for _ in 0..768 {
+        let _ = handles[0].send_text(&chunk);
+    }
+    assert!(wait_until(WAIT, || server
+        .handle()
+        .stats()
+        .queue_budget_sheds
+        >= 1));
+    // 8 MiB to the second: with the first shed, under the budget.
+    for _ in 0..128 {
+        handles[1].send_text(&chunk).unwrap();
+    }
+    let stats = server.handle().stats();
+    assert_eq!(stats.queue_budget_sheds, 1);
+    assert_eq!(stats.slow_consumer_closes, 1);
+    // The second reads all it was sent.
+    small.set_read_timeout(Some(WAIT)).unwrap();
+    for i in 0..128 {
+        let (opcode, payload) = read_server_frame(&mut small).expect("a chunk");
+        assert_eq!(
+            (opcode, payload.len()),
+            (OpCode::Text, 64 * 1024),
+            "chunk {i}"
+        );
+    }
+    // The first reads what the kernel had taken, then its close (or a reset).
+    large.set_read_timeout(Some(WAIT)).unwrap();
+    let ended = read_until_close(&mut large);
+    assert!(matches!(ended, Ok(Some(1013)) | Err(_)), "{ended:?}");
+    assert_eq!(server.handle().stats().queue_budget_sheds, 1);
     server.shutdown();
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Channel, ChannelContext, JoinResult, LeaveReason, Socket,
+    Channel, ChannelContext, JoinResult, LeaveReason, Socket, TopicPattern,
     context::JoinInfo,
     handler::{ChannelConn, ChannelsHandler},
     stats::{ChannelCounters, ChannelStats},
@@ -19,46 +19,6 @@ use crate::{
     pubsub::TopicEntry,
     reactor::{Conn, Reject, Server, ServerBuilder, ServerHandle, StartError},
 };
-
-/// A topic pattern, as channel routes declare them: an exact topic, or a
-/// prefix when it ends with `*` (`"room:*"`; `"*"` alone matches every
-/// topic).
-///
-/// # Examples
-///
-/// ```
-/// use herald::channels::TopicPattern;
-///
-/// let rooms = TopicPattern::new("room:*");
-/// assert!(rooms.matches("room:lobby"));
-/// assert!(!rooms.matches("lobby"));
-/// assert!(TopicPattern::new("lobby").matches("lobby"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicPattern {
-    /// This topic only.
-    Exact(String),
-    /// Every topic that starts with this.
-    Prefix(String),
-}
-
-impl TopicPattern {
-    /// Parses a pattern: a trailing `*` makes it a prefix.
-    pub fn new(pattern: &str) -> Self {
-        match pattern.strip_suffix('*') {
-            Some(prefix) => Self::Prefix(prefix.to_owned()),
-            None => Self::Exact(pattern.to_owned()),
-        }
-    }
-
-    /// Whether `topic` matches.
-    pub fn matches(&self, topic: &str) -> bool {
-        match self {
-            Self::Exact(exact) => exact == topic,
-            Self::Prefix(prefix) => topic.starts_with(prefix.as_str()),
-        }
-    }
-}
 
 /// A socket and the channels its topics route to.
 ///

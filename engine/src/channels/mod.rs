@@ -78,8 +78,9 @@ mod handler;
 mod reply;
 mod stats;
 
+pub use crate::conflation::TopicPattern;
 pub use context::ChannelContext;
-pub use engine::{Channels, Endpoint, Engine, EngineHandle, TopicPattern};
+pub use engine::{Channels, Endpoint, Engine, EngineHandle};
 pub use reply::{JoinResult, LeaveReason, Reply};
 use serde_json::value::RawValue;
 pub use stats::ChannelStats;

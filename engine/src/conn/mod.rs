@@ -293,6 +293,11 @@ impl Connection {
         &mut self.outbox
     }
 
+    /// The frames waiting to be sent, to look at.
+    pub(crate) fn outbox_ref(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// The tick of the deadline this connection waits for; a timer that
     /// fires for another tick is stale.
     pub(crate) fn deadline(&self) -> Tick {
@@ -616,7 +621,7 @@ impl Connection {
     /// would block. Returns how it ended and how many bytes went out.
     pub(crate) fn flush(&mut self, writer: &mut impl io::Write) -> (io::Result<Flushed>, usize) {
         let before = self.outbox.queued_bytes();
-        let result = self.outbox.queue.flush_to(writer);
+        let result = self.outbox.flush_to(writer);
         (result, before - self.outbox.queued_bytes())
     }
 

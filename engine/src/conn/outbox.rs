@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     config::{ServerConfig, SlowConsumerPolicy},
+    conflation::ConflationKey,
     metrics::{LoopStats, bump},
     wire::{CloseCode, close_frame},
 };
@@ -26,6 +27,9 @@ pub(crate) struct Outbox {
     pub(crate) queue: WriteQueue,
     /// Whether the connection is on the loop's list of sockets to flush.
     pub(crate) dirty: bool,
+    /// Whether the last flush left bytes the socket would not take: the
+    /// client is behind, and conflated topics conflate.
+    behind: bool,
     /// The code of the close frame queued, once one is.
     close_code: Option<CloseCode>,
 }
@@ -40,18 +44,23 @@ impl Outbox {
         config: &ServerConfig,
         stats: &LoopStats,
     ) -> Result<(), SendError> {
-        self.enqueue_messages(frame, 1, config, stats)
+        self.enqueue_messages(frame, 1, None, config, stats)
     }
 
     /// Queues bytes holding `messages` whole messages (a loop turn's
     /// broadcasts to one topic travel as one), applying the slow-consumer
     /// policy if the queue would exceed its limit. Drops are counted in
     /// messages, and only whole entries are dropped.
+    ///
+    /// A single message with a conflation `key`, sent while the client is
+    /// behind or when it would pass the limit, replaces the unsent message
+    /// of the same key (counted in `messages_conflated`).
     #[inline]
     pub(crate) fn enqueue_messages(
         &mut self,
         bytes: Bytes,
         messages: u32,
+        key: Option<ConflationKey>,
         config: &ServerConfig,
         stats: &LoopStats,
     ) -> Result<(), SendError> {
@@ -59,51 +68,93 @@ impl Outbox {
             bump(&stats.sends_after_close, 1);
             return Err(SendError::Closed);
         }
-        let fits = write_queue::fits(&bytes);
-        if fits && self.queue.queued_bytes() + bytes.len() <= config.max_queued_bytes {
-            self.queue.push_messages(bytes, messages);
+        if !write_queue::fits(&bytes) {
+            bump(&stats.frames_dropped, u64::from(messages));
+            return match self.shed(usize::MAX, config, stats, "slow consumer") {
+                Some(_) => Err(SendError::SlowConsumer),
+                None => Ok(()),
+            };
+        }
+        let over = self.queue.queued_bytes() + bytes.len() > config.max_queued_bytes;
+        match key.filter(|_| messages == 1) {
+            Some(key) if self.behind || over => {
+                if self.queue.push_conflated(bytes, key) {
+                    bump(&stats.messages_conflated, 1);
+                }
+            }
+            Some(key) => self.queue.push_keyed(bytes, key),
+            None => self.queue.push_messages(bytes, messages),
+        }
+        self.within_limit(config, stats)
+    }
+
+    /// Applies the slow-consumer policy if the queue is past its limit.
+    fn within_limit(&mut self, config: &ServerConfig, stats: &LoopStats) -> Result<(), SendError> {
+        let excess = self
+            .queue
+            .queued_bytes()
+            .saturating_sub(config.max_queued_bytes);
+        if excess == 0 {
             return Ok(());
         }
+        match self.shed(excess, config, stats, "slow consumer") {
+            Some(_) => Err(SendError::SlowConsumer),
+            None => Ok(()),
+        }
+    }
+
+    /// Frees at least `excess` queued bytes by the slow-consumer policy, if
+    /// it can: `DropOldest` drops the oldest whole messages; `Close` drops
+    /// every unsent one and queues the close frame with `reason` (counted
+    /// as a slow-consumer close). Returns the close code if it closed, and
+    /// counts what it dropped.
+    pub(crate) fn shed(
+        &mut self,
+        excess: usize,
+        config: &ServerConfig,
+        stats: &LoopStats,
+        reason: &str,
+    ) -> Option<CloseCode> {
         match config.slow_consumer {
-            SlowConsumerPolicy::DropOldest if !fits => {
-                bump(&stats.frames_dropped, u64::from(messages));
-                Ok(())
-            }
             SlowConsumerPolicy::DropOldest => {
-                self.queue.push_messages(bytes, messages);
-                let dropped = self.queue.drop_oldest_until(config.max_queued_bytes);
+                let keep = self.queue.queued_bytes().saturating_sub(excess);
+                let dropped = self.queue.drop_oldest_until(keep);
                 bump(&stats.frames_dropped, dropped);
-                Ok(())
+                None
             }
             SlowConsumerPolicy::Close(code) => {
-                // What tripped the limit is dropped too.
-                let dropped = self.queue.drop_unsent() + u64::from(messages);
+                let dropped = self.queue.drop_unsent();
                 bump(&stats.frames_dropped, dropped);
-                bump(&stats.slow_consumer_closes, 1);
-                self.queue_close(code, "slow consumer");
-                Err(SendError::SlowConsumer)
+                if self.close_code.is_none() {
+                    bump(&stats.slow_consumer_closes, 1);
+                    self.queue_close(code, reason);
+                }
+                Some(code)
             }
         }
     }
 
     /// Queues one subscriber's clone of a broadcast's bytes (`messages`
-    /// whole messages) and puts the connection on the turn's flush list: the
-    /// per-subscriber step of every fan-out. Returns `false` if the send was
-    /// refused (closing, or closed by the slow-consumer policy).
+    /// whole messages, conflated under `key` if it has one) and puts the
+    /// connection on the turn's flush list: the per-subscriber step of
+    /// every fan-out. Returns `false` if the send was refused (closing, or
+    /// closed by the slow-consumer policy).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fan_out(
         &mut self,
-        key: usize,
+        slot: usize,
         bytes: &Bytes,
         messages: u32,
+        key: Option<ConflationKey>,
         config: &ServerConfig,
         stats: &LoopStats,
         dirty: &mut Vec<usize>,
     ) -> bool {
         let queued = self
-            .enqueue_messages(bytes.clone(), messages, config, stats)
+            .enqueue_messages(bytes.clone(), messages, key, config, stats)
             .is_ok();
-        self.mark_dirty(key, dirty);
+        self.mark_dirty(slot, dirty);
         queued
     }
 
@@ -167,6 +218,22 @@ impl Outbox {
     /// The code of the queued close frame.
     pub(crate) fn close_code(&self) -> Option<CloseCode> {
         self.close_code
+    }
+
+    /// Writes what the socket takes, and notes whether the client is behind
+    /// (the socket would not take it all).
+    pub(crate) fn flush_to(
+        &mut self,
+        writer: &mut impl std::io::Write,
+    ) -> std::io::Result<write_queue::Flushed> {
+        let result = self.queue.flush_to(writer);
+        self.behind = matches!(result, Ok(write_queue::Flushed::Blocked));
+        result
+    }
+
+    /// Whether the last flush left bytes the socket would not take.
+    pub(crate) fn is_behind(&self) -> bool {
+        self.behind
     }
 
     /// Whether anything is waiting to be written.
@@ -263,5 +330,118 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.answer_close(Some(CloseCode::from(4000)));
         assert_eq!(outbox.close_code(), Some(CloseCode::from(4000)));
+    }
+
+    /// A writer whose socket buffer is full.
+    struct Full;
+
+    impl std::io::Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn ticker(i: u8) -> Bytes {
+        Bytes::from(vec![i; 10])
+    }
+
+    #[test]
+    fn a_client_that_keeps_up_gets_every_conflated_message() {
+        let config = config(100, SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER));
+        let stats = LoopStats::default();
+        let key = Some(ConflationKey::from_hash(1));
+        let mut outbox = Outbox::default();
+        for i in 0..5 {
+            outbox
+                .enqueue_messages(ticker(i), 1, key, &config, &stats)
+                .unwrap();
+        }
+        assert_eq!(outbox.queued_bytes(), 50);
+        assert_eq!(stats.messages_conflated.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_client_behind_keeps_only_the_newest_message_per_key() {
+        let config = config(100, SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER));
+        let stats = LoopStats::default();
+        let (a, b) = (
+            Some(ConflationKey::from_hash(1)),
+            Some(ConflationKey::from_hash(2)),
+        );
+        let mut outbox = Outbox::default();
+        outbox
+            .enqueue_messages(ticker(1), 1, a, &config, &stats)
+            .unwrap();
+        assert!(outbox.flush_to(&mut Full).is_ok());
+        assert!(outbox.is_behind());
+        for i in 2..50 {
+            outbox
+                .enqueue_messages(ticker(i), 1, a, &config, &stats)
+                .unwrap();
+            outbox
+                .enqueue_messages(ticker(i), 1, b, &config, &stats)
+                .unwrap();
+        }
+        // One message per key waits: the newest.
+        assert_eq!(outbox.queued_bytes(), 20);
+        assert_eq!(stats.messages_conflated.load(Relaxed), 48 + 47);
+        let mut written = Vec::new();
+        outbox.flush_to(&mut written).unwrap();
+        assert!(!outbox.is_behind());
+        assert_eq!(written, [vec![49; 10], vec![49; 10]].concat());
+    }
+
+    #[test]
+    fn a_full_queue_conflates_even_before_a_flush_says_behind() {
+        let config = config(100, SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER));
+        let stats = LoopStats::default();
+        let key = Some(ConflationKey::from_hash(1));
+        let mut outbox = Outbox::default();
+        for i in 0..200 {
+            let sent = outbox.enqueue_messages(ticker(i as u8), 1, key, &config, &stats);
+            assert_eq!(sent, Ok(()), "message {i}");
+        }
+        assert!(outbox.queued_bytes() <= 100);
+        assert!(!outbox.is_closing());
+        assert_eq!(stats.frames_dropped.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn too_many_keys_for_the_limit_fall_back_to_the_policy() {
+        let config = config(100, SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER));
+        let stats = LoopStats::default();
+        let mut outbox = Outbox::default();
+        let mut result = Ok(());
+        for i in 0..11 {
+            let key = Some(ConflationKey::from_hash(i));
+            result = outbox.enqueue_messages(ticker(i as u8), 1, key, &config, &stats);
+        }
+        assert_eq!(result, Err(SendError::SlowConsumer));
+        assert_eq!(stats.slow_consumer_closes.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn shedding_drops_the_oldest_or_closes_as_the_policy_says() {
+        let stats = LoopStats::default();
+        let drop_oldest = config(1000, SlowConsumerPolicy::DropOldest);
+        let mut outbox = Outbox::default();
+        for i in 0..10 {
+            outbox.enqueue(ticker(i), &drop_oldest, &stats).unwrap();
+        }
+        assert_eq!(outbox.shed(25, &drop_oldest, &stats, "queue budget"), None);
+        assert_eq!(outbox.queued_bytes(), 70);
+        assert_eq!(stats.frames_dropped.load(Relaxed), 3);
+        let close = config(1000, SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER));
+        let code = outbox.shed(1, &close, &stats, "queue budget");
+        assert_eq!(code, Some(CloseCode::TRY_AGAIN_LATER));
+        assert_eq!(outbox.queued_bytes(), 4 + "queue budget".len());
+        assert_eq!(stats.slow_consumer_closes.load(Relaxed), 1);
+        // A second shed of a closing queue is not a second close.
+        outbox.shed(1, &close, &stats, "queue budget");
+        assert_eq!(stats.slow_consumer_closes.load(Relaxed), 1);
     }
 }

@@ -22,15 +22,36 @@ use std::{
 
 use bytes::Bytes;
 
+use crate::conflation::ConflationKey;
+
 /// The most frames one `writev` call carries (Linux allows 1024).
 pub(crate) const MAX_IOVECS: usize = 64;
 
 /// One queued frame, or several whole messages written as one (a loop
-/// turn's broadcasts to one topic), and how many messages it holds.
+/// turn's broadcasts to one topic), and what it holds: a count of
+/// messages, or, with the top bit set, one message of a conflated topic
+/// and its [`ConflationKey`] (packed, so that an entry stays 40 bytes).
 #[derive(Debug)]
 struct Entry {
     bytes: Bytes,
-    messages: u32,
+    tag: u64,
+}
+
+/// The top bit of an entry's tag: the rest is a conflation key.
+const CONFLATED: u64 = 1 << 63;
+
+impl Entry {
+    fn messages(&self) -> u64 {
+        if self.tag & CONFLATED != 0 {
+            1
+        } else {
+            self.tag
+        }
+    }
+
+    fn is_conflated_as(&self, key: ConflationKey) -> bool {
+        self.tag == key.bits() | CONFLATED
+    }
 }
 
 /// Frames waiting to be written to one socket.
@@ -78,8 +99,67 @@ impl WriteQueue {
     #[inline]
     pub(crate) fn push_messages(&mut self, bytes: Bytes, messages: u32) {
         debug_assert!(fits(&bytes), "entries over 4 GiB are refused by the outbox");
-        self.queued = self.queued.saturating_add(bytes.len() as u32);
-        let entry = Entry { bytes, messages };
+        self.push_entry(Entry {
+            bytes,
+            tag: u64::from(messages),
+        });
+    }
+
+    /// Queues one message of a conflated topic under its `key`, so that a
+    /// later [`push_conflated`](Self::push_conflated) can replace it.
+    pub(crate) fn push_keyed(&mut self, bytes: Bytes, key: ConflationKey) {
+        self.push_entry(Entry {
+            bytes,
+            tag: key.bits() | CONFLATED,
+        });
+    }
+
+    /// Queues one message of a conflated topic, after removing an unsent
+    /// message with the same `key`, if any (a partly written one stays):
+    /// the newest goes last, so what is sent stays in publish order.
+    /// Returns whether one was replaced.
+    pub(crate) fn push_conflated(&mut self, bytes: Bytes, key: ConflationKey) -> bool {
+        let replaced = self.remove_unsent(key);
+        self.push_keyed(bytes, key);
+        replaced
+    }
+
+    /// Removes the oldest unsent entry conflated under `key`. Entries
+    /// queued while the client kept up may hold several; each replacement
+    /// removes one, so a conflated message never grows the queue once one
+    /// of its key waits.
+    fn remove_unsent(&mut self, key: ConflationKey) -> bool {
+        let head_unsent = self.front_sent == 0;
+        if head_unsent
+            && self
+                .head
+                .as_ref()
+                .is_some_and(|head| head.is_conflated_as(key))
+        {
+            let head = self.pop_front();
+            self.forget(head);
+            return true;
+        }
+        let Some(tail) = self.tail.as_mut() else {
+            return false;
+        };
+        let Some(at) = tail.iter().position(|entry| entry.is_conflated_as(key)) else {
+            return false;
+        };
+        let entry = tail.remove(at);
+        self.forget(entry);
+        true
+    }
+
+    /// Takes an entry removed unsent off the count of queued bytes.
+    fn forget(&mut self, entry: Option<Entry>) {
+        if let Some(entry) = entry {
+            self.queued = self.queued.saturating_sub(entry.bytes.len() as u32);
+        }
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        self.queued = self.queued.saturating_add(entry.bytes.len() as u32);
         if self.head.is_none() {
             self.head = Some(entry);
         } else {
@@ -192,8 +272,8 @@ impl WriteQueue {
             let Some(entry) = entry else {
                 break;
             };
-            self.queued = self.queued.saturating_sub(entry.bytes.len() as u32);
-            dropped += u64::from(entry.messages);
+            dropped += entry.messages();
+            self.forget(Some(entry));
         }
         dropped
     }
@@ -377,5 +457,39 @@ mod tests {
         empty.push(Bytes::from_static(b"x"));
         assert_eq!(empty.drop_unsent(), 1);
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_conflated_message_replaces_the_unsent_one_of_its_key_and_goes_last() {
+        let a = ConflationKey::from_hash(1);
+        let b = ConflationKey::from_hash(2);
+        let mut queue = WriteQueue::default();
+        assert!(!queue.push_conflated(Bytes::from_static(b"a1"), a));
+        queue.push(Bytes::from_static(b"x"));
+        assert!(!queue.push_conflated(Bytes::from_static(b"b1"), b));
+        assert!(queue.push_conflated(Bytes::from_static(b"a2"), a));
+        assert!(queue.push_conflated(Bytes::from_static(b"a3"), a));
+        assert_eq!(queue.queued_bytes(), 5);
+        let mut w = writer(usize::MAX);
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(w.out, b"xb1a3");
+    }
+
+    #[test]
+    fn a_partly_written_conflated_message_is_finished_not_replaced() {
+        let key = ConflationKey::from_hash(7);
+        let mut queue = WriteQueue::default();
+        queue.push_conflated(Bytes::from_static(b"old!"), key);
+        let mut w = writer(2);
+        assert_eq!(queue.flush_to(&mut w).unwrap(), Flushed::Blocked);
+        assert!(!queue.push_conflated(Bytes::from_static(b"new"), key));
+        assert!(queue.push_conflated(Bytes::from_static(b"newest"), key));
+        assert_eq!(queue.queued_bytes(), 2 + 6);
+        w.budget = 100;
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(w.out, b"old!newest");
+        // A conflated entry counts as one message when dropped.
+        queue.push_conflated(Bytes::from_static(b"z"), key);
+        assert_eq!(queue.drop_unsent(), 1);
     }
 }

@@ -70,6 +70,7 @@ pub use server::{Server, ServerBuilder, ServerHandle, StartError};
 use crate::{
     broadcast::Broadcast,
     config::ServerConfig,
+    conflation::ConflationKeys,
     conn::Outbox,
     metrics::LoopStats,
     pubsub::{ConnId, LoopTopics, Sub, TopicRegistry},
@@ -115,6 +116,8 @@ pub(crate) struct LoopContext {
     pub(crate) publishes: Vec<Arc<Broadcast>>,
     /// The link to other nodes, if any.
     pub(crate) relay: Option<Arc<dyn Relay>>,
+    /// How this loop hashes conflation keys.
+    pub(crate) conflation_keys: ConflationKeys,
 }
 
 /// Posts `broadcast` to every loop, other than `skip`, that has subscribers

@@ -18,6 +18,7 @@ use crate::{
     admission::RateLimit,
     broadcast::Broadcast,
     config::{ConfigError, ServerConfig, SlowConsumerPolicy, StaticFile},
+    conflation::Conflation,
     metrics::{LoopStats, ServerStats, TurnTimes},
     pubsub::{TopicEntry, TopicRegistry},
     wire::DecoderConfig,
@@ -136,6 +137,10 @@ impl ServerBuilder {
         max_queued_bytes: usize,
         /// What to do past that limit (default: close with 1013).
         slow_consumer: SlowConsumerPolicy,
+        /// Outbound bytes all connections may hold queued together, split
+        /// between the loops; past it the largest queues are shed first
+        /// (default 1 GiB; range 1 MiB to 1 TiB).
+        queue_budget: usize,
         /// How long a graceful shutdown waits for clients (default 5 s).
         shutdown_timeout: Duration,
         /// Over how long a drain spreads its 1012 closes (default 10 s).
@@ -148,6 +153,15 @@ impl ServerBuilder {
         /// The cores the loops are pinned to, in loop order (default: the
         /// first cores listed, one per loop).
         core_ids: Vec<usize>,
+    }
+
+    /// Conflates the topics `rule` names for subscribers that fall behind:
+    /// they get the latest message per topic (or per key) instead of every
+    /// message. Rules are tried in the order added; the first that matches
+    /// a topic applies.
+    pub fn conflate(mut self, rule: Conflation) -> Self {
+        self.config.conflation.push(rule);
+        self
     }
 
     /// Limits how fast one source address may open connections: past

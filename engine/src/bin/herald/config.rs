@@ -8,7 +8,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use herald::RateLimit;
+use herald::{Conflation, RateLimit};
 use serde::Deserialize;
 
 /// The whole configuration, as the file spells it.
@@ -47,6 +47,8 @@ pub(crate) struct ServerSection {
     pub(crate) max_message_bytes: usize,
     pub(crate) max_queued_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
+    /// Outbound bytes all connections may hold queued together.
+    pub(crate) queue_budget_bytes: usize,
     pub(crate) ping_interval_secs: u64,
     pub(crate) idle_timeout_secs: u64,
     pub(crate) shutdown_timeout_secs: u64,
@@ -74,6 +76,7 @@ impl Default for ServerSection {
             max_message_bytes: 1 << 20,
             max_queued_bytes: 4 << 20,
             slow_consumer: SlowConsumer::Close,
+            queue_budget_bytes: 1 << 30,
             ping_interval_secs: 30,
             idle_timeout_secs: 60,
             shutdown_timeout_secs: 5,
@@ -275,6 +278,24 @@ pub(crate) struct ChannelRule {
     /// Broadcast `user_joined` / `user_left` notices to the topic.
     #[serde(default)]
     pub(crate) presence: bool,
+    /// Subscribers that fall behind get the latest message per topic
+    /// instead of every message.
+    #[serde(default)]
+    pub(crate) conflate: bool,
+    /// With `conflate`: the latest per value of this payload field.
+    #[serde(default)]
+    pub(crate) conflate_key: Option<String>,
+}
+
+impl ChannelRule {
+    /// The conflation this rule asks for, if any.
+    pub(crate) fn conflation(&self) -> Option<Conflation> {
+        match (&self.conflate_key, self.conflate) {
+            (Some(field), _) => Some(Conflation::by_key(&self.pattern, field)),
+            (None, true) => Some(Conflation::topic(&self.pattern)),
+            (None, false) => None,
+        }
+    }
 }
 
 /// What a client's message on a joined topic does.
@@ -302,11 +323,15 @@ impl Config {
                 pattern: "room:*".into(),
                 messages: MessagePolicy::Rebroadcast,
                 presence: true,
+                conflate: false,
+                conflate_key: None,
             },
             ChannelRule {
                 pattern: "*".into(),
                 messages: MessagePolicy::Refuse,
                 presence: false,
+                conflate: false,
+                conflate_key: None,
             },
         ]
     }
@@ -512,6 +537,12 @@ mod tests {
             [[channels]]
             pattern = "feed:*"
             messages = "broadcast_from"
+            [[channels]]
+            pattern = "ticker:*"
+            conflate = true
+            [[channels]]
+            pattern = "quotes"
+            conflate_key = "symbol"
             "#,
         )
         .unwrap();
@@ -521,8 +552,12 @@ mod tests {
         assert_eq!(config.server.loops, 2, "the flag wins over the file");
         assert_eq!(config.api.key.as_deref(), Some("from-file"));
         let rules = config.channel_rules();
-        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.len(), 3);
         assert_eq!(rules[0].messages, MessagePolicy::BroadcastFrom);
+        assert_eq!(rules[0].conflation(), None);
+        assert_eq!(rules[1].conflation(), Some(Conflation::topic("ticker:*")));
+        let quotes = Conflation::by_key("quotes", "symbol");
+        assert_eq!(rules[2].conflation(), Some(quotes));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

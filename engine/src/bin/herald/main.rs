@@ -174,7 +174,15 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
         .idle_timeout(server.idle_timeout())
         .shutdown_timeout(server.shutdown_timeout())
         .drain_period(server.drain_period())
+        .queue_budget(server.queue_budget_bytes)
         .decoder(decoder);
+    for conflation in config
+        .channel_rules()
+        .iter()
+        .filter_map(|rule| rule.conflation())
+    {
+        builder = builder.conflate(conflation);
+    }
     if let Some(limit) = server.connect_limit_per_address() {
         builder = builder.connect_rate_per_address(limit);
     }

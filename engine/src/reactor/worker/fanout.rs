@@ -23,6 +23,12 @@
 //! broadcast at a time. Messages of other topics are never reordered: a run
 //! ends where another topic's broadcast comes between. Large frames travel
 //! alone (copying them into a run would cost more than it saves).
+//!
+//! Subscribers of a conflated topic also get the run message by message,
+//! each with its conflation key: a subscriber that is behind (its socket
+//! took less than it was given at the last flush), or whose queue is full,
+//! keeps only the newest message per key (see
+//! [`Conflation`](crate::Conflation)), which a joined run would hide.
 
 use std::sync::Arc;
 
@@ -31,6 +37,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Service, Worker};
 use crate::{
     broadcast::{Broadcast, Delivery},
+    conflation::{self, ConflationKey},
     metrics::bump,
     protocol::WireProtocol,
     pubsub::{ConnId, SubscriptionKind},
@@ -48,13 +55,16 @@ const MAX_RUN_BYTES: usize = 256 * 1024;
 struct Run<'a> {
     broadcasts: &'a [Arc<Broadcast>],
     /// Per protocol, the run's frames of that protocol joined, and how many
-    /// messages that is.
+    /// messages that is (none for a conflated topic).
     joined: [Option<(Bytes, u32)>; WireProtocol::COUNT],
     /// This loop's connections that some message of the run excludes.
     excluded: Vec<ConnId>,
     /// For each subscription kind other than `Plain` met so far: whether
     /// it takes every message of the run as a frame.
     kinds: Vec<(SubscriptionKind, bool)>,
+    /// If the topic is conflated, each message's key (`None`: sent as is);
+    /// empty otherwise.
+    keys: Vec<Option<ConflationKey>>,
 }
 
 impl<'a> Run<'a> {
@@ -62,11 +72,13 @@ impl<'a> Run<'a> {
     /// loop's subscribers speak.
     fn new(
         broadcasts: &'a [Arc<Broadcast>],
-        loop_index: usize,
+        ctx: &LoopContext,
         wanted: impl Fn(WireProtocol) -> bool,
     ) -> Self {
+        let loop_index = ctx.loop_index;
+        let keys = conflation_keys(broadcasts, ctx);
         let joined = WireProtocol::ALL.map(|protocol| {
-            if wanted(protocol) {
+            if keys.is_empty() && wanted(protocol) {
                 join(broadcasts, protocol)
             } else {
                 None
@@ -85,7 +97,13 @@ impl<'a> Run<'a> {
             joined,
             excluded,
             kinds: Vec::new(),
+            keys,
         }
+    }
+
+    /// Whether the topic is conflated.
+    fn conflated(&self) -> bool {
+        !self.keys.is_empty()
     }
 
     /// Whether a subscription of `kind` takes every message as a frame
@@ -105,6 +123,19 @@ impl<'a> Run<'a> {
         self.kinds.push((kind, all));
         all
     }
+}
+
+/// Each broadcast's conflation key, if their topic is conflated; empty
+/// if not.
+fn conflation_keys(broadcasts: &[Arc<Broadcast>], ctx: &LoopContext) -> Vec<Option<ConflationKey>> {
+    let topic = broadcasts[0].topic();
+    let Some(rule) = conflation::rule_for(&ctx.config.conflation, topic) else {
+        return Vec::new();
+    };
+    broadcasts
+        .iter()
+        .map(|broadcast| rule.key(&ctx.conflation_keys, topic, broadcast.payload()))
+        .collect()
 }
 
 /// The frames of `protocol` in `broadcasts`, joined: shared as they are for
@@ -222,13 +253,13 @@ impl<S: Service> Worker<S> {
     fn deliver_run(&mut self, broadcasts: &[Arc<Broadcast>]) {
         let local = self.ctx.topics.local();
         let topic = broadcasts[0].topic();
-        let mut run = Run::new(broadcasts, self.ctx.loop_index, |protocol| {
+        let mut run = Run::new(broadcasts, &self.ctx, |protocol| {
             local.has_protocol(topic, protocol)
         });
         let leftovers = self.queue_run(&mut run);
         bump(&self.ctx.stats.publishes_handled, broadcasts.len() as u64);
         for conn in leftovers.one_by_one {
-            self.deliver_one_by_one(conn, broadcasts);
+            self.deliver_one_by_one(conn, broadcasts, &run.keys);
         }
         // Slow consumers the policy just closed move to Closing. Their
         // socket buffer is full, so the client may never read the 1013:
@@ -260,7 +291,7 @@ impl<S: Service> Worker<S> {
             if slot.generation != id.generation() || !slot.conn.is_open() {
                 continue;
             }
-            if run.excluded.contains(&id) || !run.all_frames(sub.kind, service) {
+            if run.conflated() || run.excluded.contains(&id) || !run.all_frames(sub.kind, service) {
                 leftovers.one_by_one.push(id);
                 continue;
             }
@@ -270,7 +301,7 @@ impl<S: Service> Worker<S> {
             if !slot
                 .conn
                 .outbox()
-                .fan_out(key, bytes, *messages, config, stats, dirty)
+                .fan_out(key, bytes, *messages, None, config, stats, dirty)
             {
                 leftovers.refused.push(key);
             }
@@ -281,12 +312,18 @@ impl<S: Service> Worker<S> {
     }
 
     /// Delivers a run to one subscription message by message, in order:
-    /// frames and callbacks as each message asks, skipping the messages that
-    /// exclude this connection. The subscription is looked up again before
-    /// each message: a callback may have ended or changed it.
-    fn deliver_one_by_one(&mut self, conn: ConnId, broadcasts: &[Arc<Broadcast>]) {
+    /// frames (conflated under `keys`, when the topic has them) and
+    /// callbacks as each message asks, skipping the messages that exclude
+    /// this connection. The subscription is looked up again before each
+    /// message: a callback may have ended or changed it.
+    fn deliver_one_by_one(
+        &mut self,
+        conn: ConnId,
+        broadcasts: &[Arc<Broadcast>],
+        keys: &[Option<ConflationKey>],
+    ) {
         let key = conn.key();
-        for broadcast in broadcasts {
+        for (index, broadcast) in broadcasts.iter().enumerate() {
             let local = self.ctx.topics.local();
             let Some(&sub) = local.subscription(broadcast.topic(), conn) else {
                 return;
@@ -315,10 +352,11 @@ impl<S: Service> Worker<S> {
                         dirty,
                         ..
                     } = &mut self.ctx;
+                    let conflation = keys.get(index).copied().flatten();
                     let queued = slot
                         .conn
                         .outbox()
-                        .fan_out(key, frame, 1, config, stats, dirty);
+                        .fan_out(key, frame, 1, conflation, config, stats, dirty);
                     bump(&stats.published_deliveries, 1);
                     if !queued {
                         return self.sync(key);

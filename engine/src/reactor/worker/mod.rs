@@ -34,6 +34,7 @@ use crate::{
     admission::Admission,
     broadcast::Broadcast,
     config::ServerConfig,
+    conflation::ConflationKeys,
     conn::{AfterFlush, Connection, Env, Expired, Flushed},
     metrics::{LoopStats, bump},
     pubsub::{ConnId, LoopTopics, TopicRegistry},
@@ -129,6 +130,11 @@ pub(crate) struct Worker<S: Service> {
     /// Broadcasts that reached this loop during the turn, in arrival
     /// order, delivered just before the flush (see `fanout.rs`).
     turn: Vec<Arc<Broadcast>>,
+    /// Connections whose socket did not take all it was given at their
+    /// last flush, and so hold queued bytes between turns: what the queue
+    /// budget counts. Stale entries (gone, caught up) are dropped when it
+    /// is counted.
+    behind: Vec<ConnId>,
 }
 
 impl<S: Service> Worker<S> {
@@ -173,6 +179,7 @@ impl<S: Service> Worker<S> {
                 peers: Arc::from(Vec::new()),
                 publishes: Vec::new(),
                 relay,
+                conflation_keys: ConflationKeys::default(),
             },
             service,
             open,
@@ -185,6 +192,7 @@ impl<S: Service> Worker<S> {
             released_at: None,
             flushing: Vec::new(),
             turn: Vec::new(),
+            behind: Vec::new(),
         })
     }
 
@@ -234,6 +242,7 @@ impl<S: Service> Worker<S> {
             self.drain_step();
             self.deliver_turn();
             self.flush_dirty();
+            self.enforce_queue_budget();
             self.ctx.stats.turns.record(turn_started.elapsed());
             if self.shutdown_complete() {
                 break;
@@ -526,15 +535,70 @@ impl<S: Service> Worker<S> {
                 continue;
             };
             slot.conn.outbox().dirty = false;
+            let was_behind = slot.conn.outbox().is_behind();
             let (result, written) = slot.conn.flush(&mut slot.socket);
             bump(&self.ctx.stats.bytes_written, written as u64);
             match result {
                 Ok(Flushed::All) => self.after_flush(key),
+                Ok(Flushed::Blocked) if !was_behind => {
+                    self.behind.push(ConnId::new(key, slot.generation));
+                }
                 Ok(Flushed::Blocked) => {}
                 Err(_) => self.remove(key),
             }
         }
         self.flushing = flushing;
+    }
+
+    /// Keeps the bytes queued between turns within this loop's share of
+    /// the queue budget: past it, the slow-consumer policy applies to the
+    /// largest queues first, until the loop is back under.
+    fn enforce_queue_budget(&mut self) {
+        if self.behind.is_empty() {
+            return;
+        }
+        let conns = &self.conns;
+        let mut held = 0;
+        self.behind.retain(|id| match conns.get(id.key()) {
+            Some(slot)
+                if slot.generation == id.generation() && slot.conn.outbox_ref().is_behind() =>
+            {
+                held += slot.conn.outbox_ref().queued_bytes();
+                true
+            }
+            _ => false,
+        });
+        let budget = self.ctx.config.loop_queue_budget();
+        if held > budget {
+            self.shed_largest(held - budget);
+        }
+    }
+
+    /// Sheds the largest queues until `excess` bytes are freed.
+    fn shed_largest(&mut self, mut excess: usize) {
+        let mut largest: Vec<(usize, ConnId)> = self
+            .behind
+            .iter()
+            .map(|&id| (self.conns[id.key()].conn.outbox_ref().queued_bytes(), id))
+            .collect();
+        largest.sort_unstable_by_key(|&(queued, _)| std::cmp::Reverse(queued));
+        for (queued, id) in largest {
+            if excess == 0 {
+                break;
+            }
+            let LoopContext { config, stats, .. } = &self.ctx;
+            let outbox = self.conns[id.key()].conn.outbox();
+            outbox.shed(excess, config, stats, "queue budget");
+            let freed = queued.saturating_sub(outbox.queued_bytes());
+            excess = excess.saturating_sub(freed);
+            bump(&stats.queue_budget_sheds, 1);
+            tracing::debug!(
+                key = id.key(),
+                freed,
+                "shed a queue (loop queue budget reached)"
+            );
+            self.sync(id.key());
+        }
     }
 
     /// Everything queued went out: finish a close if one is under way.
