@@ -44,8 +44,10 @@ cargo test --workspace --locked
 
 step "JavaScript client tests (the phoenix npm package under Node.js)"
 cargo build -p herald-tests --bin channels-test-server --locked --quiet
+cargo build -p herald --bin herald --locked --quiet
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
-HERALD_TEST_SERVER="$PWD/target/debug/channels-test-server" npm test --prefix tests/js
+HERALD_TEST_SERVER="$PWD/target/debug/channels-test-server" HERALD_BIN="$PWD/target/debug/herald" \
+  npm test --prefix tests/js
 
 step "browser test (the demo page in headless Chromium, two pages)"
 cargo build -p herald --bin herald --locked --quiet

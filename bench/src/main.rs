@@ -8,6 +8,8 @@
 //!   sending its next message when the previous one came back;
 //! - `connect`: completed WebSocket handshakes per second;
 //! - `idle`: server memory per idle connection (needs `--server-pid`);
+//! - `churn-rounds`, `slowloris`, `stuck`: whether the memory an abusive
+//!   or unlucky load takes comes back (needs `--server-pid`);
 //! - `fanout`: deliveries per second from one publisher to N subscribers of
 //!   one topic, against the `fanout` example (or any server that publishes
 //!   what a `?subscribe=0` connection sends to the `?topic=` subscribers).
@@ -39,6 +41,7 @@ use crate::{
         connect::{connect, idle},
         echo::echo,
         fanout::{FanoutPlan, fanout},
+        memory::{self, ChurnRounds, Slowloris, Stuck},
         rooms::{RoomsPlan, rooms},
     },
 };
@@ -78,6 +81,53 @@ pub(crate) fn run(options: &Options) -> io::Result<Option<Headline>> {
             connections,
             concurrency,
         } => idle(options, connections, concurrency).map(|()| None),
+        Scenario::ChurnRounds {
+            rounds,
+            per_round,
+            concurrent,
+            settle_secs,
+        } => memory::churn_rounds(
+            options,
+            &ChurnRounds {
+                rounds,
+                per_round,
+                concurrent,
+                settle: Duration::from_secs(settle_secs),
+            },
+        )
+        .map(|()| None),
+        Scenario::Slowloris {
+            sockets,
+            hold_secs,
+            settle_secs,
+        } => memory::slowloris(
+            options,
+            &Slowloris {
+                sockets,
+                hold: Duration::from_secs(hold_secs),
+                settle: Duration::from_secs(settle_secs),
+            },
+        )
+        .map(|()| None),
+        Scenario::Stuck {
+            subscribers,
+            stuck,
+            payload,
+            rate,
+            seconds,
+            settle_secs,
+        } => memory::stuck(
+            options,
+            &Stuck {
+                subscribers,
+                stuck,
+                payload,
+                rate,
+                duration: Duration::from_secs(seconds),
+                settle: Duration::from_secs(settle_secs),
+            },
+        )
+        .map(|()| None),
         Scenario::Rooms {
             rooms: room_count,
             size,

@@ -173,6 +173,59 @@ pub(crate) enum Scenario {
         #[command(flatten)]
         api: ApiPublish,
     },
+    /// Rounds of connections opened, echoed once and closed (half clean,
+    /// half reset), never more than --concurrent at once: the server's RSS
+    /// after each round (needs --server-pid; any echo server).
+    ChurnRounds {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Connections per round.
+        #[arg(long, default_value_t = 100_000)]
+        per_round: usize,
+        /// Connections open at once.
+        #[arg(long, default_value_t = 2_000)]
+        concurrent: usize,
+        /// Seconds to wait after each round before reading the RSS.
+        #[arg(long, default_value_t = 11)]
+        settle_secs: u64,
+    },
+    /// Half-open handshakes (part of a request head, then nothing): the
+    /// server's RSS before, during and after (needs --server-pid).
+    Slowloris {
+        /// Sockets.
+        #[arg(long, default_value_t = 3_000)]
+        sockets: usize,
+        /// Seconds to hold them (the server's handshake timeout is 10 s).
+        #[arg(long, default_value_t = 5)]
+        hold_secs: u64,
+        /// Seconds to watch the RSS after they close.
+        #[arg(long, default_value_t = 10)]
+        settle_secs: u64,
+    },
+    /// A stream to subscribers of which some never read, against the
+    /// `fanout` example: the server's RSS before, during and after the stuck
+    /// ones are gone (needs --server-pid).
+    Stuck {
+        /// Subscribers, the stuck ones included.
+        #[arg(long, default_value_t = 2_000)]
+        subscribers: usize,
+        /// Subscribers that never read.
+        #[arg(long, default_value_t = 100)]
+        stuck: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        /// Seconds of streaming.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds to watch the RSS after the stuck ones close.
+        #[arg(long, default_value_t = 10)]
+        settle_secs: u64,
+    },
     /// Server memory per idle connection.
     Idle {
         /// Idle connections to open.

@@ -61,6 +61,10 @@ const RELEASE_EVERY: Duration = Duration::from_secs(10);
 /// gives the freed memory back to the system (see `sys::release_free_memory`):
 /// a burst of this size (a storm, a slowloris round) is worth a heap walk.
 const RELEASE_AFTER_GONE: usize = 1024;
+/// Bytes of queued frames that must have gone since the last peak before
+/// the loop gives freed memory back: stuck consumers closed, a backlog
+/// written out.
+const RELEASE_AFTER_QUEUED: usize = 16 << 20;
 
 /// A connection's slot in the loop's slab.
 #[derive(Debug)]
@@ -123,6 +127,10 @@ pub(crate) struct Worker<S: Service> {
     admission: Admission,
     /// The most connections held since memory was last given back.
     peak_connections: usize,
+    /// The most bytes held queued between turns since memory was last
+    /// given back, and how many are now.
+    peak_queued: usize,
+    queued: usize,
     /// When memory was last given back.
     released_at: Option<Instant>,
     /// Spare vector swapped with `ctx.dirty` while flushing.
@@ -189,6 +197,8 @@ impl<S: Service> Worker<S> {
             drain: None,
             admission,
             peak_connections: 0,
+            peak_queued: 0,
+            queued: 0,
             released_at: None,
             flushing: Vec::new(),
             turn: Vec::new(),
@@ -261,7 +271,8 @@ impl<S: Service> Worker<S> {
         }
         let timers_pending = !self.wheel.is_empty()
             || self.accept_paused_until.is_some()
-            || self.shutdown_deadline.is_some();
+            || self.shutdown_deadline.is_some()
+            || self.release_pending();
         timers_pending.then(|| {
             let into_tick = self.epoch.elapsed().as_nanos() % TICK.as_nanos();
             TICK - Duration::from_nanos(into_tick as u64) + Duration::from_millis(1)
@@ -481,20 +492,28 @@ impl<S: Service> Worker<S> {
         self.expired = expired;
     }
 
-    /// Gives freed memory back once many connections have gone since the
-    /// peak: what a burst took comes back.
+    /// Whether many connections, or many queued bytes, have gone since
+    /// the peak: memory to give back (the loop wakes every tick until it
+    /// has, even with nothing else to do).
+    fn release_pending(&self) -> bool {
+        self.peak_connections.saturating_sub(self.conns.len()) >= RELEASE_AFTER_GONE
+            || self.peak_queued.saturating_sub(self.queued) >= RELEASE_AFTER_QUEUED
+    }
+
+    /// Gives freed memory back once many connections or queued bytes have
+    /// gone since the peak: what a burst took comes back.
     fn release_memory_after_a_burst(&mut self) {
-        let held = self.conns.len();
-        self.peak_connections = self.peak_connections.max(held);
+        self.peak_connections = self.peak_connections.max(self.conns.len());
         let recently = self
             .released_at
             .is_some_and(|at| at.elapsed() < RELEASE_EVERY);
-        if self.peak_connections - held >= RELEASE_AFTER_GONE && !recently {
+        if self.release_pending() && !recently {
             self.released_at = Some(Instant::now());
             self.pool.clear();
             self.pool.shrink_to_fit();
             super::sys::release_free_memory();
-            self.peak_connections = held;
+            self.peak_connections = self.conns.len();
+            self.peak_queued = self.queued;
         }
     }
 
@@ -555,6 +574,7 @@ impl<S: Service> Worker<S> {
     /// largest queues first, until the loop is back under.
     fn enforce_queue_budget(&mut self) {
         if self.behind.is_empty() {
+            self.queued = 0;
             return;
         }
         let conns = &self.conns;
@@ -568,6 +588,8 @@ impl<S: Service> Worker<S> {
             }
             _ => false,
         });
+        self.queued = held;
+        self.peak_queued = self.peak_queued.max(held);
         let budget = self.ctx.config.loop_queue_budget();
         if held > budget {
             self.shed_largest(held - budget);
