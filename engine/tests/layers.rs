@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "pure limits, settings, counters and time",
-        &["admission", "config", "conflation", "metrics", "timer"],
+        &["admission", "conflation", "config", "metrics", "timer"],
     ),
     (
         "connection state machine and topic index",

@@ -368,7 +368,7 @@ pub(crate) fn stuck(options: &Options, plan: &Stuck) -> io::Result<()> {
     for stream in &healthy {
         stream.set_nonblocking(true)?;
     }
-    let message = masked(OpCode::Binary, &vec![b'm'; plan.payload]);
+    let message = masked(OpCode::Text, &vec![b'm'; plan.payload]);
     let interval = Duration::from_secs_f64(1.0 / f64::from(plan.rate.max(1)));
     let started = Instant::now();
     let mut next = started;

@@ -55,6 +55,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Broadcasts a turn holds before it delivers them: a publisher as fast as
 /// the loop cannot pile them up.
 const MAX_TURN: usize = 4096;
+/// How long a release waits once one is called for, so that the rest of the
+/// burst (the other connections of a storm closing over a few turns) is
+/// gone first.
+const RELEASE_SETTLE: Duration = Duration::from_millis(500);
 /// The shortest time between two releases of free memory.
 const RELEASE_EVERY: Duration = Duration::from_secs(10);
 /// Connections that must have gone since the last peak before the loop
@@ -133,6 +137,8 @@ pub(crate) struct Worker<S: Service> {
     queued: usize,
     /// When memory was last given back.
     released_at: Option<Instant>,
+    /// When the release called for will be made.
+    release_due: Option<Instant>,
     /// Spare vector swapped with `ctx.dirty` while flushing.
     flushing: Vec<usize>,
     /// Broadcasts that reached this loop during the turn, in arrival
@@ -200,6 +206,7 @@ impl<S: Service> Worker<S> {
             peak_queued: 0,
             queued: 0,
             released_at: None,
+            release_due: None,
             flushing: Vec::new(),
             turn: Vec::new(),
             behind: Vec::new(),
@@ -504,17 +511,31 @@ impl<S: Service> Worker<S> {
     /// gone since the peak: what a burst took comes back.
     fn release_memory_after_a_burst(&mut self) {
         self.peak_connections = self.peak_connections.max(self.conns.len());
+        if !self.release_pending() {
+            self.release_due = None;
+            return;
+        }
+        let now = Instant::now();
+        let due = *self.release_due.get_or_insert(now + RELEASE_SETTLE);
         let recently = self
             .released_at
             .is_some_and(|at| at.elapsed() < RELEASE_EVERY);
-        if self.release_pending() && !recently {
-            self.released_at = Some(Instant::now());
-            self.pool.clear();
-            self.pool.shrink_to_fit();
-            super::sys::release_free_memory();
-            self.peak_connections = self.conns.len();
-            self.peak_queued = self.queued;
+        if now < due || recently {
+            return;
         }
+        self.released_at = Some(now);
+        self.release_due = None;
+        self.pool.clear();
+        self.pool.shrink_to_fit();
+        self.conns.shrink_to_fit();
+        for list in [&mut self.ctx.dirty, &mut self.flushing] {
+            list.shrink_to_fit();
+        }
+        self.behind.shrink_to_fit();
+        self.read_again.shrink_to_fit();
+        super::sys::release_free_memory();
+        self.peak_connections = self.conns.len();
+        self.peak_queued = self.queued;
     }
 
     /// Makes sure the wheel wakes this connection by `deadline`, keeping one
