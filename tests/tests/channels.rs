@@ -142,10 +142,21 @@ impl Channel<User> for Notifications {
 
     fn handle_message(
         &self,
-        _ctx: &mut ChannelContext<'_, '_, User>,
-        _event: &str,
-        _payload: &RawValue,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        event: &str,
+        payload: &RawValue,
     ) {
+        let payload: Value = serde_json::from_str(payload.get()).unwrap();
+        let topic = payload["topic"].as_str().unwrap_or_default();
+        let done = match event {
+            "watch" => ctx.subscribe(topic),
+            "unwatch" => {
+                ctx.unsubscribe(topic);
+                true
+            }
+            _ => false,
+        };
+        ctx.reply(Status::Ok, &Reply::json(&json!({ "done": done })).unwrap());
     }
 
     fn handle_info(&self, ctx: &mut ChannelContext<'_, '_, User>, broadcast: &Broadcast) {
@@ -441,6 +452,120 @@ fn server_side_subscriptions_reach_handle_info() {
         ada.recv(),
         json!([join_ref, null, "user:ada", "notify", {"via": "notifications:global", "payload": {"at": "noon"}}])
     );
+    engine.shutdown();
+}
+
+/// Pushes `event` with `payload` and checks the reply's response.
+fn push_ok(client: &mut Client, join_ref: &str, topic: &str, event: &str, payload: Value) -> Value {
+    let msg_ref = client.push(join_ref, topic, event, payload);
+    let (reply, _) = client.reply_to(&msg_ref);
+    assert_eq!(reply["status"], "ok", "{reply}");
+    reply["response"].clone()
+}
+
+/// What a client received until a heartbeat round trip, sorted (the order
+/// between a channel's `handle_info` push and the client's own frame of
+/// one broadcast is not defined).
+fn received_sorted(client: &mut Client) -> Vec<String> {
+    let mut received: Vec<String> = client.sync().iter().map(Value::to_string).collect();
+    received.sort();
+    received
+}
+
+#[test]
+fn a_clients_join_and_server_side_subscriptions_to_one_topic_compose() {
+    let (engine, _) = start(builder(), 100);
+    let handle = engine.handle();
+    let mut ada = client(&engine, "ada");
+    let (user_ref, _) = ada.join("user:ada", json!({}));
+    let (room_ref, _) = ada.join("room:7", json!({}));
+    ada.sync();
+    // A server-side subscription beside the client's join of the topic,
+    // and a second channel's.
+    let (other_ref, _) = ada.join("user:ada-work", json!({}));
+    let watch = json!({ "topic": "room:7" });
+    assert_eq!(
+        push_ok(&mut ada, &user_ref, "user:ada", "watch", watch.clone()),
+        json!({"done": true})
+    );
+    assert_eq!(
+        push_ok(&mut ada, &user_ref, "user:ada", "watch", watch.clone()),
+        json!({"done": false})
+    );
+    push_ok(
+        &mut ada,
+        &other_ref,
+        "user:ada-work",
+        "watch",
+        watch.clone(),
+    );
+    assert_eq!(handle.subscriber_count("room:7"), 1, "one connection");
+    let posted = json!({"body": "hi"});
+    let frame = json!([null, null, "room:7", "new_msg", posted]);
+    let notify = |join_ref: &str, topic: &str| json!([join_ref, null, topic, "notify", {"via": "room:7", "payload": posted}]);
+    let sorted = |values: &[Value]| {
+        let mut values: Vec<String> = values.iter().map(Value::to_string).collect();
+        values.sort();
+        values
+    };
+    handle.broadcast("room:7", "new_msg", &posted).unwrap();
+    assert_eq!(
+        received_sorted(&mut ada),
+        sorted(&[
+            frame.clone(),
+            notify(&user_ref, "user:ada"),
+            notify(&other_ref, "user:ada-work")
+        ])
+    );
+    // Leaving one channel ends its subscription only.
+    ada.send(
+        Some(&other_ref),
+        Some("90"),
+        "user:ada-work",
+        "phx_leave",
+        json!({}),
+    );
+    ada.reply_to("90");
+    handle.broadcast("room:7", "new_msg", &posted).unwrap();
+    assert_eq!(
+        received_sorted(&mut ada),
+        sorted(&[frame.clone(), notify(&user_ref, "user:ada")])
+    );
+    // Leaving the room keeps the user channel's subscription...
+    ada.send(
+        Some(&room_ref),
+        Some("91"),
+        "room:7",
+        "phx_leave",
+        json!({}),
+    );
+    ada.reply_to("91");
+    handle.broadcast("room:7", "new_msg", &posted).unwrap();
+    assert_eq!(
+        received_sorted(&mut ada),
+        sorted(&[notify(&user_ref, "user:ada")])
+    );
+    // ...and a join after the server-side subscription keeps both.
+    let (room_ref, _) = ada.join("room:7", json!({}));
+    ada.sync();
+    handle.broadcast("room:7", "new_msg", &posted).unwrap();
+    assert_eq!(
+        received_sorted(&mut ada),
+        sorted(&[frame.clone(), notify(&user_ref, "user:ada")])
+    );
+    // Unsubscribing leaves the client's join.
+    push_ok(&mut ada, &user_ref, "user:ada", "unwatch", watch);
+    handle.broadcast("room:7", "new_msg", &posted).unwrap();
+    assert_eq!(received_sorted(&mut ada), sorted(&[frame]));
+    ada.send(
+        Some(&room_ref),
+        Some("92"),
+        "room:7",
+        "phx_leave",
+        json!({}),
+    );
+    ada.reply_to("92");
+    assert!(wait_until(WAIT, || handle.subscriber_count("room:7") == 0));
     engine.shutdown();
 }
 

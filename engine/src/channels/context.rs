@@ -8,14 +8,16 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Reply, handler::ChannelConn};
+use super::{
+    Reply,
+    handler::{ChannelConn, resubscribe},
+};
 use crate::{
     broadcast::Broadcast,
     protocol::{
         WireProtocol, amber,
         phoenix::{self, OwnedRef, Ref, ref_or_null},
     },
-    pubsub::{Sub, SubscriptionKind},
     reactor::Conn,
 };
 
@@ -185,34 +187,38 @@ impl<A> ChannelContext<'_, '_, A> {
     }
 
     /// Subscribes this channel, on the server side, to `topic`: its
-    /// broadcasts come to [`Channel::handle_info`](super::Channel::handle_info)
-    /// instead of the client. Ends when the channel does. Returns `false`
-    /// (and does nothing) if the connection already subscribes to `topic`,
-    /// on the server side or as a client join: one connection has one
-    /// subscription per topic.
+    /// broadcasts come to [`Channel::handle_info`](super::Channel::handle_info).
+    /// Ends when the channel does. Subscriptions compose: the client may
+    /// also have joined `topic` (it still gets its frames), and other
+    /// channels of the connection may subscribe to it too (each gets its
+    /// own `handle_info`); ending one leaves the others. Returns `false`
+    /// (and does nothing) if this channel already subscribes to `topic`.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        if self.conn.topics().any(|subscribed| subscribed == topic) {
+        let owner = &self.join.topic;
+        let state = self.conn.state();
+        let known = state
+            .infos
+            .iter()
+            .any(|(info, by)| &**info == topic && by == owner);
+        if known {
             return false;
         }
-        let state = self.conn.state();
-        state
-            .infos
-            .push((Arc::from(topic), Arc::clone(&self.join.topic)));
-        let sub = Sub {
-            protocol: WireProtocol::Raw,
-            kind: SubscriptionKind::Server,
-        };
-        self.conn.subscribe_as(topic, sub);
+        state.infos.push((Arc::from(topic), Arc::clone(owner)));
+        resubscribe(self.conn, topic);
         true
     }
 
-    /// Ends a server-side subscription.
+    /// Ends this channel's server-side subscription to `topic`; the
+    /// client's join of it and other channels' subscriptions stay.
     pub fn unsubscribe(&mut self, topic: &str) {
+        let owner = &self.join.topic;
         let state = self.conn.state();
         let before = state.infos.len();
-        state.infos.retain(|(info, _)| &**info != topic);
+        state
+            .infos
+            .retain(|(info, by)| !(&**info == topic && by == owner));
         if state.infos.len() != before {
-            self.conn.unsubscribe(topic);
+            resubscribe(self.conn, topic);
         }
     }
 }

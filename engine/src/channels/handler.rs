@@ -48,6 +48,50 @@ pub(crate) struct ChannelConn {
     socket_id: Option<Box<str>>,
 }
 
+impl ChannelConn {
+    /// The channels (by joined topic) that subscribe to `topic` on the
+    /// server side.
+    fn server_subscribers(&self, topic: &str) -> Vec<Arc<str>> {
+        self.infos
+            .iter()
+            .filter(|(info, _)| &**info == topic)
+            .map(|(_, owner)| Arc::clone(owner))
+            .collect()
+    }
+}
+
+/// Sets the connection's one entry in the topic index for `topic` to what
+/// its channels hold there: the client's join (alone, or with server-side
+/// subscriptions beside it), server-side subscriptions only, or nothing. A
+/// connection's subscriptions to one topic compose: each gets its own
+/// delivery, and ending one leaves the others.
+pub(crate) fn resubscribe(conn: &mut Conn<'_, ChannelConn>, topic: &str) {
+    let state = conn.state();
+    let with_server = state.infos.iter().any(|(info, _)| &**info == topic);
+    let endpoint = state.endpoint;
+    let join = state
+        .joined
+        .iter()
+        .find(|join| &*join.topic == topic)
+        .map(|join| (join.protocol, join.route));
+    match (join, with_server) {
+        (Some((protocol, route)), with_server) => {
+            let kind = SubscriptionKind::Join {
+                endpoint,
+                route,
+                with_server,
+            };
+            conn.subscribe_as(topic, Sub { protocol, kind });
+        }
+        (None, true) => {
+            conn.subscribe_as(topic, Sub::server());
+        }
+        (None, false) => {
+            conn.unsubscribe(topic);
+        }
+    }
+}
+
 impl std::fmt::Debug for ChannelConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelConn")
@@ -124,7 +168,8 @@ impl ChannelsHandler {
         self.forget(conn, &join.topic);
     }
 
-    /// Removes a joined topic and the server-side subscriptions it made.
+    /// Removes a joined topic and the server-side subscriptions it made;
+    /// other subscriptions to the same topics stay.
     fn forget(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
         count(&self.counters.leaves);
         let state = conn.state();
@@ -137,9 +182,9 @@ impl ChannelsHandler {
             }
             keep
         });
-        conn.unsubscribe(topic);
+        resubscribe(conn, topic);
         for info in gone {
-            conn.unsubscribe(&info);
+            resubscribe(conn, &info);
         }
     }
 
@@ -273,12 +318,8 @@ impl ChannelsHandler {
         let (status, response) = match self.run(conn, &join, None, Call::Join(payload)) {
             Ran::Joined(Ok(response)) => {
                 count(&self.counters.joins);
-                let kind = SubscriptionKind::Join {
-                    endpoint: conn.state().endpoint,
-                    route,
-                };
-                conn.subscribe_as(topic, Sub { protocol, kind });
                 conn.state().joined.push(join);
+                resubscribe(conn, topic);
                 (Status::Ok, response)
             }
             Ran::Joined(Err(response)) => {
@@ -370,40 +411,73 @@ impl ChannelsHandler {
         }
     }
 
-    /// A broadcast this channel intercepts, or one of its server-side
-    /// subscriptions.
+    /// A broadcast that a subscription takes as a callback: one the
+    /// client's channel intercepts, and the server-side subscriptions of
+    /// the connection's channels.
     fn channel_broadcast(
         &self,
         conn: &mut Conn<'_, ChannelConn>,
         kind: SubscriptionKind,
         broadcast: &Broadcast,
     ) {
-        let (join, call) = match kind {
-            SubscriptionKind::Join { .. } => {
-                let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
-                    return;
-                };
-                (
-                    Self::joined(conn, broadcast.topic()),
-                    Call::Out(event, payload),
-                )
+        match kind {
+            SubscriptionKind::Join {
+                endpoint,
+                route,
+                with_server,
+            } => {
+                if with_server {
+                    self.deliver_to_server_subscribers(conn, broadcast);
+                }
+                if self.intercepts(endpoint, route, broadcast) {
+                    self.deliver_out(conn, broadcast);
+                } else if with_server {
+                    // The client's own delivery: the shared frame.
+                    let protocol = conn.state().protocol;
+                    if let Some(frame) = broadcast.frame(protocol) {
+                        let _ = conn.send_frame(frame.clone());
+                    }
+                }
             }
-            SubscriptionKind::Server => {
-                let owner = conn
-                    .state()
-                    .infos
-                    .iter()
-                    .find(|(info, _)| &**info == broadcast.topic())
-                    .map(|(_, owner)| Arc::clone(owner));
-                let join = owner.and_then(|owner| Self::joined(conn, &owner));
-                (join, Call::Info(broadcast))
-            }
-            SubscriptionKind::Plain => return,
+            SubscriptionKind::Server => self.deliver_to_server_subscribers(conn, broadcast),
+            SubscriptionKind::Plain => {}
+        }
+    }
+
+    /// Whether the channel of `route` intercepts `broadcast`'s event.
+    fn intercepts(&self, endpoint: u16, route: u16, broadcast: &Broadcast) -> bool {
+        broadcast.event().is_some_and(|event| {
+            self.mounts
+                .get(usize::from(endpoint))
+                .is_some_and(|mount| mount.endpoint.intercepts(route, event))
+        })
+    }
+
+    /// `handle_out` of the client's channel for an intercepted broadcast.
+    fn deliver_out(&self, conn: &mut Conn<'_, ChannelConn>, broadcast: &Broadcast) {
+        let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
+            return;
         };
-        if let Some(join) = join
-            && let Ran::Failed = self.run(conn, &join, None, call)
+        if let Some(join) = Self::joined(conn, broadcast.topic())
+            && let Ran::Failed = self.run(conn, &join, None, Call::Out(event, payload))
         {
             self.crash(conn, &join);
+        }
+    }
+
+    /// `handle_info` of every channel that subscribes to the broadcast's
+    /// topic on the server side, in the order they subscribed.
+    fn deliver_to_server_subscribers(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        broadcast: &Broadcast,
+    ) {
+        for owner in conn.state().server_subscribers(broadcast.topic()) {
+            if let Some(join) = Self::joined(conn, &owner)
+                && let Ran::Failed = self.run(conn, &join, None, Call::Info(broadcast))
+            {
+                self.crash(conn, &join);
+            }
         }
     }
 }
@@ -509,20 +583,13 @@ impl Service for ChannelsHandler {
 
     fn delivery(&self, kind: SubscriptionKind, broadcast: &Broadcast) -> Delivery {
         match kind {
-            SubscriptionKind::Join { endpoint, route } => {
-                let intercepted = broadcast.event().is_some_and(|event| {
-                    self.mounts
-                        .get(usize::from(endpoint))
-                        .is_some_and(|mount| mount.endpoint.intercepts(route, event))
-                });
-                if intercepted {
-                    Delivery::Callback
-                } else {
-                    Delivery::Frame
-                }
-            }
-            SubscriptionKind::Server => Delivery::Callback,
+            SubscriptionKind::Join {
+                with_server: false,
+                endpoint,
+                route,
+            } if !self.intercepts(endpoint, route, broadcast) => Delivery::Frame,
             SubscriptionKind::Plain => Delivery::Frame,
+            _ => Delivery::Callback,
         }
     }
 

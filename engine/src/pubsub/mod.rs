@@ -85,8 +85,13 @@ pub(crate) enum SubscriptionKind {
         endpoint: u16,
         /// The route's index in the endpoint.
         route: u16,
+        /// Whether channels of the connection also subscribe to the topic
+        /// on the server side: then every broadcast is a callback, which
+        /// delivers to each of them and to the client.
+        with_server: bool,
     },
-    /// A channel's server-side subscription: a callback, never a frame.
+    /// Channels' server-side subscriptions, without the client's join: a
+    /// callback, never a frame.
     Server,
 }
 
@@ -105,6 +110,15 @@ impl Sub {
         Self {
             protocol,
             kind: SubscriptionKind::Plain,
+        }
+    }
+
+    /// Channels' server-side subscriptions without a client join: no
+    /// frame, so no protocol's frame needs encoding for it.
+    pub(crate) fn server() -> Self {
+        Self {
+            protocol: WireProtocol::Raw,
+            kind: SubscriptionKind::Server,
         }
     }
 }
