@@ -283,6 +283,13 @@ impl Connection {
         matches!(self.phase, Phase::Open)
     }
 
+    /// Whether the connection speaks WebSocket (open, or closing): what it
+    /// has queued is frames, which the queue budget may shed (an HTTP
+    /// response being written is never cut).
+    pub(crate) fn speaks_websocket(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Closing)
+    }
+
     /// Whether the connection is still waiting for its request head.
     pub(crate) fn is_handshaking(&self) -> bool {
         self.phase == Phase::Handshake

@@ -69,10 +69,15 @@ impl Outbox {
             return Err(SendError::Closed);
         }
         if !write_queue::fits(&bytes) {
+            // A frame of 4 GiB or more cannot be queued: it alone is
+            // dropped, or the connection closed, as the policy says.
             bump(&stats.frames_dropped, u64::from(messages));
-            return match self.shed(usize::MAX, config, stats, "slow consumer") {
-                Some(_) => Err(SendError::SlowConsumer),
-                None => Ok(()),
+            return match config.slow_consumer {
+                SlowConsumerPolicy::DropOldest => Ok(()),
+                SlowConsumerPolicy::Close(_) => {
+                    self.shed(usize::MAX, config, stats, "slow consumer");
+                    Err(SendError::SlowConsumer)
+                }
             };
         }
         let over = self.queue.queued_bytes() + bytes.len() > config.max_queued_bytes;
@@ -106,8 +111,9 @@ impl Outbox {
     /// Frees at least `excess` queued bytes by the slow-consumer policy, if
     /// it can: `DropOldest` drops the oldest whole messages; `Close` drops
     /// every unsent one and queues the close frame with `reason` (counted
-    /// as a slow-consumer close). Returns the close code if it closed, and
-    /// counts what it dropped.
+    /// as a slow-consumer close). A connection already closing loses its
+    /// unsent messages, never its close frame. Returns the close code if
+    /// it is closing, and counts what it dropped.
     pub(crate) fn shed(
         &mut self,
         excess: usize,
@@ -115,6 +121,10 @@ impl Outbox {
         stats: &LoopStats,
         reason: &str,
     ) -> Option<CloseCode> {
+        if let Some(code) = self.close_code {
+            bump(&stats.frames_dropped, self.queue.drop_unsent_but_last());
+            return Some(code);
+        }
         match config.slow_consumer {
             SlowConsumerPolicy::DropOldest => {
                 let keep = self.queue.queued_bytes().saturating_sub(excess);
@@ -125,10 +135,8 @@ impl Outbox {
             SlowConsumerPolicy::Close(code) => {
                 let dropped = self.queue.drop_unsent();
                 bump(&stats.frames_dropped, dropped);
-                if self.close_code.is_none() {
-                    bump(&stats.slow_consumer_closes, 1);
-                    self.queue_close(code, reason);
-                }
+                bump(&stats.slow_consumer_closes, 1);
+                self.queue_close(code, reason);
                 Some(code)
             }
         }
@@ -383,7 +391,7 @@ mod tests {
                 .enqueue_messages(ticker(i), 1, a, &config, &stats)
                 .unwrap();
             outbox
-                .enqueue_messages(ticker(i), 1, b, &config, &stats)
+                .enqueue_messages(ticker(100 + i), 1, b, &config, &stats)
                 .unwrap();
         }
         // One message per key waits: the newest.
@@ -392,7 +400,7 @@ mod tests {
         let mut written = Vec::new();
         outbox.flush_to(&mut written).unwrap();
         assert!(!outbox.is_behind());
-        assert_eq!(written, [vec![49; 10], vec![49; 10]].concat());
+        assert_eq!(written, [vec![49; 10], vec![149; 10]].concat());
     }
 
     #[test]
@@ -440,8 +448,34 @@ mod tests {
         assert_eq!(code, Some(CloseCode::TRY_AGAIN_LATER));
         assert_eq!(outbox.queued_bytes(), 4 + "queue budget".len());
         assert_eq!(stats.slow_consumer_closes.load(Relaxed), 1);
-        // A second shed of a closing queue is not a second close.
+        // A second shed of a closing queue is not a second close, and
+        // keeps the close frame.
         outbox.shed(1, &close, &stats, "queue budget");
         assert_eq!(stats.slow_consumer_closes.load(Relaxed), 1);
+        assert_eq!(outbox.queued_bytes(), 4 + "queue budget".len());
+    }
+
+    #[test]
+    fn shedding_a_closing_queue_keeps_its_close_frame_last() {
+        let stats = LoopStats::default();
+        for policy in [
+            SlowConsumerPolicy::DropOldest,
+            SlowConsumerPolicy::Close(CloseCode::TRY_AGAIN_LATER),
+        ] {
+            let config = config(1000, policy);
+            let mut outbox = Outbox::default();
+            for i in 0..5 {
+                outbox.enqueue(ticker(i), &config, &stats).unwrap();
+            }
+            outbox.queue_close(CloseCode::GOING_AWAY, "bye");
+            outbox.shed(usize::MAX, &config, &stats, "queue budget");
+            let mut written = Vec::new();
+            outbox.flush_to(&mut written).unwrap();
+            assert_eq!(
+                written,
+                [0x88, 5, 0x03, 0xe9, b'b', b'y', b'e'],
+                "{policy:?}"
+            );
+        }
     }
 }

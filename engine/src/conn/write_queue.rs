@@ -49,8 +49,56 @@ impl Entry {
         }
     }
 
+    fn is_keyed(&self) -> bool {
+        self.tag & CONFLATED != 0
+    }
+
     fn is_conflated_as(&self, key: ConflationKey) -> bool {
         self.tag == key.bits() | CONFLATED
+    }
+}
+
+/// The entries after the head, and how many of them are keyed: a
+/// conflated push looks through the ring only when some are.
+#[derive(Debug, Default)]
+struct Tail {
+    ring: VecDeque<Entry>,
+    keyed: usize,
+}
+
+impl Tail {
+    fn push_back(&mut self, entry: Entry) {
+        self.keyed += usize::from(entry.is_keyed());
+        self.ring.push_back(entry);
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.ring.pop_front()?;
+        self.keyed -= usize::from(entry.is_keyed());
+        Some(entry)
+    }
+
+    fn pop_back(&mut self) -> Option<Entry> {
+        let entry = self.ring.pop_back()?;
+        self.keyed -= usize::from(entry.is_keyed());
+        Some(entry)
+    }
+
+    /// Removes the oldest entry conflated under `key`.
+    fn remove_keyed(&mut self, key: ConflationKey) -> Option<Entry> {
+        if self.keyed == 0 {
+            return None;
+        }
+        let at = self
+            .ring
+            .iter()
+            .position(|entry| entry.is_conflated_as(key))?;
+        self.keyed -= 1;
+        self.ring.remove(at)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty()
     }
 }
 
@@ -63,8 +111,7 @@ pub(crate) struct WriteQueue {
     /// than one entry waiting, and an idle one should not carry a ring's
     /// worth of bytes inline (8 bytes here instead of 32, for every
     /// connection; the extra allocation is paid only by the busy ones).
-    #[allow(clippy::box_collection)]
-    tail: Option<Box<VecDeque<Entry>>>,
+    tail: Option<Box<Tail>>,
     /// How much of the front entry the kernel has already taken.
     front_sent: u32,
     /// Bytes queued and not yet written. `u32`, with `front_sent`, to keep
@@ -140,15 +187,10 @@ impl WriteQueue {
             self.forget(head);
             return true;
         }
-        let Some(tail) = self.tail.as_mut() else {
-            return false;
-        };
-        let Some(at) = tail.iter().position(|entry| entry.is_conflated_as(key)) else {
-            return false;
-        };
-        let entry = tail.remove(at);
-        self.forget(entry);
-        true
+        let removed = self.tail.as_mut().and_then(|tail| tail.remove_keyed(key));
+        let found = removed.is_some();
+        self.forget(removed);
+        found
     }
 
     /// Takes an entry removed unsent off the count of queued bytes.
@@ -175,7 +217,7 @@ impl WriteQueue {
     fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.head
             .iter()
-            .chain(self.tail.iter().flat_map(|tail| tail.iter()))
+            .chain(self.tail.iter().flat_map(|tail| tail.ring.iter()))
     }
 
     fn pop_front(&mut self) -> Option<Entry> {
@@ -285,6 +327,20 @@ impl WriteQueue {
         self.drop_oldest_until(0)
     }
 
+    /// Drops every unsent entry but the last (a queued close frame, which
+    /// must still go out), keeping a partly written front entry. Returns
+    /// how many messages were dropped.
+    pub(crate) fn drop_unsent_but_last(&mut self) -> u64 {
+        let Some(last) = self.tail.as_mut().and_then(|tail| tail.pop_back()) else {
+            // The head is the only entry: it is the last.
+            return 0;
+        };
+        self.queued = self.queued.saturating_sub(last.bytes.len() as u32);
+        let dropped = self.drop_unsent();
+        self.push_entry(last);
+        dropped
+    }
+
     /// Forgets everything queued, as if it had been written.
     #[cfg(feature = "bench-support")]
     pub(crate) fn clear(&mut self) {
@@ -299,7 +355,7 @@ impl WriteQueue {
         if self
             .tail
             .as_ref()
-            .is_some_and(|tail| tail.is_empty() && tail.capacity() > 16)
+            .is_some_and(|tail| tail.is_empty() && tail.ring.capacity() > 16)
         {
             self.tail = None;
         }

@@ -580,7 +580,7 @@ impl<S: Service> Worker<S> {
             bump(&self.ctx.stats.bytes_written, written as u64);
             match result {
                 Ok(Flushed::All) => self.after_flush(key),
-                Ok(Flushed::Blocked) if !was_behind => {
+                Ok(Flushed::Blocked) if !was_behind && slot.conn.speaks_websocket() => {
                     self.behind.push(ConnId::new(key, slot.generation));
                 }
                 Ok(Flushed::Blocked) => {}
