@@ -127,6 +127,30 @@ fn burst(ctx: &mut ChannelContext<'_, '_, User>, payload: &RawValue) {
     }
 }
 
+/// Tracks each joining user's presence, keyed by name.
+struct Lobby;
+
+impl Channel<User> for Lobby {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        let name = ctx.assigns().name.clone();
+        ctx.track(&name, &json!({ "via": "test" })).unwrap();
+        ctx.push("welcome", &json!({}));
+        Ok(Reply::json(&json!({ "joined": true })).unwrap())
+    }
+
+    fn handle_message(
+        &self,
+        _ctx: &mut ChannelContext<'_, '_, User>,
+        _event: &str,
+        _payload: &RawValue,
+    ) {
+    }
+}
+
 /// Subscribes on the server side to a notifications topic.
 struct Notifications;
 
@@ -179,7 +203,8 @@ fn start(builder: ServerBuilder, max_channels: usize) -> (Engine, Arc<Log>) {
                 log: Arc::clone(&log),
             },
         )
-        .channel("user:*", Notifications);
+        .channel("user:*", Notifications)
+        .channel("lobby:*", Lobby);
     let amber_endpoint = Endpoint::new(AnyoneSocket).channel("chat_room:*", AmberRoom);
     let engine = Channels::new()
         .phoenix(PATH, endpoint)
@@ -566,6 +591,54 @@ fn a_clients_join_and_server_side_subscriptions_to_one_topic_compose() {
     );
     ada.reply_to("92");
     assert!(wait_until(WAIT, || handle.subscriber_count("room:7") == 0));
+    engine.shutdown();
+}
+
+#[test]
+fn presence_state_follows_the_join_reply_and_diffs_coalesce() {
+    let (engine, _) = start(builder(), 100);
+    let handle = engine.handle();
+    let mut ada = client(&engine, "ada");
+    let join_ref = ada.next_ref();
+    ada.send(
+        Some(&join_ref),
+        Some(&join_ref),
+        "lobby:a",
+        "phx_join",
+        json!({}),
+    );
+    // The reply, then the state (with ada), then what the join pushed.
+    let reply = ada.recv();
+    assert_eq!(reply[3], "phx_reply");
+    assert_eq!(reply[4]["response"], json!({"joined": true}));
+    let state = ada.recv();
+    assert_eq!(state[0], json!(join_ref));
+    assert_eq!(state[3], "presence_state");
+    let ada_ref = state[4]["ada"]["metas"][0]["phx_ref"].clone();
+    assert_eq!(state[4]["ada"]["metas"][0]["via"], "test");
+    assert_eq!(ada.recv()[3], "welcome");
+    // Ada's own join, as a diff.
+    let diff = ada.recv();
+    assert_eq!(diff[3], "presence_diff");
+    assert_eq!(diff[4]["joins"]["ada"]["metas"][0]["phx_ref"], ada_ref);
+    // Five joins within one window reach ada as one or two diffs.
+    // Connected first, then all joins sent at once.
+    let mut others: Vec<_> = (0..5).map(|i| client(&engine, &format!("u{i}"))).collect();
+    for other in &mut others {
+        other.send(Some("1"), Some("1"), "lobby:a", "phx_join", json!({}));
+    }
+    let mut seen = 0;
+    let mut diffs = 0;
+    while seen < 5 {
+        let diff = ada.recv();
+        assert_eq!(diff[3], "presence_diff");
+        seen += diff[4]["joins"].as_object().unwrap().len();
+        diffs += 1;
+    }
+    assert!(diffs <= 2, "{diffs} diffs for 5 joins");
+    assert_eq!(handle.presence_count("lobby:a"), 6);
+    drop(others);
+    assert!(wait_until(WAIT, || handle.presence_count("lobby:a") == 1));
     engine.shutdown();
 }
 

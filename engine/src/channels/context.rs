@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use super::{
     Reply,
     handler::{ChannelConn, resubscribe},
+    presence::{PRESENCE_STATE, PresenceError, PresenceTracker},
 };
 use crate::{
     broadcast::Broadcast,
@@ -46,6 +47,9 @@ pub struct ChannelContext<'c, 'a, A> {
     /// The ref of the push being handled, if it carried one.
     pub(crate) msg_ref: Option<Ref<'c>>,
     pub(crate) replied: bool,
+    /// Whether this is the join callback: pushes wait for the join reply.
+    pub(crate) joining: bool,
+    pub(crate) presence: &'c PresenceTracker,
 }
 
 impl<A> std::fmt::Debug for ChannelContext<'_, '_, A> {
@@ -74,8 +78,18 @@ impl<A> ChannelContext<'_, '_, A> {
             return;
         };
         let frame = encode_push(self.join, event, &payload);
-        // A closing connection refuses; nothing more to do then.
-        let _ = self.conn.send_frame(frame);
+        self.send_push(frame);
+    }
+
+    /// Sends a push to this client, or, from `handle_joined`, keeps it
+    /// until the join reply has gone (as Phoenix pushes from `after_join`).
+    fn send_push(&mut self, frame: Bytes) {
+        if self.joining {
+            self.conn.state().after_join.push(frame);
+        } else {
+            // A closing connection refuses; nothing more to do then.
+            let _ = self.conn.send_frame(frame);
+        }
     }
 
     /// Replies to the client's push (Phoenix `phx_reply` with the push's
@@ -107,9 +121,7 @@ impl<A> ChannelContext<'_, '_, A> {
         }
         let join_ref = self.join.join_ref().value();
         match phoenix::binary_push(&join_ref, &self.join.topic, event, data) {
-            Ok(frame) => {
-                let _ = self.conn.send_frame(frame);
-            }
+            Ok(frame) => self.send_push(frame),
             Err(err) => tracing::warn!(%err, "binary push not sent"),
         }
     }
@@ -184,6 +196,80 @@ impl<A> ChannelContext<'_, '_, A> {
         };
         let broadcast = Broadcast::channel(&topic, event, payload, &entry);
         self.conn.broadcast(broadcast, include_self);
+    }
+
+    /// Tracks this connection's presence on this channel's topic under
+    /// `key` (a user id; one user's several connections are one key with
+    /// several metas), with `meta`, a JSON object (`{"online_at": ...}`).
+    /// Subscribers get it in the next `presence_diff`; when tracked from
+    /// `handle_joined`, this client also gets the topic's `presence_state`
+    /// after its join reply. Untracked when the channel ends.
+    pub fn track<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        meta: &T,
+    ) -> Result<(), PresenceError> {
+        let tracked = self.presence.track(&self.join.topic, key, meta)?;
+        let state = self.conn.state();
+        state.tracked.push(tracked);
+        if self.joining {
+            state.presence_state_after_join = true;
+        }
+        Ok(())
+    }
+
+    /// Replaces the meta of this connection's presences under `key` on
+    /// this topic: a `presence_diff` joins the new meta (with
+    /// `phx_ref_prev`) and leaves the old. Returns whether there was one.
+    pub fn update_presence<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        meta: &T,
+    ) -> Result<bool, PresenceError> {
+        let presence = self.presence;
+        let topic = &self.join.topic;
+        let mut updated = false;
+        for tracked in &mut self.conn.state().tracked {
+            if tracked.topic == *topic
+                && &*tracked.key == key
+                && let Some(new) = presence.update(tracked, meta)?
+            {
+                *tracked = new;
+                updated = true;
+            }
+        }
+        Ok(updated)
+    }
+
+    /// Untracks this connection's presences under `key` on this topic.
+    pub fn untrack(&mut self, key: &str) {
+        let presence = self.presence;
+        let topic = &self.join.topic;
+        self.conn.state().tracked.retain(|tracked| {
+            let gone = tracked.topic == *topic && &*tracked.key == key;
+            if gone {
+                presence.untrack(tracked);
+            }
+            !gone
+        });
+    }
+
+    /// Pushes this topic's presences to this client as `presence_state`
+    /// (after the join reply, from `handle_joined`): for a client that
+    /// watches who is present without being tracked itself.
+    pub fn push_presence_state(&mut self) {
+        if self.joining {
+            self.conn.state().presence_state_after_join = true;
+            return;
+        }
+        let state = self.presence.state(&self.join.topic);
+        let frame = encode_push(self.join, PRESENCE_STATE, &state);
+        let _ = self.conn.send_frame(frame);
+    }
+
+    /// The presences on this topic, in `presence_state` form.
+    pub fn presence_list(&self) -> Box<RawValue> {
+        self.presence.state(&self.join.topic)
     }
 
     /// Subscribes this channel, on the server side, to `topic`: its

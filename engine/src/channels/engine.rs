@@ -1,7 +1,14 @@
 //! Mounting endpoints, starting the engine, and the handle that broadcasts
 //! from anywhere.
 
-use std::{any::Any, net::SocketAddr, sync::Arc};
+use std::{
+    any::Any,
+    hash::{BuildHasher, RandomState},
+    net::SocketAddr,
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -10,6 +17,7 @@ use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket, TopicPattern,
     context::JoinInfo,
     handler::{ChannelConn, ChannelsHandler},
+    presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
 };
 use crate::{
@@ -100,13 +108,20 @@ pub(crate) trait ErasedEndpoint: Send + Sync {
     fn intercepts(&self, route: u16, event: &str) -> bool;
     fn call(
         &self,
-        route: u16,
         assigns: &mut (dyn Any + Send),
         conn: &mut Conn<'_, ChannelConn>,
-        join: &JoinInfo,
-        msg_ref: Option<Ref<'_>>,
+        site: CallSite<'_>,
         call: Call<'_>,
     ) -> Option<JoinResult>;
+}
+
+/// Which channel a callback runs for, and what it may use besides the
+/// connection.
+pub(crate) struct CallSite<'c> {
+    pub(crate) join: &'c JoinInfo,
+    /// The ref of the push being handled, if it carried one.
+    pub(crate) msg_ref: Option<Ref<'c>>,
+    pub(crate) presence: &'c PresenceTracker,
 }
 
 impl<S: Socket> ErasedEndpoint for Endpoint<S> {
@@ -131,21 +146,21 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
 
     fn call(
         &self,
-        route: u16,
         assigns: &mut (dyn Any + Send),
         conn: &mut Conn<'_, ChannelConn>,
-        join: &JoinInfo,
-        msg_ref: Option<Ref<'_>>,
+        site: CallSite<'_>,
         call: Call<'_>,
     ) -> Option<JoinResult> {
-        let (_, channel) = self.routes.get(usize::from(route))?;
+        let (_, channel) = self.routes.get(usize::from(site.join.route))?;
         let assigns = assigns.downcast_mut::<S::Assigns>()?;
         let mut ctx = ChannelContext {
             assigns,
             conn,
-            join,
-            msg_ref,
+            join: site.join,
+            msg_ref: site.msg_ref,
             replied: false,
+            joining: matches!(call, Call::Join(_)),
+            presence: site.presence,
         };
         match call {
             Call::Join(payload) => return Some(channel.handle_joined(&mut ctx, payload)),
@@ -242,18 +257,46 @@ impl Channels {
             builder.endpoint(mount.path.clone())
         });
         let counters = Arc::new(ChannelCounters::default());
+        let presence = Arc::new(PresenceTracker::new(RandomState::new().hash_one(0u8)));
         let handler = ChannelsHandler {
             mounts: self.mounts,
             max_channels: self.max_channels,
             counters: Arc::clone(&counters),
+            presence: Arc::clone(&presence),
         };
         let server = builder.start_service(handler)?;
         let handle = EngineHandle {
             server: server.handle(),
             counters,
+            presence,
         };
-        Ok(Engine { server, handle })
+        let thread = spawn_presence_sender(handle.clone()).map_err(StartError::Io)?;
+        let presence_sender = PresenceSender {
+            tracker: Arc::clone(&handle.presence),
+            thread: Some(thread),
+        };
+        Ok(Engine {
+            server,
+            handle,
+            _presence_sender: presence_sender,
+        })
     }
+}
+
+/// Starts the thread that broadcasts each topic's coalesced presence diff
+/// once its window has passed; it ends when the engine does.
+fn spawn_presence_sender(handle: EngineHandle) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("herald-presence".into())
+        .spawn(move || {
+            while !handle.presence.is_stopped() {
+                for (topic, diff) in handle.presence.next_diffs(Duration::from_secs(1)) {
+                    if let Err(err) = handle.broadcast(&topic, PRESENCE_DIFF, &*diff) {
+                        tracing::warn!(%err, "presence diff not sent");
+                    }
+                }
+            }
+        })
 }
 
 /// A running channels engine.
@@ -261,6 +304,8 @@ impl Channels {
 pub struct Engine {
     server: Server,
     handle: EngineHandle,
+    /// Held for its `Drop`: stops the sender once the server has stopped.
+    _presence_sender: PresenceSender,
 }
 
 impl Engine {
@@ -291,12 +336,30 @@ impl Engine {
     }
 }
 
+/// The presence sender's thread, stopped and joined when the engine goes
+/// (after its server, which the engine's methods consume first).
+#[derive(Debug)]
+struct PresenceSender {
+    tracker: Arc<PresenceTracker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for PresenceSender {
+    fn drop(&mut self) {
+        self.tracker.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Broadcasts from anywhere: web handlers, background jobs. Cheap to clone,
 /// `Send + Sync`.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     server: ServerHandle,
     counters: Arc<ChannelCounters>,
+    presence: Arc<PresenceTracker>,
 }
 
 impl EngineHandle {
@@ -362,6 +425,18 @@ impl EngineHandle {
     /// this node's loops were asked.
     pub fn disconnect(&self, socket_id: &str) -> usize {
         self.server.disconnect(socket_id)
+    }
+
+    /// The presences tracked on `topic` on this node, as the
+    /// `presence_state` push has them: `{key: {"metas": [{"phx_ref": ...,
+    /// ...meta}]}}`.
+    pub fn presence_list(&self, topic: &str) -> Box<RawValue> {
+        self.presence.state(topic)
+    }
+
+    /// How many keys (users) are present on `topic` on this node.
+    pub fn presence_count(&self, topic: &str) -> usize {
+        self.presence.count(topic)
     }
 
     /// The channels layer's counters: joins, leaves, client messages.

@@ -14,8 +14,9 @@ use serde_json::value::RawValue;
 
 use super::{
     LeaveReason, Reply,
-    context::JoinInfo,
-    engine::{Call, Mount},
+    context::{JoinInfo, encode_push},
+    engine::{Call, CallSite, Mount},
+    presence::{PRESENCE_STATE, PresenceTracker, Tracked},
     stats::{ChannelCounters, count},
 };
 use crate::{
@@ -46,6 +47,14 @@ pub(crate) struct ChannelConn {
     pub(crate) infos: Vec<(Arc<str>, Arc<str>)>,
     /// The socket's id, to name the connection with once it opens.
     socket_id: Option<Box<str>>,
+    /// The presences this connection tracks, untracked when their channel
+    /// ends.
+    pub(crate) tracked: Vec<Tracked>,
+    /// Pushes made by a join callback, sent after its reply.
+    pub(crate) after_join: Vec<Bytes>,
+    /// Whether the join being handled asked for `presence_state` after its
+    /// reply.
+    pub(crate) presence_state_after_join: bool,
 }
 
 impl ChannelConn {
@@ -106,6 +115,7 @@ pub(crate) struct ChannelsHandler {
     pub(crate) mounts: Vec<Mount>,
     pub(crate) max_channels: usize,
     pub(crate) counters: Arc<ChannelCounters>,
+    pub(crate) presence: Arc<PresenceTracker>,
 }
 
 /// How a channel callback ended.
@@ -141,9 +151,12 @@ impl ChannelsHandler {
             return Ran::Failed;
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            mount
-                .endpoint
-                .call(join.route, &mut *assigns, conn, join, msg_ref, call)
+            let site = CallSite {
+                join,
+                msg_ref,
+                presence: &self.presence,
+            };
+            mount.endpoint.call(&mut *assigns, conn, site, call)
         }));
         conn.state().assigns = Some(assigns);
         match outcome {
@@ -172,8 +185,16 @@ impl ChannelsHandler {
     /// other subscriptions to the same topics stay.
     fn forget(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
         count(&self.counters.leaves);
+        let presence = &self.presence;
         let state = conn.state();
         state.joined.retain(|join| &*join.topic != topic);
+        state.tracked.retain(|tracked| {
+            let ends = &*tracked.topic == topic;
+            if ends {
+                presence.untrack(tracked);
+            }
+            !ends
+        });
         let mut gone = Vec::new();
         state.infos.retain(|(info, owner)| {
             let keep = &**owner != topic;
@@ -318,20 +339,47 @@ impl ChannelsHandler {
         let (status, response) = match self.run(conn, &join, None, Call::Join(payload)) {
             Ran::Joined(Ok(response)) => {
                 count(&self.counters.joins);
-                conn.state().joined.push(join);
+                conn.state().joined.push(join.clone());
                 resubscribe(conn, topic);
-                (Status::Ok, response)
+                Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Ok, &response);
+                return self.after_join(conn, &join);
             }
-            Ran::Joined(Err(response)) => {
-                count(&self.counters.joins_refused);
-                (Status::Error, response)
-            }
-            Ran::Done | Ran::Failed => {
-                count(&self.counters.joins_refused);
-                (Status::Error, Reply::reason("join crashed"))
-            }
+            Ran::Joined(Err(response)) => (Status::Error, response),
+            Ran::Done | Ran::Failed => (Status::Error, Reply::reason("join crashed")),
         };
+        count(&self.counters.joins_refused);
+        self.discard_join(conn, topic);
         Self::phoenix_reply(conn, join_ref, msg_ref, topic, status, &response);
+    }
+
+    /// After an accepted join's reply: the `presence_state` its callback
+    /// asked for, then what it pushed.
+    fn after_join(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo) {
+        let state = conn.state();
+        let pushes = std::mem::take(&mut state.after_join);
+        if std::mem::take(&mut state.presence_state_after_join) {
+            let presences = self.presence.state(&join.topic);
+            let frame = encode_push(join, PRESENCE_STATE, &presences);
+            let _ = conn.send_frame(frame);
+        }
+        for frame in pushes {
+            let _ = conn.send_frame(frame);
+        }
+    }
+
+    /// After a refused join: what its callback pushed or tracked goes.
+    fn discard_join(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
+        let presence = &self.presence;
+        let state = conn.state();
+        state.after_join.clear();
+        state.presence_state_after_join = false;
+        state.tracked.retain(|tracked| {
+            let refused = &*tracked.topic == topic;
+            if refused {
+                presence.untrack(tracked);
+            }
+            !refused
+        });
     }
 
     /// A second join of a joined topic: Phoenix closes the old channel (with
@@ -508,6 +556,9 @@ impl Service for ChannelsHandler {
             joined: Vec::new(),
             infos: Vec::new(),
             socket_id: socket_id.map(String::into_boxed_str),
+            tracked: Vec::new(),
+            after_join: Vec::new(),
+            presence_state_after_join: false,
         };
         let accept = Accept::new(state);
         // Token auth travels in Sec-WebSocket-Protocol; a server that reads
@@ -578,6 +629,9 @@ impl Service for ChannelsHandler {
         for join in std::mem::take(&mut conn.state().joined) {
             count(&self.counters.leaves);
             self.run(conn, &join, None, Call::Leave(LeaveReason::Disconnected));
+        }
+        for tracked in std::mem::take(&mut conn.state().tracked) {
+            self.presence.untrack(&tracked);
         }
     }
 

@@ -75,12 +75,14 @@
 mod context;
 mod engine;
 mod handler;
+mod presence;
 mod reply;
 mod stats;
 
 pub use crate::conflation::TopicPattern;
 pub use context::ChannelContext;
 pub use engine::{Channels, Endpoint, Engine, EngineHandle};
+pub use presence::{DIFF_WINDOW, PRESENCE_DIFF, PRESENCE_STATE, PresenceError};
 pub use reply::{JoinResult, LeaveReason, Reply};
 use serde_json::value::RawValue;
 pub use stats::ChannelStats;

@@ -1,7 +1,10 @@
 //! A channels server for the JavaScript client tests (`tests/js`): a
 //! Phoenix V2 endpoint at `/socket/websocket` whose `room:*` channel refuses
 //! `room:forbidden`, answers `ping` pushes with `{"pong": true}`, and
-//! rebroadcasts `new_msg`. Prints `listening on ADDR` once it accepts.
+//! rebroadcasts `new_msg`, and whose `lobby:*` channel tracks each joining
+//! user's presence (the `user` connect param; meta `{"device": ...}` from
+//! the join payload; a `status` push updates it, a `hide` push untracks).
+//! Prints `listening on ADDR` once it accepts.
 //!
 //! Usage: `channels-test-server [--port PORT]` (default 0: any free port).
 
@@ -12,7 +15,7 @@ use herald::{
     channels::{Channel, ChannelContext, Channels, Endpoint, JoinResult, Reply, Socket},
     protocol::phoenix::Status,
 };
-use serde_json::{json, value::RawValue};
+use serde_json::{Value, json, value::RawValue};
 
 struct TestSocket;
 
@@ -58,6 +61,49 @@ impl Channel<String> for Room {
     }
 }
 
+/// Phoenix.Presence on every topic it routes.
+struct Lobby;
+
+impl Channel<String> for Lobby {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, String>,
+        payload: &RawValue,
+    ) -> JoinResult {
+        let payload: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+        let user = ctx.assigns().clone();
+        let meta = json!({ "device": payload["device"], "status": "online" });
+        ctx.track(&user, &meta)
+            .map_err(|err| Reply::reason(&err.to_string()))?;
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, String>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        let user = ctx.assigns().clone();
+        match event {
+            "status" => {
+                let payload: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                let meta = json!({ "device": payload["device"], "status": payload["status"] });
+                let updated = ctx.update_presence(&user, &meta).unwrap_or(false);
+                ctx.reply(
+                    Status::Ok,
+                    &Reply::json(&json!({ "updated": updated })).unwrap_or_else(|_| Reply::empty()),
+                );
+            }
+            "hide" => {
+                ctx.untrack(&user);
+                ctx.reply(Status::Ok, &Reply::empty());
+            }
+            _ => ctx.reply(Status::Error, &Reply::reason("unknown event")),
+        }
+    }
+}
+
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut port = 0u16;
@@ -69,7 +115,9 @@ fn main() -> std::io::Result<()> {
     let engine = Channels::new()
         .phoenix(
             "/socket/websocket",
-            Endpoint::new(TestSocket).channel("room:*", Room),
+            Endpoint::new(TestSocket)
+                .channel("room:*", Room)
+                .channel("lobby:*", Lobby),
         )
         .start(
             Server::builder()
