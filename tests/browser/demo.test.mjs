@@ -109,6 +109,10 @@ test("two pages chat through the demo page", async () => {
   const alice = await joinAs("alice");
   const bob = await joinAs("bob");
   await alice.page.getByText("bob joined").waitFor(WAIT);
+  // The online list, from the phoenix client's Presence class.
+  const online = (page) => page.locator("#who");
+  await online(alice.page).getByText("alice, bob", { exact: true }).waitFor(WAIT);
+  await online(bob.page).getByText("alice, bob", { exact: true }).waitFor(WAIT);
 
   await say(alice.page, "hello from alice");
   await bob.page.getByText("alice: hello from alice").waitFor(WAIT);
@@ -130,6 +134,7 @@ test("two pages chat through the demo page", async () => {
 
   await bob.context.close();
   await alice.page.getByText("bob left").waitFor(WAIT);
+  await online(alice.page).getByText("alice", { exact: true }).waitFor(WAIT);
   await alice.context.close();
 });
 

@@ -5,6 +5,7 @@
 //! |--------|----------------------|-----|----------------------------------------|
 //! | POST   | `/api/broadcast`     | yes | broadcasts one message, or a batch     |
 //! | GET    | `/api/topics/TOPIC`  | yes | subscribers of a topic                 |
+//! | GET    | `/api/presence/TOPIC`| yes | who is present on a topic, and a count |
 //! | POST   | `/api/disconnect`    | yes | closes a socket id's connections       |
 //! | GET    | `/metrics`           | no  | Prometheus text                        |
 //! | GET    | `/healthz`           | no  | `ok`                                   |
@@ -118,6 +119,15 @@ pub(crate) struct Api {
     pub(crate) max_body_bytes: usize,
 }
 
+/// A topic from a URL path, percent-decoded and checked.
+fn decode_topic(encoded: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    let topic = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad("the topic is not UTF-8"))?;
+    check_name("topic", &topic)?;
+    Ok(topic)
+}
+
 /// One message of `POST /api/broadcast`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +192,10 @@ impl Api {
         if let Some(topic) = path.strip_prefix("/api/topics/") {
             expect_method(&method, &Method::Get)?;
             return self.topic(topic);
+        }
+        if let Some(topic) = path.strip_prefix("/api/presence/") {
+            expect_method(&method, &Method::Get)?;
+            return self.presence(topic);
         }
         match path {
             "/api/broadcast" => {
@@ -285,14 +299,25 @@ impl Api {
     }
 
     fn topic(&self, encoded: &str) -> Result<Reply, ApiError> {
-        let topic = percent_encoding::percent_decode_str(encoded)
-            .decode_utf8()
-            .map_err(|_| ApiError::bad("the topic is not UTF-8"))?;
-        check_name("topic", &topic)?;
+        let topic = decode_topic(encoded)?;
         let subscribers = self.engine.subscriber_count(&topic);
         Ok(Reply::json(&json!({
             "topic": topic,
             "subscribers": subscribers,
+            "scope": "node",
+        })))
+    }
+
+    /// The topic's presences as the `presence_state` push has them, and
+    /// how many keys: this node's (presence is not shared between nodes
+    /// yet).
+    fn presence(&self, encoded: &str) -> Result<Reply, ApiError> {
+        let topic = decode_topic(encoded)?;
+        let presences = self.engine.presence_list(&topic);
+        Ok(Reply::json(&json!({
+            "topic": topic,
+            "count": self.engine.presence_count(&topic),
+            "presences": presences,
             "scope": "node",
         })))
     }

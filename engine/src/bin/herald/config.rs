@@ -275,9 +275,13 @@ pub(crate) struct ChannelRule {
     pub(crate) pattern: String,
     #[serde(default)]
     pub(crate) messages: MessagePolicy,
-    /// Broadcast `user_joined` / `user_left` notices to the topic.
+    /// Track each member with Phoenix Presence (`presence_state` /
+    /// `presence_diff`), keyed by the token's `sub`, else the join's name.
     #[serde(default)]
     pub(crate) presence: bool,
+    /// Broadcast `user_joined` / `user_left` notices to the topic.
+    #[serde(default)]
+    pub(crate) notices: bool,
     /// Subscribers that fall behind get the latest message per topic
     /// instead of every message.
     #[serde(default)]
@@ -323,6 +327,7 @@ impl Config {
                 pattern: "room:*".into(),
                 messages: MessagePolicy::Rebroadcast,
                 presence: true,
+                notices: true,
                 conflate: false,
                 conflate_key: None,
             },
@@ -330,6 +335,7 @@ impl Config {
                 pattern: "*".into(),
                 messages: MessagePolicy::Refuse,
                 presence: false,
+                notices: false,
                 conflate: false,
                 conflate_key: None,
             },

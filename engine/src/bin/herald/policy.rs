@@ -103,6 +103,7 @@ impl Socket for ServerSocket {
 pub(crate) struct RuleChannel {
     messages: MessagePolicy,
     presence: bool,
+    notices: bool,
 }
 
 /// What a join may carry.
@@ -125,6 +126,12 @@ impl Channel<Client> for RuleChannel {
         let name = display_name(ctx.assigns(), payload);
         let reply = Reply::json(&json!({ "user": name })).unwrap_or_else(|_| Reply::empty());
         if self.presence {
+            let meta = json!({ "online_at": unix_millis() });
+            if let Err(err) = ctx.track(&name, &meta) {
+                tracing::warn!(%err, "presence not tracked");
+            }
+        }
+        if self.notices {
             ctx.broadcast_from("user_joined", &json!({ "user": name }));
         }
         let names = &mut ctx.assigns().names;
@@ -153,7 +160,7 @@ impl Channel<Client> for RuleChannel {
         let topic = ctx.topic().to_owned();
         let name = ctx.assigns().name_in(&topic).map(str::to_owned);
         ctx.assigns().names.retain(|(joined, _)| **joined != *topic);
-        if let (true, Some(name)) = (self.presence, name) {
+        if let (true, Some(name)) = (self.notices, name) {
             ctx.broadcast_from("user_left", &json!({ "user": name }));
         }
     }
@@ -181,6 +188,13 @@ fn display_name(client: &Client, payload: &RawValue) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// An endpoint with one route per rule, in order.
 pub(crate) fn endpoint(socket: ServerSocket, rules: &[ChannelRule]) -> Endpoint<ServerSocket> {
     rules.iter().fold(Endpoint::new(socket), |endpoint, rule| {
@@ -189,6 +203,7 @@ pub(crate) fn endpoint(socket: ServerSocket, rules: &[ChannelRule]) -> Endpoint<
             RuleChannel {
                 messages: rule.messages,
                 presence: rule.presence,
+                notices: rule.notices,
             },
         )
     })
