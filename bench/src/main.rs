@@ -42,6 +42,7 @@ use crate::{
         echo::echo,
         fanout::{FanoutPlan, fanout},
         memory::{self, ChurnRounds, Slowloris, Stuck},
+        presence::{PresenceStorm, presence_storm},
         rooms::{RoomsPlan, rooms},
     },
 };
@@ -125,6 +126,19 @@ pub(crate) fn run(options: &Options) -> io::Result<Option<Headline>> {
                 rate,
                 duration: Duration::from_secs(seconds),
                 settle: Duration::from_secs(settle_secs),
+            },
+        )
+        .map(|()| None),
+        Scenario::PresenceStorm {
+            clients,
+            seconds,
+            topic,
+        } => presence_storm(
+            options,
+            &PresenceStorm {
+                clients,
+                spread: Duration::from_secs(seconds),
+                topic,
             },
         )
         .map(|()| None),

@@ -419,13 +419,15 @@ fn presence_notices_and_metrics_follow_joins() {
     let mut bob = herald.phoenix("");
     let (alice_ref, reply) = alice.join("room:1", json!({"name": "alice"}));
     assert_eq!(reply["response"], json!({"user": "alice"}));
-    // Phoenix Presence: the state after the join reply, with alice in it.
+    // Phoenix Presence: the state after the join reply, then alice's own
+    // join in a diff.
     let state = alice.recv();
     assert_eq!(state[0], json!(alice_ref));
     assert_eq!(state[3], "presence_state");
+    let diff = recv_event(&mut alice, "presence_diff");
     assert!(
-        state[4]["alice"]["metas"][0]["online_at"].is_u64(),
-        "{state}"
+        diff[4]["joins"]["alice"]["metas"][0]["online_at"].is_u64(),
+        "{diff}"
     );
     join(&mut bob, "room:1");
     assert_eq!(

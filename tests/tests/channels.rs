@@ -611,16 +611,36 @@ fn presence_state_follows_the_join_reply_and_diffs_coalesce() {
     let reply = ada.recv();
     assert_eq!(reply[3], "phx_reply");
     assert_eq!(reply[4]["response"], json!({"joined": true}));
+    // The state is the list as of the last diff: empty on a new topic.
     let state = ada.recv();
     assert_eq!(state[0], json!(join_ref));
     assert_eq!(state[3], "presence_state");
-    let ada_ref = state[4]["ada"]["metas"][0]["phx_ref"].clone();
-    assert_eq!(state[4]["ada"]["metas"][0]["via"], "test");
+    assert_eq!(state[4], json!({}));
     assert_eq!(ada.recv()[3], "welcome");
     // Ada's own join, as a diff.
     let diff = ada.recv();
     assert_eq!(diff[3], "presence_diff");
-    assert_eq!(diff[4]["joins"]["ada"]["metas"][0]["phx_ref"], ada_ref);
+    assert_eq!(diff[4]["joins"]["ada"]["metas"][0]["via"], "test");
+    assert!(diff[4]["joins"]["ada"]["metas"][0]["phx_ref"].is_string());
+    // A later joiner's state holds ada.
+    let mut late = client(&engine, "late");
+    let late_ref = late.next_ref();
+    late.send(
+        Some(&late_ref),
+        Some(&late_ref),
+        "lobby:a",
+        "phx_join",
+        json!({}),
+    );
+    assert_eq!(late.recv()[3], "phx_reply");
+    let state = late.recv();
+    assert_eq!(state[3], "presence_state");
+    assert_eq!(state[4]["ada"]["metas"][0]["via"], "test");
+    assert_eq!(
+        ada.recv()[4]["joins"].as_object().unwrap().len(),
+        1,
+        "late's join"
+    );
     // Five joins within one window reach ada as one or two diffs.
     // Connected first, then all joins sent at once.
     let mut others: Vec<_> = (0..5).map(|i| client(&engine, &format!("u{i}"))).collect();
@@ -636,8 +656,9 @@ fn presence_state_follows_the_join_reply_and_diffs_coalesce() {
         diffs += 1;
     }
     assert!(diffs <= 2, "{diffs} diffs for 5 joins");
-    assert_eq!(handle.presence_count("lobby:a"), 6);
+    assert_eq!(handle.presence_count("lobby:a"), 7);
     drop(others);
+    drop(late);
     assert!(wait_until(WAIT, || handle.presence_count("lobby:a") == 1));
     engine.shutdown();
 }

@@ -226,6 +226,21 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 10)]
         settle_secs: u64,
     },
+    /// Phoenix clients join one presence topic over a few seconds, each
+    /// keeping its list from presence_state and presence_diff: when every
+    /// list holds every key, diffs per client, server CPU and peak RSS
+    /// (against the standalone herald, --path /socket/websocket).
+    PresenceStorm {
+        /// Clients, each joining once under its own key.
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        /// Seconds the joins are spread over.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The topic (a presence topic of the server).
+        #[arg(long, default_value = "room:presence-storm")]
+        topic: String,
+    },
     /// Server memory per idle connection.
     Idle {
         /// Idle connections to open.

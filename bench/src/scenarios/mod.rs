@@ -5,6 +5,7 @@ pub(crate) mod connect;
 pub(crate) mod echo;
 pub(crate) mod fanout;
 pub(crate) mod memory;
+pub(crate) mod presence;
 pub(crate) mod rooms;
 
 mod connections;

@@ -262,14 +262,13 @@ impl<A> ChannelContext<'_, '_, A> {
             self.conn.state().presence_state_after_join = true;
             return;
         }
-        let state = self.presence.state(&self.join.topic);
-        let frame = encode_push(self.join, PRESENCE_STATE, &state);
-        let _ = self.conn.send_frame(frame);
+        send_presence_state(self.conn, self.join, self.presence);
     }
 
-    /// The presences on this topic, in `presence_state` form.
+    /// The presences on this topic, in `presence_state` form, as of the
+    /// last `presence_diff` (at most one diff window old).
     pub fn presence_list(&self) -> Box<RawValue> {
-        self.presence.state(&self.join.topic)
+        self.presence.state_json(&self.join.topic)
     }
 
     /// Subscribes this channel, on the server side, to `topic`: its
@@ -317,6 +316,26 @@ fn to_payload<T: Serialize + ?Sized>(payload: &T) -> Option<Box<RawValue>> {
             tracing::warn!(%err, "channel payload could not be serialized; not sent");
             None
         }
+    }
+}
+
+/// Pushes the topic's `presence_state` to one client. For Phoenix the
+/// frame is this client's start and the topic's shared snapshot, so a join
+/// storm does not copy the list once per joiner.
+pub(crate) fn send_presence_state(
+    conn: &mut Conn<'_, ChannelConn>,
+    join: &JoinInfo,
+    presence: &PresenceTracker,
+) {
+    let state = presence.state(&join.topic);
+    if join.protocol == WireProtocol::PhoenixV2 {
+        let close = Bytes::from_static(b"]");
+        let rest = state.len() + close.len();
+        let head = phoenix::push_head(join.join_ref(), &join.topic, PRESENCE_STATE, rest);
+        let _ = conn.send_frame_parts(&[head, state, close]);
+    } else {
+        let state = presence.state_json(&join.topic);
+        let _ = conn.send_frame(encode_push(join, PRESENCE_STATE, &state));
     }
 }
 

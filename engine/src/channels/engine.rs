@@ -429,9 +429,10 @@ impl EngineHandle {
 
     /// The presences tracked on `topic` on this node, as the
     /// `presence_state` push has them: `{key: {"metas": [{"phx_ref": ...,
-    /// ...meta}]}}`.
+    /// ...meta}]}}`, as of the last `presence_diff` (at most one diff window,
+    /// [`DIFF_WINDOW`](super::DIFF_WINDOW), old).
     pub fn presence_list(&self, topic: &str) -> Box<RawValue> {
-        self.presence.state(topic)
+        self.presence.state_json(topic)
     }
 
     /// How many keys (users) are present on `topic` on this node.

@@ -14,9 +14,9 @@ use serde_json::value::RawValue;
 
 use super::{
     LeaveReason, Reply,
-    context::{JoinInfo, encode_push},
+    context::{JoinInfo, send_presence_state},
     engine::{Call, CallSite, Mount},
-    presence::{PRESENCE_STATE, PresenceTracker, Tracked},
+    presence::{PresenceTracker, Tracked},
     stats::{ChannelCounters, count},
 };
 use crate::{
@@ -358,9 +358,7 @@ impl ChannelsHandler {
         let state = conn.state();
         let pushes = std::mem::take(&mut state.after_join);
         if std::mem::take(&mut state.presence_state_after_join) {
-            let presences = self.presence.state(&join.topic);
-            let frame = encode_push(join, PRESENCE_STATE, &presences);
-            let _ = conn.send_frame(frame);
+            send_presence_state(conn, join, &self.presence);
         }
         for frame in pushes {
             let _ = conn.send_frame(frame);

@@ -17,6 +17,15 @@
 //! joins, then leaves): nothing is cancelled inside a window, because a
 //! client may already hold the meta from its `presence_state`.
 //!
+//! A joining client's `presence_state` is the topic's list as of the last
+//! diff sent (a snapshot serialized once per window, shared by every join
+//! of that window), and the changes since then reach it in the next diff:
+//! it is subscribed before it is sent the state, and phoenix.js holds diffs
+//! back until it has the state, then applies them (a join it already has
+//! is not doubled; a leave of a meta it never had is nothing). So a join
+//! storm costs one serialization of the list per window, not one per join,
+//! and a joining client sees itself in the next diff.
+//!
 //! The list lives in one tracker per engine, behind a mutex: presence
 //! changes come with joins and leaves, not with every broadcast, so plain
 //! broadcasts never touch it. It is this node's list; presence across the
@@ -32,6 +41,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{Map, Value, value::RawValue};
@@ -80,6 +90,9 @@ struct Diff {
 struct Tracker {
     topics: HashMap<Arc<str>, Presences>,
     pending: HashMap<Arc<str>, Diff>,
+    /// Each topic's list as of its last diff, in `presence_state` form,
+    /// shared by every frame that sends it.
+    snapshots: HashMap<Arc<str>, Bytes>,
     /// Distinguishes this tracker's refs from another run's.
     incarnation: u64,
     next_ref: u64,
@@ -222,12 +235,21 @@ impl PresenceTracker {
         }
     }
 
-    /// The presences of `topic` in `presence_state` form.
-    pub(crate) fn state(&self, topic: &str) -> Box<RawValue> {
+    /// The presences of `topic` in `presence_state` form, as of the last
+    /// diff sent (see the module docs).
+    pub(crate) fn state(&self, topic: &str) -> Bytes {
         let tracker = self.lock();
-        let empty = Presences::default();
-        let presences = tracker.topics.get(topic).unwrap_or(&empty);
-        to_raw(presences_json(presences))
+        match tracker.snapshots.get(topic) {
+            Some(snapshot) => snapshot.clone(),
+            None => Bytes::from_static(b"{}"),
+        }
+    }
+
+    /// [`state`](Self::state) as a JSON value.
+    pub(crate) fn state_json(&self, topic: &str) -> Box<RawValue> {
+        let state = self.state(topic);
+        let text = std::str::from_utf8(&state).unwrap_or("{}");
+        to_raw(text.to_owned())
     }
 
     /// How many keys `topic` has.
@@ -254,20 +276,32 @@ impl PresenceTracker {
         self.take_diffs()
     }
 
-    /// Every pending diff, as `(topic, presence_diff payload)`.
+    /// Every pending diff, as `(topic, presence_diff payload)`; the
+    /// snapshots of those topics are brought up to date with them.
     pub(crate) fn take_diffs(&self) -> Vec<(Arc<str>, Box<RawValue>)> {
-        let pending = std::mem::take(&mut self.lock().pending);
-        pending
-            .into_iter()
-            .map(|(topic, diff)| {
-                let mut payload = String::from("{\"joins\":");
-                payload.push_str(&presences_json(&diff.joins));
-                payload.push_str(",\"leaves\":");
-                payload.push_str(&presences_json(&diff.leaves));
-                payload.push('}');
-                (topic, to_raw(payload))
-            })
-            .collect()
+        let mut tracker = self.lock();
+        let pending = std::mem::take(&mut tracker.pending);
+        let mut diffs = Vec::with_capacity(pending.len());
+        for (topic, diff) in pending {
+            let snapshot = tracker.topics.get(&topic).map(presences_json);
+            match snapshot {
+                Some(json) => {
+                    tracker
+                        .snapshots
+                        .insert(Arc::clone(&topic), Bytes::from(json));
+                }
+                None => {
+                    tracker.snapshots.remove(&topic);
+                }
+            }
+            let mut payload = String::from("{\"joins\":");
+            payload.push_str(&presences_json(&diff.joins));
+            payload.push_str(",\"leaves\":");
+            payload.push_str(&presences_json(&diff.leaves));
+            payload.push('}');
+            diffs.push((topic, to_raw(payload)));
+        }
+        diffs
     }
 
     /// Stops the diff sender: it ends at once instead of waiting.
@@ -346,6 +380,10 @@ mod tests {
         serde_json::from_str(raw.get()).unwrap()
     }
 
+    fn listed(tracker: &PresenceTracker, topic: &str) -> Value {
+        serde_json::from_slice(&tracker.state(topic)).unwrap()
+    }
+
     #[test]
     fn state_lists_each_key_with_its_metas_and_refs() {
         let tracker = PresenceTracker::new(7);
@@ -358,7 +396,10 @@ mod tests {
             .unwrap();
         tracker.track(&topic, "bob", &json!({})).unwrap();
         assert_ne!(ada.phx_ref, ada_2.phx_ref);
-        let state = value(&tracker.state("room:1"));
+        // The state is the list as of the last diff.
+        assert_eq!(listed(&tracker, "room:1"), json!({}));
+        tracker.take_diffs();
+        let state = listed(&tracker, "room:1");
         assert_eq!(
             state,
             json!({
@@ -370,7 +411,7 @@ mod tests {
             })
         );
         assert_eq!(tracker.count("room:1"), 2);
-        assert_eq!(value(&tracker.state("room:2")), json!({}));
+        assert_eq!(listed(&tracker, "room:2"), json!({}));
     }
 
     #[test]
@@ -406,7 +447,7 @@ mod tests {
         );
         assert!(tracker.take_diffs().is_empty());
         assert_eq!(
-            value(&tracker.state("t")),
+            listed(&tracker, "t"),
             json!({"ada": {"metas": [
                 {"s": "here", "phx_ref": &*updated.phx_ref, "phx_ref_prev": "1-1"}
             ]}})
@@ -417,6 +458,7 @@ mod tests {
         tracker.untrack(&updated);
         assert_eq!(tracker.count("t"), 0);
         assert_eq!(tracker.take_diffs().len(), 1);
+        assert_eq!(listed(&tracker, "t"), json!({}));
     }
 
     #[test]
@@ -428,7 +470,8 @@ mod tests {
             Err(PresenceError::MetaNotAnObject)
         ));
         tracker.track(&topic, "a\"b\\c", &json!({})).unwrap();
-        let state = value(&tracker.state("t"));
+        tracker.take_diffs();
+        let state = listed(&tracker, "t");
         assert!(state.get("a\"b\\c").is_some());
     }
 }

@@ -93,6 +93,28 @@ impl Outbox {
         self.within_limit(config, stats)
     }
 
+    /// Queues one message written from several buffers (see
+    /// [`WriteQueue::push_parts`]), applying the slow-consumer policy if
+    /// the queue would exceed its limit.
+    pub(crate) fn enqueue_parts(
+        &mut self,
+        parts: &[Bytes],
+        config: &ServerConfig,
+        stats: &LoopStats,
+    ) -> Result<(), SendError> {
+        if self.close_code.is_some() {
+            bump(&stats.sends_after_close, 1);
+            return Err(SendError::Closed);
+        }
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        if u32::try_from(len).is_err() {
+            bump(&stats.frames_dropped, 1);
+            return Ok(());
+        }
+        self.queue.push_parts(parts);
+        self.within_limit(config, stats)
+    }
+
     /// Applies the slow-consumer policy if the queue is past its limit.
     fn within_limit(&mut self, config: &ServerConfig, stats: &LoopStats) -> Result<(), SendError> {
         let excess = self

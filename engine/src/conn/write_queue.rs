@@ -39,14 +39,26 @@ struct Entry {
 
 /// The top bit of an entry's tag: the rest is a conflation key.
 const CONFLATED: u64 = 1 << 63;
+/// The tag of an entry that continues the message of the entry before it
+/// (a frame sent from several buffers, one of them shared): it is written,
+/// kept and dropped with that entry, never alone.
+const CONTINUES: u64 = 1 << 62;
 
 impl Entry {
     fn messages(&self) -> u64 {
-        if self.tag & CONFLATED != 0 {
+        if self.is_keyed() {
             1
+        } else if self.continues() {
+            0
         } else {
             self.tag
         }
+    }
+
+    /// Whether it continues the message of the entry before it (a tag no
+    /// message count or conflation key can equal).
+    fn continues(&self) -> bool {
+        self.tag == CONTINUES
     }
 
     fn is_keyed(&self) -> bool {
@@ -76,6 +88,11 @@ impl Tail {
         let entry = self.ring.pop_front()?;
         self.keyed -= usize::from(entry.is_keyed());
         Some(entry)
+    }
+
+    fn push_front(&mut self, entry: Entry) {
+        self.keyed += usize::from(entry.is_keyed());
+        self.ring.push_front(entry);
     }
 
     fn pop_back(&mut self) -> Option<Entry> {
@@ -150,6 +167,22 @@ impl WriteQueue {
             bytes,
             tag: u64::from(messages),
         });
+    }
+
+    /// Queues one message written from several buffers (a frame's own
+    /// start and a payload shared with other frames), kept and dropped as
+    /// one.
+    pub(crate) fn push_parts(&mut self, parts: &[Bytes]) {
+        let mut parts = parts.iter();
+        if let Some(first) = parts.next() {
+            self.push(first.clone());
+        }
+        for part in parts {
+            self.push_entry(Entry {
+                bytes: part.clone(),
+                tag: CONTINUES,
+            });
+        }
     }
 
     /// Queues one message of a conflated topic under its `key`, so that a
@@ -299,14 +332,24 @@ impl WriteQueue {
         }
     }
 
-    /// Drops whole unsent entries from the front until at most `cap` bytes
-    /// are queued (keeping a partly written front entry). Returns how many
-    /// messages were dropped.
+    /// Drops whole unsent messages from the front until at most `cap` bytes
+    /// are queued, keeping a message the kernel has started to take (its
+    /// front entry partly written, or a continuation at the front). Returns
+    /// how many messages were dropped.
     pub(crate) fn drop_oldest_until(&mut self, cap: usize) -> u64 {
-        let keep_front = self.front_sent > 0;
+        let started = self.front_sent > 0 || self.head.as_ref().is_some_and(Entry::continues);
+        // The started message's continuations stay with it.
+        let mut kept = Vec::new();
+        if started {
+            while let Some(tail) = self.tail.as_mut()
+                && tail.ring.front().is_some_and(Entry::continues)
+            {
+                kept.extend(tail.pop_front());
+            }
+        }
         let mut dropped = 0;
         while self.queued as usize > cap {
-            let entry = if keep_front {
+            let entry = if started {
                 self.tail.as_mut().and_then(|tail| tail.pop_front())
             } else {
                 self.pop_front()
@@ -316,8 +359,37 @@ impl WriteQueue {
             };
             dropped += entry.messages();
             self.forget(Some(entry));
+            self.drop_continuations(started);
+        }
+        if let Some(tail) = self.tail.as_mut() {
+            for entry in kept.into_iter().rev() {
+                tail.push_front(entry);
+            }
         }
         dropped
+    }
+
+    /// Drops the continuations of a message just dropped: the entries at
+    /// the front of the ring (or, if nothing has started, at the head).
+    fn drop_continuations(&mut self, started: bool) {
+        loop {
+            let next_continues = if started {
+                self.tail
+                    .as_ref()
+                    .is_some_and(|tail| tail.ring.front().is_some_and(Entry::continues))
+            } else {
+                self.head.as_ref().is_some_and(Entry::continues)
+            };
+            if !next_continues {
+                return;
+            }
+            let entry = if started {
+                self.tail.as_mut().and_then(|tail| tail.pop_front())
+            } else {
+                self.pop_front()
+            };
+            self.forget(entry);
+        }
     }
 
     /// Drops every unsent entry (keeping a partly written front entry, so
@@ -547,5 +619,43 @@ mod tests {
         // A conflated entry counts as one message when dropped.
         queue.push_conflated(Bytes::from_static(b"z"), key);
         assert_eq!(queue.drop_unsent(), 1);
+    }
+
+    #[test]
+    fn a_message_of_several_parts_is_written_kept_and_dropped_whole() {
+        let parts = [
+            Bytes::from_static(b"<a"),
+            Bytes::from_static(b"shared"),
+            Bytes::from_static(b">"),
+        ];
+        // Dropped whole, counted once.
+        let mut queue = WriteQueue::default();
+        queue.push_parts(&parts);
+        queue.push(Bytes::from_static(b"b"));
+        assert_eq!(queue.drop_oldest_until(1), 1);
+        assert_eq!(queue.queued_bytes(), 1);
+        let mut w = writer(usize::MAX);
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(w.out, b"b");
+        // Started (its first part partly written): kept whole, the rest goes.
+        let mut queue = WriteQueue::default();
+        queue.push_parts(&parts);
+        queue.push(Bytes::from_static(b"b"));
+        let mut w = writer(1);
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(queue.drop_unsent(), 1);
+        w.budget = 100;
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(w.out, b"<ashared>");
+        // Started (its first part written, a shared part next): kept too.
+        let mut queue = WriteQueue::default();
+        queue.push_parts(&parts);
+        queue.push(Bytes::from_static(b"b"));
+        let mut w = writer(2);
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(queue.drop_unsent(), 1);
+        w.budget = 100;
+        queue.flush_to(&mut w).unwrap();
+        assert_eq!(w.out, b"<ashared>");
     }
 }

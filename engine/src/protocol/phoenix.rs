@@ -330,6 +330,27 @@ pub fn push(join_ref: Ref<'_>, topic: &str, event: &str, payload: &RawValue) -> 
     encode_array(join_ref.as_json(), "null", topic, event, payload.get())
 }
 
+/// The start of a push whose payload is sent from a buffer shared by many
+/// pushes: the frame header (for a payload of the start plus `rest_len`
+/// bytes) and `[join_ref,null,topic,event,`. The frame is this, then the
+/// payload, then `]` (`rest_len` counts both).
+pub(crate) fn push_head(join_ref: Ref<'_>, topic: &str, event: &str, rest_len: usize) -> Bytes {
+    let mut start = FrameBuilder::with_capacity(16 + topic.len() + event.len());
+    start.extend_from_slice(b"[");
+    start.extend_from_slice(join_ref.as_json().as_bytes());
+    start.extend_from_slice(b",null,");
+    write_json_string(&mut start, topic);
+    start.extend_from_slice(b",");
+    write_json_string(&mut start, event);
+    start.extend_from_slice(b",");
+    let start = start.payload();
+    let header = crate::wire::server_header(OpCode::Text, start.len() + rest_len);
+    let mut head = bytes::BytesMut::with_capacity(header.as_bytes().len() + start.len());
+    head.extend_from_slice(header.as_bytes());
+    head.extend_from_slice(start);
+    head.freeze()
+}
+
 /// The status of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

@@ -351,6 +351,17 @@ impl<S> Conn<'_, S> {
         result
     }
 
+    /// Sends one frame written from several buffers, in order (a frame's
+    /// own start and a payload shared with other frames): no copy of the
+    /// shared part.
+    pub(crate) fn send_frame_parts(&mut self, parts: &[Bytes]) -> Result<(), SendError> {
+        let result = self
+            .outbox
+            .enqueue_parts(parts, &self.ctx.config, &self.ctx.stats);
+        self.ctx.mark_dirty(self.id, self.outbox);
+        result
+    }
+
     /// Starts the close handshake with `code` and `reason` (at most 123
     /// bytes; longer reasons are cut at a character boundary). A code that
     /// may not be sent becomes 1000.
