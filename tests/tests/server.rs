@@ -615,6 +615,42 @@ fn past_the_queue_budget_the_largest_queue_is_shed_and_the_others_keep_theirs() 
     server.shutdown();
 }
 
+#[test]
+fn broadcasts_shared_by_many_backlogs_count_once_against_the_queue_budget() {
+    let (server, _app) = start(
+        builder()
+            .loops(1)
+            .max_queued_bytes(256 << 20)
+            .queue_budget(16 << 20),
+    );
+    let addr = server.local_addr();
+    // Six subscribers that do not read, one that does.
+    let mut stuck: Vec<_> = (0..6).map(|_| raw_upgraded(addr, "/ws")).collect();
+    for stream in &mut stuck {
+        raw_subscribe(stream, "shared");
+    }
+    let mut reader = raw_upgraded(addr, "/ws");
+    raw_subscribe(&mut reader, "shared");
+    // 14 MiB of broadcasts: each backlog holds most of it, together far
+    // past the budget, but the frames are the same 14 MiB.
+    let chunk = herald::wire::text_frame(&"s".repeat(64 * 1024));
+    reader.set_read_timeout(Some(WAIT)).unwrap();
+    for i in 0..224 {
+        server.handle().publish("shared", chunk.clone());
+        let (opcode, payload) = read_server_frame(&mut reader).expect("a chunk");
+        assert_eq!(
+            (opcode, payload.len()),
+            (OpCode::Text, 64 * 1024),
+            "chunk {i}"
+        );
+    }
+    let stats = server.handle().stats();
+    assert_eq!(stats.queue_budget_sheds, 0);
+    assert_eq!(stats.slow_consumer_closes, 0);
+    assert_eq!(server.handle().connections(), 7);
+    server.shutdown();
+}
+
 // ---- Shutdown and scale ---------------------------------------------------------
 
 #[test]

@@ -43,6 +43,13 @@ fn fanout_seq(phoenix: bool, prefix: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Whether a Phoenix frame is a presence message (a server whose topic
+/// tracks presence sends them besides the stream), which carries no
+/// sequence number.
+fn is_presence(phoenix: bool, payload: &[u8]) -> bool {
+    phoenix && memchr::memmem::find(&payload[..payload.len().min(96)], br#","presence_"#).is_some()
+}
+
 /// Sends a Phoenix join for the fan-out topic on every client and waits
 /// for all the replies.
 pub(crate) fn join_all(
@@ -84,6 +91,39 @@ pub(crate) fn join_all(
     Ok(())
 }
 
+/// How long the server must have sent nothing before the joins are
+/// settled.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// After the joins, reads and drops what the server sends because of them
+/// (on a presence topic: each joiner's `presence_state`, and the diffs every
+/// member receives of every join) until it has sent nothing for [`QUIET`]
+/// (at most 60 s), so that the measured window measures the stream alone.
+pub(crate) fn settle(
+    poll: &mut Poll,
+    clients: &mut [Client],
+    path_of: &dyn Fn(usize) -> String,
+) -> io::Result<()> {
+    let mut last = Instant::now();
+    let deadline = last + Duration::from_secs(60);
+    let mut failure = None;
+    while last.elapsed() < QUIET && Instant::now() < deadline {
+        drive(poll, Instant::now() + Duration::from_millis(50), |token| {
+            let result = clients[token.0].on_ready(&path_of(token.0), |_, _| {
+                last = Instant::now();
+            });
+            if let Err(err) = result {
+                failure = Some(err);
+            }
+            failure.is_none()
+        })?;
+        if let Some(err) = failure.take() {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 /// Handles a subscriber's readiness: reads its frames (in place, in the
 /// thread's shared buffer) and counts each sequence number it received, all
 /// at the time of the read.
@@ -98,7 +138,7 @@ pub(crate) fn receive(
     let now = tracker.now();
     let mut outcome = Ok(());
     client.receive_into(path, scratch, |opcode, payload| {
-        if opcode != OpCode::Text || outcome.is_err() {
+        if opcode != OpCode::Text || outcome.is_err() || is_presence(phoenix, payload) {
             return;
         }
         outcome = fanout_seq(phoenix, payload)

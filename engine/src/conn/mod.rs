@@ -46,7 +46,7 @@ use std::{io, net::SocketAddr};
 use bytes::{Bytes, BytesMut};
 
 pub(crate) use outbox::Outbox;
-pub(crate) use write_queue::Flushed;
+pub(crate) use write_queue::{Flushed, WriteQueue};
 
 use crate::{
     admission::{Metered, TickBucket},

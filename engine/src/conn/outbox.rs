@@ -275,6 +275,11 @@ impl Outbox {
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queue.queued_bytes()
     }
+
+    /// The buffers waiting, for counting memory shared between queues once.
+    pub(crate) fn queued_buffers(&self) -> impl Iterator<Item = &Bytes> {
+        self.queue.buffers()
+    }
 }
 
 fn truncate_reason(reason: &str) -> &str {

@@ -246,6 +246,14 @@ impl WriteQueue {
         self.tail.as_ref().is_none_or(|tail| tail.is_empty())
     }
 
+    /// The buffers queued, in order (a partly written front one whole).
+    pub(crate) fn buffers(&self) -> impl Iterator<Item = &Bytes> {
+        self.entries().map(|entry| &entry.bytes)
+    }
+
+    /// The memory one queued entry takes besides its buffer.
+    pub(crate) const ENTRY_SIZE: usize = size_of::<Entry>();
+
     /// The entries in order.
     fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.head

@@ -23,7 +23,7 @@ use crate::{
     cli::options::Options,
     scenarios::{
         connections::open_connections_with,
-        messages::{FANOUT_TOPIC, join_all, receive},
+        messages::{FANOUT_TOPIC, join_all, receive, settle},
     },
 };
 
@@ -105,6 +105,7 @@ impl<'a> FanoutShared<'a> {
                 .and_then(|(mut clients, _)| {
                     if self.plan.phoenix {
                         join_all(&mut poll, &mut clients, &path_of)?;
+                        settle(&mut poll, &mut clients, &path_of)?;
                     }
                     Ok(clients)
                 });

@@ -35,7 +35,7 @@ use crate::{
     broadcast::Broadcast,
     config::ServerConfig,
     conflation::ConflationKeys,
-    conn::{AfterFlush, Connection, Env, Expired, Flushed},
+    conn::{AfterFlush, Connection, Env, Expired, Flushed, WriteQueue},
     metrics::{LoopStats, bump},
     pubsub::{ConnId, LoopTopics, TopicRegistry},
     timer::{Expiry, TICK, Tick, TimerWheel},
@@ -59,6 +59,9 @@ const MAX_TURN: usize = 4096;
 /// burst (the other connections of a storm closing over a few turns) is
 /// gone first.
 const RELEASE_SETTLE: Duration = Duration::from_millis(500);
+/// The shortest time between two counts of the memory queues hold (a walk
+/// of every backlog) while their bytes add up past the queue budget.
+const BUDGET_RECOUNT: Duration = Duration::from_millis(100);
 /// The shortest time between two releases of free memory.
 const RELEASE_EVERY: Duration = Duration::from_secs(10);
 /// Connections that must have gone since the last peak before the loop
@@ -144,6 +147,8 @@ pub(crate) struct Worker<S: Service> {
     /// Broadcasts that reached this loop during the turn, in arrival
     /// order, delivered just before the flush (see `fanout.rs`).
     turn: Vec<Arc<Broadcast>>,
+    /// When the memory the backlogs hold was last counted.
+    budget_counted_at: Option<Instant>,
     /// Connections whose socket did not take all it was given at their
     /// last flush, and so hold queued bytes between turns: what the queue
     /// budget counts. Stale entries (gone, caught up) are dropped when it
@@ -210,6 +215,7 @@ impl<S: Service> Worker<S> {
             flushing: Vec::new(),
             turn: Vec::new(),
             behind: Vec::new(),
+            budget_counted_at: None,
         })
     }
 
@@ -590,9 +596,13 @@ impl<S: Service> Worker<S> {
         self.flushing = flushing;
     }
 
-    /// Keeps the bytes queued between turns within this loop's share of
+    /// Keeps the memory queued between turns within this loop's share of
     /// the queue budget: past it, the slow-consumer policy applies to the
-    /// largest queues first, until the loop is back under.
+    /// largest queues first, until the loop is back under. A broadcast's
+    /// frame is one buffer shared by every queue that holds it, so while
+    /// the queues' bytes add up past the budget, the memory they hold is
+    /// counted (each buffer once, and each entry's own size), at most
+    /// every [`BUDGET_RECOUNT`].
     fn enforce_queue_budget(&mut self) {
         if self.behind.is_empty() {
             self.queued = 0;
@@ -612,12 +622,38 @@ impl<S: Service> Worker<S> {
         self.queued = held;
         self.peak_queued = self.peak_queued.max(held);
         let budget = self.ctx.config.loop_queue_budget();
-        if held > budget {
-            self.shed_largest(held - budget);
+        let counted_recently = self
+            .budget_counted_at
+            .is_some_and(|at| at.elapsed() < BUDGET_RECOUNT);
+        if held <= budget || counted_recently {
+            return;
+        }
+        self.budget_counted_at = Some(Instant::now());
+        let memory = self.queued_memory();
+        if memory > budget {
+            self.shed_largest(memory - budget);
         }
     }
 
-    /// Sheds the largest queues until `excess` bytes are freed.
+    /// The memory the backlogs hold: each buffer once, however many queues
+    /// share it, and each queue entry.
+    fn queued_memory(&self) -> usize {
+        let mut seen = ahash::AHashSet::new();
+        let mut memory = 0;
+        for id in &self.behind {
+            for buffer in self.conns[id.key()].conn.outbox_ref().queued_buffers() {
+                memory += WriteQueue::ENTRY_SIZE;
+                if seen.insert((buffer.as_ptr() as usize, buffer.len())) {
+                    memory += buffer.len();
+                }
+            }
+        }
+        memory
+    }
+
+    /// Sheds the largest queues until `excess` bytes are freed (counting
+    /// what each gives up; where that was shared with other queues less
+    /// memory comes back, and the next count, a tick later, sheds more).
     fn shed_largest(&mut self, mut excess: usize) {
         let mut largest: Vec<(usize, ConnId)> = self
             .behind
