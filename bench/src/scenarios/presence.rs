@@ -117,18 +117,15 @@ fn apply(member: &mut Member, text: &[u8]) -> io::Result<()> {
     }
     let (_, _, _, event, payload): (Option<&str>, Option<&str>, &str, &str, &RawValue) =
         serde_json::from_slice(text).map_err(invalid)?;
-    match event {
-        "presence_diff" => {
-            let diff: Diff<'_> = serde_json::from_str(payload.get()).map_err(invalid)?;
-            member.diffs += 1;
-            for key in diff.joins.keys() {
-                member.set(key, true);
-            }
-            for key in diff.leaves.keys() {
-                member.set(key, false);
-            }
+    if event == "presence_diff" {
+        let diff: Diff<'_> = serde_json::from_str(payload.get()).map_err(invalid)?;
+        member.diffs += 1;
+        for key in diff.joins.keys() {
+            member.set(key, true);
         }
-        _ => {}
+        for key in diff.leaves.keys() {
+            member.set(key, false);
+        }
     }
     Ok(())
 }
