@@ -3,8 +3,9 @@
 //! installs them from Debian's packages).
 //!
 //! Each scenario runs once per broker: cross-node broadcast exactly once,
-//! `broadcast_from` across nodes, interest moving the bus subscription, and
-//! a broker restart in the middle of a stream. All waits are bounded and
+//! `broadcast_from` across nodes, interest moving the bus subscription, a
+//! broker restart in the middle of a stream, and presence across nodes (a
+//! node killed with SIGKILL, a broker restart). All waits are bounded and
 //! wait on observable events (a message, a counter), never on sleeps alone.
 
 use std::{
@@ -183,6 +184,31 @@ impl Channel<Option<String>> for Room {
     }
 }
 
+/// `lobby:*`: tracks each member's presence under the join's `name`.
+struct Lobby;
+
+impl Channel<Option<String>> for Lobby {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, Option<String>>,
+        payload: &RawValue,
+    ) -> JoinResult {
+        let payload: Value = serde_json::from_str(payload.get()).unwrap_or_default();
+        let name = payload["name"].as_str().unwrap_or("anonymous").to_owned();
+        ctx.track(&name, &json!({ "device": payload["device"] }))
+            .map_err(|err| Reply::reason(&err.to_string()))?;
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        _: &mut ChannelContext<'_, '_, Option<String>>,
+        _: &str,
+        _: &RawValue,
+    ) {
+    }
+}
+
 /// A node: its engine, and its link to the others (for the bus counters).
 struct Node {
     engine: Engine,
@@ -198,6 +224,11 @@ impl std::ops::Deref for Node {
 }
 
 fn node(broker: &BrokerProcess) -> Node {
+    node_with(broker, Duration::from_secs(30))
+}
+
+/// A node whose peers are taken for gone after `down_after` of silence.
+fn node_with(broker: &BrokerProcess, down_after: Duration) -> Node {
     let endpoint = Endpoint::new(Anyone)
         .channel(
             "room:*",
@@ -210,7 +241,8 @@ fn node(broker: &BrokerProcess) -> Node {
             Room {
                 include_sender: false,
             },
-        );
+        )
+        .channel("lobby:*", Lobby);
     let cluster = Cluster::new(broker.broker());
     let builder = Server::builder()
         .bind("127.0.0.1:0".parse().unwrap())
@@ -218,6 +250,7 @@ fn node(broker: &BrokerProcess) -> Node {
         .pin_cores(false);
     let engine = Channels::new()
         .phoenix(PATH, endpoint)
+        .presence_down_after(down_after)
         .start(cluster.attach(builder))
         .expect("start a node");
     Node { engine, cluster }
@@ -523,6 +556,157 @@ fn a_node_starts_without_its_broker_and_joins_later(kind: Kind) {
     assert_eq!(next_broadcast(&mut remote).1, json!({"n": 2}));
 }
 
+/// A member of `lobby:1` on `addr`, named `name`.
+fn member(addr: SocketAddr, name: &str) -> Client {
+    let mut client = Client::connect(addr, PATH, "").expect("connect");
+    let (_, reply) = client.join("lobby:1", json!({ "name": name }));
+    assert_eq!(reply["status"], "ok", "{reply}");
+    client
+}
+
+/// A client's view of `lobby:1`'s keys, kept from its presence messages.
+struct View {
+    keys: std::collections::BTreeMap<String, usize>,
+}
+
+impl View {
+    fn new() -> Self {
+        Self {
+            keys: Default::default(),
+        }
+    }
+
+    /// Reads messages until `done(keys)` holds.
+    fn until(&mut self, client: &mut Client, done: impl Fn(&[&str]) -> bool) {
+        loop {
+            let names: Vec<&str> = self.keys.keys().map(String::as_str).collect();
+            if done(&names) {
+                return;
+            }
+            let message = client.recv();
+            let payload = &message[4];
+            match message[3].as_str() {
+                Some("presence_state") => {
+                    self.keys.clear();
+                    self.add(payload);
+                }
+                Some("presence_diff") => {
+                    self.add(&payload["joins"]);
+                    self.remove(&payload["leaves"]);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn add(&mut self, presences: &Value) {
+        for (key, entry) in presences.as_object().into_iter().flatten() {
+            *self.keys.entry(key.clone()).or_default() +=
+                entry["metas"].as_array().map_or(0, Vec::len);
+        }
+    }
+
+    fn remove(&mut self, presences: &Value) {
+        for (key, entry) in presences.as_object().into_iter().flatten() {
+            let gone = entry["metas"].as_array().map_or(0, Vec::len);
+            if let Some(count) = self.keys.get_mut(key) {
+                *count = count.saturating_sub(gone);
+                if *count == 0 {
+                    self.keys.remove(key);
+                }
+            }
+        }
+    }
+}
+
+fn presence_is_shared_between_nodes(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let a = node(&broker);
+    let b = node(&broker);
+    let mut ada = member(a.local_addr(), "ada");
+    let mut bob = member(b.local_addr(), "bob");
+    let mut ada_view = View::new();
+    let mut bob_view = View::new();
+    ada_view.until(&mut ada, |keys| keys == ["ada", "bob"]);
+    bob_view.until(&mut bob, |keys| keys == ["ada", "bob"]);
+    // Both nodes list both, and a later joiner's state has both.
+    assert!(wait_until(WAIT, || a.handle().presence_count("lobby:1") == 2));
+    assert!(wait_until(WAIT, || b.handle().presence_count("lobby:1") == 2));
+    let mut carol = member(b.local_addr(), "carol");
+    View::new().until(&mut carol, |keys| keys == ["ada", "bob", "carol"]);
+    // A leave on one node reaches the other's clients.
+    drop(carol);
+    ada_view.until(&mut ada, |keys| keys == ["ada", "bob"]);
+    drop(ada);
+    bob_view.until(&mut bob, |keys| keys == ["bob"]);
+}
+
+fn a_killed_nodes_presences_leave_within_the_down_period(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let down_after = Duration::from_millis(1500);
+    let survivor = node_with(&broker, down_after);
+    let url = match broker.broker() {
+        Broker::Redis { url } | Broker::Nats { url } => url,
+        _ => unreachable!("a broker process has a URL"),
+    };
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_channels-test-server"))
+        .args(["--broker", &url, "--presence-down-ms", "1500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a second node");
+    let mut line = String::new();
+    let stdout = doomed.stdout.as_mut().expect("piped stdout");
+    let mut byte = [0u8];
+    while !line.ends_with('\n') {
+        stdout
+            .read_exact(&mut byte)
+            .expect("the node says where it listens");
+        line.push(byte[0] as char);
+    }
+    let addr: SocketAddr = line
+        .trim()
+        .trim_start_matches("listening on ")
+        .parse()
+        .unwrap();
+    // The test server's lobby keys members by their `user` connect param.
+    let mut ada = Client::connect(addr, PATH, "token=secret&user=ada").expect("connect");
+    let (_, reply) = ada.join("lobby:1", json!({ "device": "phone" }));
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let mut bob = member(survivor.local_addr(), "bob");
+    let mut view = View::new();
+    view.until(&mut bob, |keys| keys == ["ada", "bob"]);
+    // kill -9: no goodbye.
+    doomed.kill().expect("kill the node");
+    let killed_at = std::time::Instant::now();
+    let _ = doomed.wait();
+    view.until(&mut bob, |keys| keys == ["bob"]);
+    let took = killed_at.elapsed();
+    assert!(
+        took < down_after + Duration::from_secs(2),
+        "the killed node's presence left after {took:?}"
+    );
+    drop(ada);
+}
+
+fn presences_converge_after_a_broker_restart(kind: Kind) {
+    let mut broker = BrokerProcess::start(kind);
+    let a = node(&broker);
+    let b = node(&broker);
+    wait_subscribed(&[&a, &b], 0);
+    let _ada = member(a.local_addr(), "ada");
+    let mut bob = member(b.local_addr(), "bob");
+    let mut view = View::new();
+    view.until(&mut bob, |keys| keys == ["ada", "bob"]);
+    // The broker goes away; carol joins node a meanwhile (its delta is
+    // lost), then the broker comes back.
+    broker.stop();
+    assert!(wait_until(WAIT, || stats(&a).connected == 0));
+    let _carol = member(a.local_addr(), "carol");
+    broker.spawn();
+    view.until(&mut bob, |keys| keys == ["ada", "bob", "carol"]);
+    assert!(wait_until(WAIT, || b.handle().presence_count("lobby:1") == 3));
+}
+
 macro_rules! per_broker {
     ($($scenario:ident),* $(,)?) => {
         mod redis {
@@ -541,4 +725,7 @@ per_broker!(
     a_broker_restart_mid_stream_is_survived,
     disconnecting_a_socket_id_reaches_every_node,
     a_node_starts_without_its_broker_and_joins_later,
+    presence_is_shared_between_nodes,
+    a_killed_nodes_presences_leave_within_the_down_period,
+    presences_converge_after_a_broker_restart,
 );

@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::Arc,
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -25,7 +25,7 @@ use crate::{
     handshake::Request,
     protocol::{MessageError, WireProtocol, phoenix::Ref},
     pubsub::TopicEntry,
-    reactor::{Conn, Reject, Server, ServerBuilder, ServerHandle, StartError},
+    reactor::{Conn, Reject, Relay, Server, ServerBuilder, ServerHandle, StartError, SyncHandler},
 };
 
 /// A socket and the channels its topics route to.
@@ -188,6 +188,7 @@ pub(crate) struct Mount {
 pub struct Channels {
     mounts: Vec<Mount>,
     max_channels: usize,
+    presence_down_after: Duration,
 }
 
 impl std::fmt::Debug for Channels {
@@ -214,6 +215,7 @@ impl Channels {
         Self {
             mounts: Vec::new(),
             max_channels: 100,
+            presence_down_after: Duration::from_secs(30),
         }
     }
 
@@ -250,6 +252,15 @@ impl Channels {
         self
     }
 
+    /// With a cluster bus: how long a node may stay silent before the
+    /// others take it for gone and its presences leave (default 30 s, as
+    /// Phoenix; nodes say they are alive every second). A node that stops
+    /// cleanly says so, and its presences leave at once.
+    pub fn presence_down_after(mut self, period: Duration) -> Self {
+        self.presence_down_after = period;
+        self
+    }
+
     /// Starts the engine on a server configured by `builder` (address,
     /// loops, limits); the endpoints' paths are added to it.
     pub fn start(self, builder: ServerBuilder) -> Result<Engine, StartError> {
@@ -270,6 +281,9 @@ impl Channels {
             counters,
             presence,
         };
+        if let Some(relay) = handle.server.relay() {
+            link_presence(&handle.presence, relay, self.presence_down_after);
+        }
         let thread = spawn_presence_sender(handle.clone()).map_err(StartError::Io)?;
         let presence_sender = PresenceSender {
             tracker: Arc::clone(&handle.presence),
@@ -283,18 +297,50 @@ impl Channels {
     }
 }
 
-/// Starts the thread that broadcasts each topic's coalesced presence diff
-/// once its window has passed; it ends when the engine does.
+/// Replicates presence with the other nodes through `relay`: their
+/// messages reach the tracker on the relay's thread, and its answers go
+/// straight back.
+fn link_presence(presence: &Arc<PresenceTracker>, relay: &Arc<dyn Relay>, down_after: Duration) {
+    presence.link(relay.node_id(), down_after);
+    let tracker = Arc::clone(presence);
+    // Weak: the relay holds the handler.
+    let relay_back = Arc::downgrade(relay);
+    relay.set_sync_handler(SyncHandler(Arc::new(move |origin, message| {
+        let replies = tracker.sync_receive(origin, message, Instant::now());
+        if let Some(relay) = relay_back.upgrade() {
+            for reply in replies {
+                relay.forward_sync(reply);
+            }
+        }
+    })));
+}
+
+/// How often the presence thread wakes with nothing to send: heartbeats and
+/// the down period are checked at this pace.
+const PRESENCE_TICK: Duration = Duration::from_millis(250);
+
+/// Starts the thread that sends this node's clients each topic's coalesced
+/// presence diff once its window has passed (every node sends its own
+/// clients the diffs of every node's changes), and, with a cluster, tells
+/// the other nodes of this one's changes; it ends when the engine does,
+/// saying goodbye to the other nodes.
 fn spawn_presence_sender(handle: EngineHandle) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("herald-presence".into())
         .spawn(move || {
+            let relay = handle.server.relay().cloned();
             while !handle.presence.is_stopped() {
-                for (topic, diff) in handle.presence.next_diffs(Duration::from_secs(1)) {
-                    if let Err(err) = handle.broadcast(&topic, PRESENCE_DIFF, &*diff) {
-                        tracing::warn!(%err, "presence diff not sent");
+                for (topic, diff) in handle.presence.next_diffs(PRESENCE_TICK) {
+                    handle.broadcast_here(&topic, PRESENCE_DIFF, diff);
+                }
+                if let Some(relay) = &relay {
+                    for message in handle.presence.sync_outgoing(Instant::now()) {
+                        relay.forward_sync(message);
                     }
                 }
+            }
+            if let (Some(relay), Some(bye)) = (&relay, handle.presence.sync_bye()) {
+                relay.forward_sync(bye);
             }
         })
 }
@@ -413,6 +459,14 @@ impl EngineHandle {
             *loops |= extra;
         }
         Some(entry)
+    }
+
+    /// Broadcasts to this node's subscribers of `topic` only.
+    fn broadcast_here(&self, topic: &str, event: &str, payload: Box<RawValue>) {
+        if let Some(entry) = self.server.topic(topic) {
+            let broadcast = Broadcast::channel(topic, event, payload, &entry);
+            self.server.broadcast_local(broadcast);
+        }
     }
 
     /// Subscribers of `topic`, on all loops.

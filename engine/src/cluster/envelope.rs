@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! byte 0      version (1)
-//! byte 1      kind: 1 = channel message, 2 = encoded frames, 3 = disconnect
+//! byte 1      kind: 1 = channel message, 2 = encoded frames, 3 = disconnect,
+//!             4 = sync (presence replication)
 //! bytes 2-9   origin node id, little-endian u64
 //! u16 LE      topic length, then the topic (UTF-8); for kind 3, the
 //!             name of the connections to close
 //! kind 1:     u16 LE event length, the event, then the payload (JSON) to the end
 //! kind 2:     u8 frame count, then per frame: u8 protocol index, u32 LE length, the frame
 //! kind 3:     nothing more
+//! kind 4:     (empty topic) the message, JSON, to the end
 //! ```
 //!
 //! A channel message carries the event and raw JSON payload, not frames: the
@@ -38,6 +40,7 @@ pub const VERSION: u8 = 1;
 const KIND_CHANNEL: u8 = 1;
 const KIND_FRAMES: u8 = 2;
 const KIND_DISCONNECT: u8 = 3;
+const KIND_SYNC: u8 = 4;
 const FIXED_HEADER: usize = 1 + 1 + 8 + 2;
 
 /// A node's identity on the bus: random per process start.
@@ -57,6 +60,9 @@ pub enum Content {
     Frames(Vec<(WireProtocol, Bytes)>),
     /// Close the connections named by the envelope's topic field.
     Disconnect,
+    /// A message between the nodes' channels layers (presence
+    /// replication), JSON.
+    Sync(Bytes),
 }
 
 impl PartialEq for Content {
@@ -71,6 +77,7 @@ impl PartialEq for Content {
             ) => event == other_event && payload.get() == other_payload.get(),
             (Self::Frames(frames), Self::Frames(other)) => frames == other,
             (Self::Disconnect, Self::Disconnect) => true,
+            (Self::Sync(message), Self::Sync(other)) => message == other,
             _ => false,
         }
     }
@@ -148,6 +155,7 @@ impl Envelope {
                     .map(|(protocol, frame)| (*protocol, &frame[..])),
             ),
             Content::Disconnect => encode_disconnect(self.origin, &self.topic),
+            Content::Sync(message) => encode_sync(self.origin, message),
         }
     }
 
@@ -186,6 +194,11 @@ impl Envelope {
                 Content::Frames(frames)
             }
             KIND_DISCONNECT if reader.rest.is_empty() => Content::Disconnect,
+            KIND_SYNC => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(reader.rest)
+                    .map_err(|_| EnvelopeError::Json)?;
+                Content::Sync(Bytes::copy_from_slice(reader.rest))
+            }
             KIND_DISCONNECT => return Err(EnvelopeError::Truncated),
             other => return Err(EnvelopeError::Kind(other)),
         };
@@ -236,6 +249,13 @@ pub(crate) fn encode_frames<'a>(
 /// Writes a disconnect envelope: close the connections named `name`.
 pub(crate) fn encode_disconnect(origin: NodeId, name: &str) -> Result<Bytes, EnvelopeError> {
     Ok(header(KIND_DISCONNECT, origin, name, 0)?.freeze())
+}
+
+/// Writes a sync envelope: a message for every other node's channels layer.
+pub(crate) fn encode_sync(origin: NodeId, message: &[u8]) -> Result<Bytes, EnvelopeError> {
+    let mut out = header(KIND_SYNC, origin, "", message.len())?;
+    out.put_slice(message);
+    Ok(out.freeze())
 }
 
 /// The fields every envelope starts with, in a buffer with room for `rest`.

@@ -12,7 +12,7 @@
 
 use std::{
     io,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     thread::JoinHandle,
     time::Duration,
 };
@@ -22,13 +22,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     Broker, BusCounters, Content, Envelope, NodeId,
-    envelope::{encode_channel, encode_disconnect, encode_frames},
+    envelope::{encode_channel, encode_disconnect, encode_frames, encode_sync},
 };
 use crate::{
     broadcast::Broadcast,
     metrics::add,
     protocol::WireProtocol,
-    reactor::{Relay, ServerHandle},
+    reactor::{Relay, ServerHandle, SyncHandler},
 };
 
 /// Envelopes waiting for the bus thread; past this, publishes are dropped
@@ -58,6 +58,8 @@ pub(crate) struct Bus {
     counters: Arc<BusCounters>,
     /// The bus thread's side, until the server starts it.
     receiver: Mutex<Option<BusReceiver>>,
+    /// Where the channels layer takes other nodes' sync messages.
+    sync_handler: Arc<OnceLock<SyncHandler>>,
 }
 
 /// What the bus thread receives from the [`Bus`].
@@ -107,6 +109,7 @@ impl Bus {
             stop: stop_tx,
             counters: Arc::default(),
             receiver: Mutex::new(Some(receiver)),
+            sync_handler: Arc::default(),
         }
     }
 
@@ -171,12 +174,25 @@ impl Relay for Bus {
             node: self.node,
             server,
             counters: Arc::clone(&self.counters),
+            sync_handler: Arc::clone(&self.sync_handler),
         };
         spawn(self.broker.clone(), receiver, inbound)
     }
 
     fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    fn node_id(&self) -> u64 {
+        self.node
+    }
+
+    fn forward_sync(&self, message: Bytes) {
+        self.hand_over(Subject::Control, encode_sync(self.node, &message));
+    }
+
+    fn set_sync_handler(&self, handler: SyncHandler) {
+        let _ = self.sync_handler.set(handler);
     }
 }
 
@@ -199,6 +215,7 @@ pub(crate) struct Inbound {
     node: NodeId,
     server: ServerHandle,
     pub(crate) counters: Arc<BusCounters>,
+    sync_handler: Arc<OnceLock<SyncHandler>>,
 }
 
 impl Inbound {
@@ -231,6 +248,12 @@ impl Inbound {
         let broadcast = match envelope.content {
             Content::Disconnect => {
                 self.server.disconnect_local(&topic);
+                return;
+            }
+            Content::Sync(message) => {
+                if let Some(handler) = self.sync_handler.get() {
+                    (handler.0)(envelope.origin, &message);
+                }
                 return;
             }
             Content::Channel { event, payload } => {

@@ -61,7 +61,10 @@ mod worker;
 
 use std::{io, sync::Arc, thread::JoinHandle};
 
+use bytes::Bytes;
+
 pub(crate) use handler::Service;
+
 pub use handler::{Accept, Conn, Handler, Reject};
 pub use mailbox::ConnHandle;
 pub(crate) use mailbox::{Command, Mailbox};
@@ -92,6 +95,28 @@ pub(crate) trait Relay: Send + Sync + std::fmt::Debug + 'static {
     fn start(&self, server: ServerHandle) -> io::Result<JoinHandle<()>>;
     /// The server is shutting down.
     fn stop(&self);
+    /// This node's id among the nodes.
+    fn node_id(&self) -> u64;
+    /// Sends an upper layer's message (presence replication) to every
+    /// other node, without blocking (dropped and counted if it cannot go).
+    fn forward_sync(&self, message: Bytes);
+    /// Where the upper layer takes the other nodes' sync messages: called
+    /// with the sending node's id and the message, on the relay's thread.
+    fn set_sync_handler(&self, handler: SyncHandler);
+}
+
+/// Receives other nodes' sync messages (see [`Relay::set_sync_handler`]):
+/// the sending node's id and the message.
+#[derive(Clone)]
+pub(crate) struct SyncHandler(pub(crate) Arc<SyncFn>);
+
+/// What a [`SyncHandler`] calls.
+pub(crate) type SyncFn = dyn Fn(u64, &[u8]) + Send + Sync;
+
+impl std::fmt::Debug for SyncHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncHandler")
+    }
 }
 
 /// What a loop shares with the callbacks it runs (through

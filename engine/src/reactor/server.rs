@@ -487,6 +487,11 @@ impl ServerHandle {
         self.relay.is_some()
     }
 
+    /// The link to other nodes, if any.
+    pub(crate) fn relay(&self) -> Option<&Arc<dyn Relay>> {
+        self.relay.as_ref()
+    }
+
     /// What the shared index knows of `topic`: which protocols its
     /// subscribers on this node speak.
     pub(crate) fn topic(&self, topic: &str) -> Option<TopicEntry> {

@@ -6,13 +6,17 @@
 //! the join payload; a `status` push updates it, a `hide` push untracks).
 //! Prints `listening on ADDR` once it accepts.
 //!
-//! Usage: `channels-test-server [--port PORT]` (default 0: any free port).
+//! Usage: `channels-test-server [--port PORT] [--broker URL]
+//! [--presence-down-ms MS]`: port 0 (the default) is any free port; a
+//! `redis://` or `nats://` broker joins it to other nodes (presence
+//! included).
 
-use std::io::Write;
+use std::{io::Write, time::Duration};
 
 use herald::{
     Reject, Request, Server,
     channels::{Channel, ChannelContext, Channels, Endpoint, JoinResult, Reply, Socket},
+    cluster::{Broker, Cluster},
     protocol::phoenix::Status,
 };
 use serde_json::{Value, json, value::RawValue};
@@ -107,12 +111,29 @@ impl Channel<String> for Lobby {
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut port = 0u16;
+    let mut broker = Broker::Memory;
+    let mut down_after = Duration::from_secs(30);
     while let Some(arg) = args.next() {
-        if arg == "--port" {
-            port = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        match arg.as_str() {
+            "--port" => port = args.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            "--broker" => {
+                let url = args.next().unwrap_or_default();
+                broker = if url.starts_with("nats://") {
+                    Broker::Nats { url }
+                } else {
+                    Broker::Redis { url }
+                };
+            }
+            "--presence-down-ms" => {
+                let ms = args.next().and_then(|ms| ms.parse().ok()).unwrap_or(30_000);
+                down_after = Duration::from_millis(ms);
+            }
+            _ => {}
         }
     }
+    let cluster = Cluster::new(broker);
     let engine = Channels::new()
+        .presence_down_after(down_after)
         .phoenix(
             "/socket/websocket",
             Endpoint::new(TestSocket)
@@ -120,10 +141,12 @@ fn main() -> std::io::Result<()> {
                 .channel("lobby:*", Lobby),
         )
         .start(
-            Server::builder()
-                .bind(([127, 0, 0, 1], port).into())
-                .loops(2)
-                .pin_cores(false),
+            cluster.attach(
+                Server::builder()
+                    .bind(([127, 0, 0, 1], port).into())
+                    .loops(2)
+                    .pin_cores(false),
+            ),
         )?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {}", engine.local_addr())?;

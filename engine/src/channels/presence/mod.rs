@@ -28,8 +28,9 @@
 //!
 //! The list lives in one tracker per engine, behind a mutex: presence
 //! changes come with joins and leaves, not with every broadcast, so plain
-//! broadcasts never touch it. It is this node's list; presence across the
-//! nodes of a cluster is not built yet.
+//! broadcasts never touch it. With a cluster bus it also holds the other
+//! nodes' presences, replicated as `sync.rs` describes, and each node sends
+//! its own clients the diffs of every node's changes.
 
 use std::{
     collections::HashMap,
@@ -38,13 +39,17 @@ use std::{
         Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use indexmap::IndexMap;
+use sync::{Entry, Gone, Message, NodeId, Peers};
+
+mod sync;
 use serde::Serialize;
 use serde_json::{Map, Value, value::RawValue};
+use sync::HEARTBEAT;
 
 /// How long changes to a topic's presence wait to go out as one diff. At
 /// 50 ms a human sees "online" as at once, and a storm of 500 joins a
@@ -73,6 +78,8 @@ pub enum PresenceError {
 struct Meta {
     phx_ref: Arc<str>,
     json: Arc<RawValue>,
+    /// Tracked by this node's clients (else replicated from another's).
+    local: bool,
 }
 
 /// A topic's presences: metas by key, in the order keys first appeared.
@@ -96,6 +103,21 @@ struct Tracker {
     /// Distinguishes this tracker's refs from another run's.
     incarnation: u64,
     next_ref: u64,
+    /// Replication with the other nodes, once linked to a cluster bus.
+    cluster: Option<Replication>,
+}
+
+/// This node's side of presence replication (see `sync.rs`).
+#[derive(Debug)]
+struct Replication {
+    peers: Peers,
+    /// This node's changes since its last delta.
+    joins: Vec<Entry>,
+    leaves: Vec<Gone>,
+    /// Deltas sent.
+    version: u64,
+    heartbeat_at: Option<Instant>,
+    down_after: Duration,
 }
 
 /// The engine's presence tracker, shared by its loops.
@@ -134,6 +156,73 @@ impl Tracker {
             .push(meta.clone());
         let diff = self.pending(topic);
         diff.joins.entry(Arc::clone(key)).or_default().push(meta);
+    }
+
+    /// Notes a change of this node's own list for the next delta.
+    fn log_join(&mut self, topic: &str, key: &str, meta: &Meta) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.joins.push(Entry {
+                topic: topic.to_owned(),
+                key: key.to_owned(),
+                phx_ref: meta.phx_ref.to_string(),
+                meta: (*meta.json).to_owned(),
+            });
+        }
+    }
+
+    fn log_leave(&mut self, topic: &str, key: &str, phx_ref: &str) {
+        if let Some(cluster) = &mut self.cluster {
+            let before = cluster.joins.len();
+            cluster.joins.retain(|join| join.phx_ref != phx_ref);
+            if cluster.joins.len() == before {
+                cluster.leaves.push(Gone {
+                    topic: topic.to_owned(),
+                    key: key.to_owned(),
+                    phx_ref: phx_ref.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// This node's own presences, for a state message.
+    fn local_entries(&self) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        for (topic, presences) in &self.topics {
+            for (key, metas) in presences {
+                for meta in metas.iter().filter(|meta| meta.local) {
+                    entries.push(Entry {
+                        topic: topic.to_string(),
+                        key: key.to_string(),
+                        phx_ref: meta.phx_ref.to_string(),
+                        meta: (*meta.json).to_owned(),
+                    });
+                }
+            }
+        }
+        entries
+    }
+
+    /// Applies other nodes' joins and leaves to the lists (and the
+    /// pending diffs).
+    fn apply_remote(&mut self, joins: Vec<Entry>, leaves: Vec<Gone>) -> bool {
+        let changed = !joins.is_empty() || !leaves.is_empty();
+        for gone in leaves {
+            let topic: Arc<str> = Arc::from(gone.topic.as_str());
+            self.remove(&topic, &gone.key, &gone.phx_ref);
+        }
+        for entry in joins {
+            let meta = Meta {
+                phx_ref: Arc::from(entry.phx_ref.as_str()),
+                json: Arc::from(entry.meta),
+                local: false,
+            };
+            self.add(
+                &Arc::from(entry.topic.as_str()),
+                &Arc::from(entry.key.as_str()),
+                meta,
+            );
+        }
+        changed
     }
 
     fn remove(&mut self, topic: &Arc<str>, key: &str, phx_ref: &str) -> Option<Meta> {
@@ -188,6 +277,7 @@ impl PresenceTracker {
         let phx_ref = tracker.new_ref();
         let key: Arc<str> = Arc::from(key);
         let meta = with_refs(meta, &phx_ref, None)?;
+        tracker.log_join(topic, &key, &meta);
         tracker.add(topic, &key, meta);
         drop(tracker);
         self.changed.notify_one();
@@ -214,8 +304,10 @@ impl PresenceTracker {
         {
             return Ok(None);
         }
+        tracker.log_leave(&tracked.topic, &tracked.key, &tracked.phx_ref);
         let phx_ref = tracker.new_ref();
         let meta = with_refs(meta, &phx_ref, Some(&tracked.phx_ref))?;
+        tracker.log_join(&tracked.topic, &tracked.key, &meta);
         tracker.add(&tracked.topic, &tracked.key, meta);
         drop(tracker);
         self.changed.notify_one();
@@ -227,12 +319,109 @@ impl PresenceTracker {
 
     /// Untracks a presence (a leave in the next diff).
     pub(crate) fn untrack(&self, tracked: &Tracked) {
-        let removed = self
-            .lock()
-            .remove(&tracked.topic, &tracked.key, &tracked.phx_ref);
+        let mut tracker = self.lock();
+        let removed = tracker.remove(&tracked.topic, &tracked.key, &tracked.phx_ref);
         if removed.is_some() {
+            tracker.log_leave(&tracked.topic, &tracked.key, &tracked.phx_ref);
+            drop(tracker);
             self.changed.notify_one();
         }
+    }
+
+    // ---- Replication with other nodes (see `sync.rs`) ---------------------
+
+    /// Starts replicating with the other nodes as node `me`; a node not
+    /// heard from for `down_after` is taken for gone.
+    pub(crate) fn link(&self, me: NodeId, down_after: Duration) {
+        self.lock().cluster = Some(Replication {
+            peers: Peers::new(me),
+            joins: Vec::new(),
+            leaves: Vec::new(),
+            version: 0,
+            heartbeat_at: None,
+            down_after,
+        });
+    }
+
+    /// What this node has to tell the others at `now`: its changes since
+    /// the last delta, and a heartbeat when one is due. Forgets the nodes
+    /// silent for the down period (their presences leave).
+    pub(crate) fn sync_outgoing(&self, now: Instant) -> Vec<Bytes> {
+        let mut tracker = self.lock();
+        let Some(cluster) = tracker.cluster.as_mut() else {
+            return Vec::new();
+        };
+        let mut messages = Vec::new();
+        if !cluster.joins.is_empty() || !cluster.leaves.is_empty() {
+            messages.push(Message::Delta {
+                from: cluster.version,
+                joins: std::mem::take(&mut cluster.joins),
+                leaves: std::mem::take(&mut cluster.leaves),
+            });
+            cluster.version += 1;
+        }
+        let due = cluster
+            .heartbeat_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= HEARTBEAT);
+        if due {
+            cluster.heartbeat_at = Some(now);
+            messages.push(Message::Heartbeat {
+                version: cluster.version,
+            });
+        }
+        let down_after = cluster.down_after;
+        let gone = cluster.peers.expire(now, down_after);
+        let changed = tracker.apply_remote(Vec::new(), gone);
+        drop(tracker);
+        if changed {
+            self.changed.notify_one();
+        }
+        messages.iter().filter_map(encode).collect()
+    }
+
+    /// Takes another node's message; returns what to answer.
+    pub(crate) fn sync_receive(&self, origin: NodeId, message: &[u8], now: Instant) -> Vec<Bytes> {
+        let message: Message = match serde_json::from_slice(message) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::debug!(%err, "presence sync message dropped");
+                return Vec::new();
+            }
+        };
+        let mut tracker = self.lock();
+        let Some(cluster) = tracker.cluster.as_mut() else {
+            return Vec::new();
+        };
+        let effects = cluster.peers.receive(origin, message, now);
+        let mut replies = effects.replies;
+        if effects.send_state {
+            // The state matches the version only once the changes not yet
+            // sent have gone out as a delta.
+            if !cluster.joins.is_empty() || !cluster.leaves.is_empty() {
+                replies.push(Message::Delta {
+                    from: cluster.version,
+                    joins: std::mem::take(&mut cluster.joins),
+                    leaves: std::mem::take(&mut cluster.leaves),
+                });
+                cluster.version += 1;
+            }
+            let version = cluster.version;
+            replies.push(Message::State {
+                version,
+                entries: tracker.local_entries(),
+            });
+        }
+        if tracker.apply_remote(effects.joins, effects.leaves) {
+            drop(tracker);
+            self.changed.notify_one();
+        }
+        replies.iter().filter_map(encode).collect()
+    }
+
+    /// The goodbye of a node that stops: the others drop its presences.
+    pub(crate) fn sync_bye(&self) -> Option<Bytes> {
+        let linked = self.lock().cluster.is_some();
+        linked.then(|| encode(&Message::Bye)).flatten()
     }
 
     /// The presences of `topic` in `presence_state` form, as of the last
@@ -317,6 +506,12 @@ impl PresenceTracker {
     }
 }
 
+/// A sync message as JSON (a failure, which cannot happen for these
+/// types, drops the message).
+fn encode(message: &Message) -> Option<Bytes> {
+    serde_json::to_vec(message).ok().map(Bytes::from)
+}
+
 /// `meta` as a JSON object.
 fn meta_object<T: Serialize + ?Sized>(meta: &T) -> Result<Map<String, Value>, PresenceError> {
     match serde_json::to_value(meta)? {
@@ -340,6 +535,7 @@ fn with_refs(
     Ok(Meta {
         phx_ref: Arc::clone(phx_ref),
         json: Arc::from(json),
+        local: true,
     })
 }
 
