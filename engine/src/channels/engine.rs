@@ -481,7 +481,7 @@ impl EngineHandle {
         self.server.disconnect(socket_id)
     }
 
-    /// The presences tracked on `topic` on this node, as the
+    /// The presences on `topic` (with a cluster bus, every node's), as the
     /// `presence_state` push has them: `{key: {"metas": [{"phx_ref": ...,
     /// ...meta}]}}`, as of the last `presence_diff` (at most one diff window,
     /// [`DIFF_WINDOW`](super::DIFF_WINDOW), old).
@@ -489,7 +489,8 @@ impl EngineHandle {
         self.presence.state_json(topic)
     }
 
-    /// How many keys (users) are present on `topic` on this node.
+    /// How many keys (users) are present on `topic` (with a cluster bus, on
+    /// every node).
     pub fn presence_count(&self, topic: &str) -> usize {
         self.presence.count(topic)
     }

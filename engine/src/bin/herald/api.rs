@@ -309,8 +309,7 @@ impl Api {
     }
 
     /// The topic's presences as the `presence_state` push has them, and
-    /// how many keys: this node's (presence is not shared between nodes
-    /// yet).
+    /// how many keys: every node's (with a broker, presence is shared).
     fn presence(&self, encoded: &str) -> Result<Reply, ApiError> {
         let topic = decode_topic(encoded)?;
         let presences = self.engine.presence_list(&topic);
@@ -318,7 +317,6 @@ impl Api {
             "topic": topic,
             "count": self.engine.presence_count(&topic),
             "presences": presences,
-            "scope": "node",
         })))
     }
 

@@ -236,6 +236,17 @@ pub(crate) struct BrokerSection {
     /// The broker's URL; default `redis://127.0.0.1:6379/` or
     /// `nats://127.0.0.1:4222`.
     pub(crate) url: Option<String>,
+    /// Seconds a node may stay silent before the others drop its
+    /// presences; default 30.
+    #[serde(default)]
+    pub(crate) presence_down_secs: Option<u64>,
+}
+
+impl BrokerSection {
+    /// How long a silent node keeps its presences on the others.
+    pub(crate) fn presence_down_after(&self) -> Duration {
+        Duration::from_secs(self.presence_down_secs.unwrap_or(30).max(1))
+    }
 }
 
 impl BrokerSection {

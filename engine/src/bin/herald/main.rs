@@ -146,7 +146,9 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
             &rules,
         )
     };
-    let mut channels = Channels::new().max_channels(server.max_channels);
+    let mut channels = Channels::new()
+        .max_channels(server.max_channels)
+        .presence_down_after(config.broker.presence_down_after());
     if !server.phoenix_path.is_empty() {
         channels = channels.phoenix(&server.phoenix_path, endpoint());
     }
