@@ -127,6 +127,85 @@ fn burst(ctx: &mut ChannelContext<'_, '_, User>, payload: &RawValue) {
     }
 }
 
+/// What the seed's channels do besides replying: timers, background
+/// work, later replies, their own assigns, other topics, stopping.
+struct Tools {
+    log: Arc<Log>,
+}
+
+/// A timer's message.
+struct Tick(u64);
+/// A background job's answer.
+struct JobDone(u64);
+
+impl Channel<User> for Tools {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        _payload: &RawValue,
+    ) -> JoinResult {
+        // Phoenix's `send(self(), :after_join)`.
+        ctx.send_after(Duration::ZERO, Tick(0));
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        event: &str,
+        _payload: &RawValue,
+    ) {
+        match event {
+            "later" => ctx.send_after(Duration::from_millis(50), Tick(1)),
+            "background" => {
+                let channel = ctx.handle();
+                std::thread::spawn(move || channel.send(JobDone(7)).unwrap());
+            }
+            "slow_reply" => {
+                let reply = ctx.reply_later().expect("a push with a ref");
+                std::thread::spawn(move || {
+                    let response = Reply::json(&json!({ "done": true })).unwrap();
+                    reply.reply(Status::Ok, &response).unwrap();
+                });
+            }
+            "count" => {
+                let count = ctx.channel_assigns::<u64>();
+                *count += 1;
+                let count = *count;
+                ctx.reply(
+                    Status::Ok,
+                    &Reply::json(&json!({ "count": count })).unwrap(),
+                );
+            }
+            "announce" => ctx.broadcast_topic("room:news", "announced", &json!({ "by": "tools" })),
+            "stop" => ctx.stop(),
+            "hang_up" => ctx.close_socket(),
+            "crash" => panic!("the channel failed"),
+            _ => {}
+        }
+    }
+
+    fn handle_app_info(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, User>,
+        message: &(dyn std::any::Any + Send + Sync),
+    ) {
+        if let Some(Tick(n)) = message.downcast_ref::<Tick>() {
+            ctx.push("tick", &json!({ "n": n }));
+        } else if let Some(JobDone(n)) = message.downcast_ref::<JobDone>() {
+            ctx.push("job", &json!({ "n": n }));
+        }
+    }
+
+    fn handle_leave(&self, ctx: &mut ChannelContext<'_, '_, User>, reason: LeaveReason) {
+        self.log
+            .leaves
+            .lock()
+            .unwrap()
+            .push((ctx.topic().to_owned(), reason));
+    }
+}
+
 /// Tracks each joining user's presence, keyed by name.
 struct Lobby;
 
@@ -204,7 +283,13 @@ fn start(builder: ServerBuilder, max_channels: usize) -> (Engine, Arc<Log>) {
             },
         )
         .channel("user:*", Notifications)
-        .channel("lobby:*", Lobby);
+        .channel("lobby:*", Lobby)
+        .channel(
+            "tools:*",
+            Tools {
+                log: Arc::clone(&log),
+            },
+        );
     let amber_endpoint = Endpoint::new(AnyoneSocket).channel("chat_room:*", AmberRoom);
     let engine = Channels::new()
         .phoenix(PATH, endpoint)
@@ -663,6 +748,103 @@ fn presence_state_follows_the_join_reply_and_diffs_coalesce() {
     engine.shutdown();
 }
 
+/// Reads until an event named `event` arrives; returns the message.
+fn recv_event(client: &mut Client, event: &str) -> Value {
+    loop {
+        let message = client.recv();
+        if message[3] == event {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn channels_keep_timers_background_work_later_replies_and_their_own_assigns() {
+    let (engine, log) = start(builder(), 100);
+    let handle = engine.handle();
+    let mut ada = client(&engine, "ada");
+    let (tools_ref, _) = ada.join("tools:1", json!({}));
+    // The join's `after_join` message, after the reply.
+    assert_eq!(recv_event(&mut ada, "tick")[4], json!({"n": 0}));
+    ada.push(&tools_ref, "tools:1", "later", json!({}));
+    assert_eq!(recv_event(&mut ada, "tick")[4], json!({"n": 1}));
+    ada.push(&tools_ref, "tools:1", "background", json!({}));
+    assert_eq!(recv_event(&mut ada, "job")[4], json!({"n": 7}));
+    let slow = ada.push(&tools_ref, "tools:1", "slow_reply", json!({}));
+    let (reply, _) = ada.reply_to(&slow);
+    assert_eq!(reply, json!({"status": "ok", "response": {"done": true}}));
+    // From any thread, by socket id and topic.
+    assert_eq!(
+        handle.send_info("user_socket:ada", "tools:1", JobDone(9)),
+        2
+    );
+    assert_eq!(recv_event(&mut ada, "job")[4], json!({"n": 9}));
+    // Per-channel assigns: two channels, two counts; gone with the channel.
+    let (other_ref, _) = ada.join("tools:2", json!({}));
+    for (join_ref, topic, expected) in [
+        (&tools_ref, "tools:1", 1),
+        (&tools_ref, "tools:1", 2),
+        (&other_ref, "tools:2", 1),
+    ] {
+        let msg_ref = ada.push(join_ref, topic, "count", json!({}));
+        let (reply, _) = ada.reply_to(&msg_ref);
+        assert_eq!(reply["response"]["count"], expected, "{topic}");
+    }
+    // Another topic.
+    let mut bob = client(&engine, "bob");
+    bob.join("room:news", json!({}));
+    ada.push(&tools_ref, "tools:1", "announce", json!({}));
+    assert_eq!(recv_event(&mut bob, "announced")[4], json!({"by": "tools"}));
+    // A channel that stops: phx_close to the client, handle_leave, and its
+    // assigns are gone when it is joined again.
+    ada.push(&other_ref, "tools:2", "stop", json!({}));
+    let close = recv_event(&mut ada, "phx_close");
+    assert_eq!(close[0], json!(other_ref));
+    assert_eq!(close[2], "tools:2");
+    assert!(
+        log.leaves
+            .lock()
+            .unwrap()
+            .contains(&("tools:2".to_owned(), LeaveReason::Stopped))
+    );
+    let (other_ref, _) = ada.join("tools:2", json!({}));
+    let msg_ref = ada.push(&other_ref, "tools:2", "count", json!({}));
+    assert_eq!(ada.reply_to(&msg_ref).0["response"]["count"], 1);
+    // A panic is counted; closing the socket closes it with 1000.
+    ada.push(&tools_ref, "tools:1", "crash", json!({}));
+    assert_eq!(recv_event(&mut ada, "phx_error")[2], "tools:1");
+    assert_eq!(handle.server().stats().handler_panics, 1);
+    ada.push(&other_ref, "tools:2", "hang_up", json!({}));
+    let closed = loop {
+        match ada.ws.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => {}
+            Err(err) => panic!("expected a close frame: {err}"),
+        }
+    };
+    assert_eq!(closed.map(|frame| u16::from(frame.code)), Some(1000));
+    engine.shutdown();
+}
+
+#[test]
+fn a_refused_amber_join_is_told_with_a_join_error_message() {
+    let (engine, _) = start(builder(), 100);
+    let addr = engine.local_addr();
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/amber")).unwrap();
+    ws.send(Message::text(
+        r#"{"event":"join","topic":"chat_room:forbidden"}"#,
+    ))
+    .unwrap();
+    let Message::Text(text) = ws.read().unwrap() else {
+        panic!("expected text");
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"event": "message", "topic": "chat_room:forbidden", "subject": "join_error", "payload": {"reason": "unauthorized"}})
+    );
+    engine.shutdown();
+}
+
 #[test]
 fn disconnect_by_socket_id_closes_with_1001() {
     let (engine, _) = start(builder(), 100);
@@ -699,9 +881,12 @@ struct AmberRoom;
 impl Channel<()> for AmberRoom {
     fn handle_joined(
         &self,
-        _ctx: &mut ChannelContext<'_, '_, ()>,
+        ctx: &mut ChannelContext<'_, '_, ()>,
         _payload: &RawValue,
     ) -> JoinResult {
+        if ctx.topic() == "chat_room:forbidden" {
+            return Err(Reply::reason("unauthorized"));
+        }
         Ok(Reply::empty())
     }
 

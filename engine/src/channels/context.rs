@@ -2,7 +2,7 @@
 //! assigns, push to its client, reply, broadcast, and subscribe on the
 //! server side.
 
-use std::sync::Arc;
+use std::{any::Any, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -12,14 +12,17 @@ use super::{
     Reply,
     handler::{ChannelConn, resubscribe},
     presence::{PRESENCE_STATE, PresenceError, PresenceTracker},
+    timers::Timers,
 };
 use crate::{
     broadcast::Broadcast,
+    conn::SendError,
     protocol::{
         WireProtocol, amber,
         phoenix::{self, OwnedRef, Ref, ref_or_null},
     },
-    reactor::Conn,
+    reactor::{AppMessage, Conn, ConnHandle},
+    wire::CloseCode,
 };
 
 /// One joined topic of a connection.
@@ -50,6 +53,63 @@ pub struct ChannelContext<'c, 'a, A> {
     /// Whether this is the join callback: pushes wait for the join reply.
     pub(crate) joining: bool,
     pub(crate) presence: &'c PresenceTracker,
+    pub(crate) timers: &'c Timers,
+}
+
+/// An application message for one channel of a connection (what
+/// [`Channel::handle_app_info`](super::Channel::handle_app_info) receives).
+pub(crate) struct ChannelInfo {
+    pub(crate) topic: Arc<str>,
+    pub(crate) message: Arc<dyn Any + Send + Sync>,
+}
+
+/// A channel of a connection, for other threads: sends it application
+/// messages (its [`handle_app_info`](super::Channel::handle_app_info)).
+/// `Clone + Send + Sync`; a message for a connection or channel that has
+/// gone is dropped.
+#[derive(Debug, Clone)]
+pub struct ChannelHandle {
+    conn: ConnHandle,
+    topic: Arc<str>,
+}
+
+impl ChannelHandle {
+    /// Hands `message` to the channel on its connection's loop.
+    pub fn send<T: Any + Send + Sync>(&self, message: T) -> Result<(), SendError> {
+        self.conn.send_info(channel_info(&self.topic, message))
+    }
+}
+
+/// A later reply to a client's push (Phoenix's `socket_ref` with
+/// `reply/2`): answer from any thread, once. `Send + Sync`.
+#[derive(Debug)]
+pub struct ReplyHandle {
+    conn: ConnHandle,
+    join_ref: Option<OwnedRef>,
+    msg_ref: OwnedRef,
+    topic: Arc<str>,
+}
+
+impl ReplyHandle {
+    /// Sends the reply.
+    pub fn reply(self, status: phoenix::Status, response: &Reply) -> Result<(), SendError> {
+        let frame = phoenix::reply(
+            ref_or_null(self.join_ref.as_ref()),
+            self.msg_ref.get(),
+            &self.topic,
+            status,
+            response.as_raw(),
+        );
+        self.conn.send_frame(frame)
+    }
+}
+
+/// `message` for the channel of `topic`.
+fn channel_info<T: Any + Send + Sync>(topic: &Arc<str>, message: T) -> AppMessage {
+    Arc::new(ChannelInfo {
+        topic: Arc::clone(topic),
+        message: Arc::new(message),
+    })
 }
 
 impl<A> std::fmt::Debug for ChannelContext<'_, '_, A> {
@@ -196,6 +256,96 @@ impl<A> ChannelContext<'_, '_, A> {
         };
         let broadcast = Broadcast::channel(&topic, event, payload, &entry);
         self.conn.broadcast(broadcast, include_self);
+    }
+
+    /// A handle to this channel for other threads (a background job's
+    /// answer comes back to [`handle_app_info`](super::Channel::handle_app_info)).
+    pub fn handle(&self) -> ChannelHandle {
+        ChannelHandle {
+            conn: self.conn.handle(),
+            topic: Arc::clone(&self.join.topic),
+        }
+    }
+
+    /// Hands `message` to this channel's
+    /// [`handle_app_info`](super::Channel::handle_app_info) after `delay`
+    /// (Phoenix's `Process.send_after(self(), ...)`; `Duration::ZERO` is
+    /// `send(self(), ...)`, as for `:after_join`). Dropped if the channel or
+    /// connection has gone by then.
+    pub fn send_after<T: Any + Send + Sync>(&mut self, delay: Duration, message: T) {
+        let message = channel_info(&self.join.topic, message);
+        self.timers.send_after(delay, self.conn.handle(), message);
+    }
+
+    /// Ends this channel once the callback returns (Phoenix's `{:stop,
+    /// ...}`): the Phoenix client gets `phx_close`, and
+    /// [`handle_leave`](super::Channel::handle_leave) runs with
+    /// [`LeaveReason::Stopped`](super::LeaveReason::Stopped).
+    pub fn stop(&mut self) {
+        self.conn.state().stopping = true;
+    }
+
+    /// Closes the whole connection (every channel of it) with 1000.
+    pub fn close_socket(&mut self) {
+        self.conn.close(CloseCode::NORMAL, "");
+    }
+
+    /// Takes over the reply to the push being handled, to answer it later
+    /// from any thread (Phoenix's `socket_ref`). `None` for a push without
+    /// a ref, for Amber (no replies) and once replied.
+    pub fn reply_later(&mut self) -> Option<ReplyHandle> {
+        let msg_ref = self.msg_ref?;
+        if self.replied || self.join.protocol != WireProtocol::PhoenixV2 {
+            return None;
+        }
+        self.replied = true;
+        Some(ReplyHandle {
+            conn: self.conn.handle(),
+            join_ref: self.join.join_ref.clone(),
+            msg_ref: OwnedRef::keep(msg_ref)?,
+            topic: Arc::clone(&self.join.topic),
+        })
+    }
+
+    /// This channel's own assigns, beside the socket's shared ones
+    /// ([`assigns`](Self::assigns)): created with `T::default()` on first
+    /// use, gone with the channel.
+    pub fn channel_assigns<T: Any + Send + Default>(&mut self) -> &mut T {
+        let topic = &self.join.topic;
+        let all = &mut self.conn.state().channel_assigns;
+        let at = match all
+            .iter()
+            .position(|(owner, value)| owner == topic && value.is::<T>())
+        {
+            Some(at) => at,
+            None => {
+                all.retain(|(owner, _)| owner != topic);
+                all.push((Arc::clone(topic), Box::new(T::default())));
+                all.len() - 1
+            }
+        };
+        all[at]
+            .1
+            .downcast_mut::<T>()
+            .unwrap_or_else(|| unreachable!("the entry at `at` holds a T"))
+    }
+
+    /// Broadcasts `event` with `payload` to every subscriber of another
+    /// `topic` (Phoenix's `Endpoint.broadcast` from a channel).
+    pub fn broadcast_topic<T: Serialize + ?Sized>(
+        &mut self,
+        topic: &str,
+        event: &str,
+        payload: &T,
+    ) {
+        let Some(payload) = to_payload(payload) else {
+            return;
+        };
+        let Some(entry) = self.conn.topic(topic) else {
+            return;
+        };
+        let broadcast = Broadcast::channel(topic, event, payload, &entry);
+        self.conn.broadcast(broadcast, true);
     }
 
     /// Tracks this connection's presence on this channel's topic under

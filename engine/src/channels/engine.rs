@@ -15,17 +15,21 @@ use serde_json::value::RawValue;
 
 use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket, TopicPattern,
-    context::JoinInfo,
+    context::{ChannelInfo, JoinInfo},
     handler::{ChannelConn, ChannelsHandler},
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
+    timers::Timers,
 };
 use crate::{
     broadcast::Broadcast,
     handshake::Request,
     protocol::{MessageError, WireProtocol, phoenix::Ref},
     pubsub::TopicEntry,
-    reactor::{Conn, Reject, Relay, Server, ServerBuilder, ServerHandle, StartError, SyncHandler},
+    reactor::{
+        AppMessage, Conn, Reject, Relay, Server, ServerBuilder, ServerHandle, StartError,
+        SyncHandler,
+    },
 };
 
 /// A socket and the channels its topics route to.
@@ -98,6 +102,7 @@ pub(crate) enum Call<'p> {
     Leave(LeaveReason),
     Out(&'p str, &'p RawValue),
     Info(&'p Broadcast),
+    AppInfo(&'p (dyn Any + Send + Sync)),
 }
 
 /// An endpoint with its socket's assigns type erased, so that endpoints of
@@ -122,6 +127,7 @@ pub(crate) struct CallSite<'c> {
     /// The ref of the push being handled, if it carried one.
     pub(crate) msg_ref: Option<Ref<'c>>,
     pub(crate) presence: &'c PresenceTracker,
+    pub(crate) timers: &'c Timers,
 }
 
 impl<S: Socket> ErasedEndpoint for Endpoint<S> {
@@ -161,6 +167,7 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
             replied: false,
             joining: matches!(call, Call::Join(_)),
             presence: site.presence,
+            timers: site.timers,
         };
         match call {
             Call::Join(payload) => return Some(channel.handle_joined(&mut ctx, payload)),
@@ -169,6 +176,7 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
             Call::Leave(reason) => channel.handle_leave(&mut ctx, reason),
             Call::Out(event, payload) => channel.handle_out(&mut ctx, event, payload),
             Call::Info(broadcast) => channel.handle_info(&mut ctx, broadcast),
+            Call::AppInfo(message) => channel.handle_app_info(&mut ctx, message),
         }
         None
     }
@@ -269,11 +277,13 @@ impl Channels {
         });
         let counters = Arc::new(ChannelCounters::default());
         let presence = Arc::new(PresenceTracker::new(RandomState::new().hash_one(0u8)));
+        let timers = Arc::new(Timers::default());
         let handler = ChannelsHandler {
             mounts: self.mounts,
             max_channels: self.max_channels,
             counters: Arc::clone(&counters),
             presence: Arc::clone(&presence),
+            timers: Arc::clone(&timers),
         };
         let server = builder.start_service(handler)?;
         let handle = EngineHandle {
@@ -284,10 +294,12 @@ impl Channels {
         if let Some(relay) = handle.server.relay() {
             link_presence(&handle.presence, relay, self.presence_down_after);
         }
-        let thread = spawn_presence_sender(handle.clone()).map_err(StartError::Io)?;
+        let presence_thread = spawn_presence_sender(handle.clone()).map_err(StartError::Io)?;
+        let timer_thread = timers.spawn().map_err(StartError::Io)?;
         let presence_sender = PresenceSender {
             tracker: Arc::clone(&handle.presence),
-            thread: Some(thread),
+            timers,
+            threads: vec![presence_thread, timer_thread],
         };
         Ok(Engine {
             server,
@@ -382,18 +394,21 @@ impl Engine {
     }
 }
 
-/// The presence sender's thread, stopped and joined when the engine goes
-/// (after its server, which the engine's methods consume first).
+/// The engine's own threads (the presence sender, the channel timers),
+/// stopped and joined when the engine goes (after its server, which the
+/// engine's methods consume first).
 #[derive(Debug)]
 struct PresenceSender {
     tracker: Arc<PresenceTracker>,
-    thread: Option<JoinHandle<()>>,
+    timers: Arc<Timers>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for PresenceSender {
     fn drop(&mut self) {
         self.tracker.stop();
-        if let Some(thread) = self.thread.take() {
+        self.timers.stop();
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -459,6 +474,24 @@ impl EngineHandle {
             *loops |= extra;
         }
         Some(entry)
+    }
+
+    /// Hands `message` to the channel of `topic` on every connection of
+    /// this node whose socket [`id`](Socket::id) is `socket_id` (its
+    /// [`Channel::handle_app_info`]), from any thread. Returns how many
+    /// loops were asked. This node only: messages between nodes go through
+    /// broadcasts.
+    pub fn send_info<T: Any + Send + Sync>(
+        &self,
+        socket_id: &str,
+        topic: &str,
+        message: T,
+    ) -> usize {
+        let message: AppMessage = Arc::new(ChannelInfo {
+            topic: Arc::from(topic),
+            message: Arc::new(message),
+        });
+        self.server.send_info(socket_id, &message)
     }
 
     /// Broadcasts to this node's subscribers of `topic` only.

@@ -14,10 +14,12 @@ use serde_json::value::RawValue;
 
 use super::{
     LeaveReason, Reply,
+    context::ChannelInfo,
     context::{JoinInfo, send_presence_state},
     engine::{Call, CallSite, Mount},
     presence::{PresenceTracker, Tracked},
     stats::{ChannelCounters, count},
+    timers::Timers,
 };
 use crate::{
     broadcast::{Broadcast, Delivery},
@@ -27,12 +29,15 @@ use crate::{
         phoenix::{self, OwnedRef, Ref, Status},
     },
     pubsub::{Sub, SubscriptionKind},
-    reactor::{Accept, Conn, Reject, Service},
+    reactor::{Accept, AppMessage, Conn, Reject, Service},
     wire::{CloseCode, Utf8Bytes},
 };
 
 /// The reply to a join or push of a topic no route matches.
 const UNMATCHED_TOPIC: &str = "unmatched topic";
+/// The subject of the message an Amber client gets when its join is
+/// refused (payload: the refusal, `{"reason": ...}`).
+pub(crate) const AMBER_JOIN_ERROR: &str = "join_error";
 /// The reply past the per-connection channel limit.
 const TOO_MANY_CHANNELS: &str = "too many channels joined";
 
@@ -55,6 +60,10 @@ pub(crate) struct ChannelConn {
     /// Whether the join being handled asked for `presence_state` after its
     /// reply.
     pub(crate) presence_state_after_join: bool,
+    /// Whether the channel whose callback is running asked to stop.
+    pub(crate) stopping: bool,
+    /// Each channel's own assigns, by joined topic.
+    pub(crate) channel_assigns: Vec<(Arc<str>, Box<dyn Any + Send>)>,
 }
 
 impl ChannelConn {
@@ -116,6 +125,7 @@ pub(crate) struct ChannelsHandler {
     pub(crate) max_channels: usize,
     pub(crate) counters: Arc<ChannelCounters>,
     pub(crate) presence: Arc<PresenceTracker>,
+    pub(crate) timers: Arc<Timers>,
 }
 
 /// How a channel callback ended.
@@ -150,11 +160,14 @@ impl ChannelsHandler {
         let Some(mut assigns) = conn.state().assigns.take() else {
             return Ran::Failed;
         };
+        // A stop asked for belongs to this callback only (see `settle`).
+        conn.state().stopping = false;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let site = CallSite {
                 join,
                 msg_ref,
                 presence: &self.presence,
+                timers: &self.timers,
             };
             mount.endpoint.call(&mut *assigns, conn, site, call)
         }));
@@ -163,6 +176,7 @@ impl ChannelsHandler {
             Ok(Some(result)) => Ran::Joined(result),
             Ok(None) => Ran::Done,
             Err(_) => {
+                conn.count_panic();
                 tracing::error!(
                     topic = &*join.topic,
                     "a channel callback panicked; closing the channel"
@@ -170,6 +184,28 @@ impl ChannelsHandler {
                 Ran::Failed
             }
         }
+    }
+
+    /// After a callback of a joined channel: a panic crashes the channel,
+    /// and a [`stop`](super::ChannelContext::stop) ends it.
+    fn settle(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo, ran: Ran) {
+        let stopping = std::mem::take(&mut conn.state().stopping);
+        if let Ran::Failed = ran {
+            self.crash(conn, join);
+        } else if stopping && Self::joined(conn, &join.topic).is_some() {
+            self.stop_channel(conn, join);
+        }
+    }
+
+    /// Ends a channel that asked to: `phx_close` to a Phoenix client, its
+    /// `handle_leave`, and its subscriptions go.
+    fn stop_channel(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo) {
+        if join.protocol == WireProtocol::PhoenixV2 {
+            let _ = conn.send_frame(phoenix::close(join.join_ref(), &join.topic));
+        }
+        self.run(conn, join, None, Call::Leave(LeaveReason::Stopped));
+        conn.state().stopping = false;
+        self.forget(conn, &join.topic);
     }
 
     /// Ends a channel after a panic: `phx_error` to a Phoenix client, and
@@ -188,6 +224,7 @@ impl ChannelsHandler {
         let presence = &self.presence;
         let state = conn.state();
         state.joined.retain(|join| &*join.topic != topic);
+        state.channel_assigns.retain(|(owner, _)| &**owner != topic);
         state.tracked.retain(|tracked| {
             let ends = &*tracked.topic == topic;
             if ends {
@@ -349,6 +386,11 @@ impl ChannelsHandler {
         };
         count(&self.counters.joins_refused);
         self.discard_join(conn, topic);
+        if protocol == WireProtocol::Amber {
+            // Amber has no replies: the refusal comes as a message the
+            // client's channel can listen for.
+            let _ = conn.send_frame(amber::message(topic, AMBER_JOIN_ERROR, response.as_raw()));
+        }
         Self::phoenix_reply(conn, join_ref, msg_ref, topic, status, &response);
     }
 
@@ -428,9 +470,8 @@ impl ChannelsHandler {
         }
         count(&self.counters.client_messages);
         let msg_ref = msg_ref.filter(|r| !r.is_null());
-        if let Ran::Failed = self.run(conn, &join, msg_ref, Call::Message(event, payload)) {
-            self.crash(conn, &join);
-        }
+        let ran = self.run(conn, &join, msg_ref, Call::Message(event, payload));
+        self.settle(conn, &join, ran);
     }
 
     /// A binary V2 push from a Phoenix client.
@@ -452,9 +493,8 @@ impl ChannelsHandler {
         if join.join_ref() != join_ref.get() {
             return;
         }
-        if let Ran::Failed = self.run(conn, &join, msg_ref, Call::Binary(push.event, push.data)) {
-            self.crash(conn, &join);
-        }
+        let ran = self.run(conn, &join, msg_ref, Call::Binary(push.event, push.data));
+        self.settle(conn, &join, ran);
     }
 
     /// A broadcast that a subscription takes as a callback: one the
@@ -504,10 +544,9 @@ impl ChannelsHandler {
         let (Some(event), Some(payload)) = (broadcast.event(), broadcast.payload()) else {
             return;
         };
-        if let Some(join) = Self::joined(conn, broadcast.topic())
-            && let Ran::Failed = self.run(conn, &join, None, Call::Out(event, payload))
-        {
-            self.crash(conn, &join);
+        if let Some(join) = Self::joined(conn, broadcast.topic()) {
+            let ran = self.run(conn, &join, None, Call::Out(event, payload));
+            self.settle(conn, &join, ran);
         }
     }
 
@@ -519,11 +558,21 @@ impl ChannelsHandler {
         broadcast: &Broadcast,
     ) {
         for owner in conn.state().server_subscribers(broadcast.topic()) {
-            if let Some(join) = Self::joined(conn, &owner)
-                && let Ran::Failed = self.run(conn, &join, None, Call::Info(broadcast))
-            {
-                self.crash(conn, &join);
+            if let Some(join) = Self::joined(conn, &owner) {
+                let ran = self.run(conn, &join, None, Call::Info(broadcast));
+                self.settle(conn, &join, ran);
             }
+        }
+    }
+
+    /// An application message for one of the connection's channels.
+    fn app_info(&self, conn: &mut Conn<'_, ChannelConn>, message: &AppMessage) {
+        let Some(info) = message.downcast_ref::<ChannelInfo>() else {
+            return;
+        };
+        if let Some(join) = Self::joined(conn, &info.topic) {
+            let ran = self.run(conn, &join, None, Call::AppInfo(&*info.message));
+            self.settle(conn, &join, ran);
         }
     }
 }
@@ -557,6 +606,8 @@ impl Service for ChannelsHandler {
             tracked: Vec::new(),
             after_join: Vec::new(),
             presence_state_after_join: false,
+            stopping: false,
+            channel_assigns: Vec::new(),
         };
         let accept = Accept::new(state);
         // Token auth travels in Sec-WebSocket-Protocol; a server that reads
@@ -652,5 +703,9 @@ impl Service for ChannelsHandler {
         broadcast: &Broadcast,
     ) {
         self.channel_broadcast(conn, kind, broadcast);
+    }
+
+    fn on_info(&self, conn: &mut Conn<'_, ChannelConn>, message: &AppMessage) {
+        self.app_info(conn, message);
     }
 }

@@ -78,12 +78,15 @@ mod handler;
 mod presence;
 mod reply;
 mod stats;
+mod timers;
 
 pub use crate::conflation::TopicPattern;
-pub use context::ChannelContext;
+pub use context::{ChannelContext, ChannelHandle, ReplyHandle};
 pub use engine::{Channels, Endpoint, Engine, EngineHandle};
 pub use presence::{DIFF_WINDOW, PRESENCE_DIFF, PRESENCE_STATE, PresenceError};
 pub use reply::{JoinResult, LeaveReason, Reply};
+use std::any::Any;
+
 use serde_json::value::RawValue;
 pub use stats::ChannelStats;
 
@@ -158,5 +161,17 @@ pub trait Channel<A>: Send + Sync + 'static {
     /// with [`ChannelContext::subscribe`].
     fn handle_info(&self, ctx: &mut ChannelContext<'_, '_, A>, broadcast: &Broadcast) {
         let _ = (ctx, broadcast);
+    }
+
+    /// An application message for this channel (Phoenix's `handle_info`
+    /// for what is not a broadcast): from [`ChannelContext::send_after`], a
+    /// [`ChannelHandle`] on any thread, or
+    /// [`EngineHandle::send_info`]. Downcast it to the type sent.
+    fn handle_app_info(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, A>,
+        message: &(dyn Any + Send + Sync),
+    ) {
+        let _ = (ctx, message);
     }
 }

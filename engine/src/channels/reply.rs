@@ -77,4 +77,6 @@ pub enum LeaveReason {
     Disconnected,
     /// The client joined the same topic again; this join was replaced.
     Rejoined,
+    /// The channel stopped itself ([`ChannelContext::stop`](super::ChannelContext::stop)).
+    Stopped,
 }

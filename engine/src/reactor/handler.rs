@@ -10,11 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thin_vec::ThinVec;
 
-use super::{ConnHandle, LoopContext};
+use super::{ConnHandle, LoopContext, mailbox::AppMessage};
 use crate::{
     broadcast::{Broadcast, Delivery},
     conn::{Outbox, SendError},
     handshake::Request,
+    metrics::bump,
     protocol::WireProtocol,
     pubsub::{ConnId, Sub, SubscriptionKind, TopicEntry},
     wire::{CloseCode, Utf8Bytes, binary_frame, text_frame},
@@ -160,6 +161,9 @@ pub(crate) trait Service: Send + Sync + 'static {
         kind: SubscriptionKind,
         broadcast: &Broadcast,
     );
+
+    /// An application message sent to this connection from any thread.
+    fn on_info(&self, _conn: &mut Conn<'_, Self::State>, _message: &AppMessage) {}
 }
 
 impl<H: Handler> Service for H {
@@ -373,6 +377,11 @@ impl<S> Conn<'_, S> {
     /// Whether the connection is closing (a close frame has been queued).
     pub fn is_closing(&self) -> bool {
         self.outbox.is_closing()
+    }
+
+    /// Counts a panic caught in a callback of a layer above (channels).
+    pub(crate) fn count_panic(&mut self) {
+        bump(&self.ctx.stats.handler_panics, 1);
     }
 
     /// A handle to this connection for other threads.

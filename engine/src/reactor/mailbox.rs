@@ -34,11 +34,21 @@ pub(crate) enum Command {
     Publish(Arc<Broadcast>),
     /// Close, with 1001, this loop's connections with this name.
     Disconnect(Arc<str>),
+    /// Hand an application message to a connection's handler.
+    Info { conn: ConnId, message: AppMessage },
+    /// Hand an application message to this loop's connections with this
+    /// name.
+    InfoByName { name: Arc<str>, message: AppMessage },
     /// Begin a graceful shutdown.
     Shutdown,
     /// Begin a drain: close the connections in batches with 1012.
     Drain,
 }
+
+/// An application's message for a connection's handler (a channel's
+/// `handle_info`), from any thread: shared, as one message may reach many
+/// connections.
+pub(crate) type AppMessage = Arc<dyn std::any::Any + Send + Sync>;
 
 /// The sending side of a loop's mailbox.
 ///
@@ -110,9 +120,11 @@ impl Mailbox {
                 Err(TrySendError::Full(command)) => self.control.try_send(command),
                 other => other,
             },
-            Command::Send { .. } | Command::Close { .. } | Command::Publish(_) => {
-                self.data.try_send(command)
-            }
+            Command::Send { .. }
+            | Command::Close { .. }
+            | Command::Publish(_)
+            | Command::Info { .. }
+            | Command::InfoByName { .. } => self.data.try_send(command),
         };
         result.map_err(|err| match err {
             TrySendError::Full(_) => {
@@ -167,6 +179,14 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// Hands `message` to the connection's handler on its loop.
+    pub(crate) fn send_info(&self, message: AppMessage) -> Result<(), SendError> {
+        self.mailbox.post(Command::Info {
+            conn: self.id,
+            message,
+        })
+    }
+
     /// Sends a text message.
     pub fn send_text(&self, text: &str) -> Result<(), SendError> {
         self.send_frame(text_frame(text))

@@ -67,7 +67,7 @@ pub(crate) use handler::Service;
 
 pub use handler::{Accept, Conn, Handler, Reject};
 pub use mailbox::ConnHandle;
-pub(crate) use mailbox::{Command, Mailbox};
+pub(crate) use mailbox::{AppMessage, Command, Mailbox};
 pub use server::{Server, ServerBuilder, ServerHandle, StartError};
 
 use crate::{

@@ -13,7 +13,9 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{Command, Mailbox, Relay, Service, listener, route_publish, worker::Worker};
+use super::{
+    Command, Mailbox, Relay, Service, listener, mailbox::AppMessage, route_publish, worker::Worker,
+};
 use crate::{
     admission::RateLimit,
     broadcast::Broadcast,
@@ -469,6 +471,22 @@ impl ServerHandle {
             relay.forward_disconnect(id);
         }
         self.disconnect_local(id)
+    }
+
+    /// Hands `message` to the handlers of this node's connections named
+    /// `id`. Returns how many loops were asked.
+    pub(crate) fn send_info(&self, id: &str, message: &AppMessage) -> usize {
+        let name: Arc<str> = Arc::from(id);
+        self.mailboxes
+            .iter()
+            .filter(|mailbox| {
+                let command = Command::InfoByName {
+                    name: Arc::clone(&name),
+                    message: Arc::clone(message),
+                };
+                mailbox.post(command).is_ok()
+            })
+            .count()
     }
 
     /// Closes the connections named `id` on this node only.

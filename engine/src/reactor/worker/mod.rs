@@ -29,7 +29,11 @@ use mio::{
 use slab::Slab;
 use thin_vec::ThinVec;
 
-use super::{Command, LoopContext, Mailbox, Relay, Service, mailbox::Inbox, names::Names};
+use super::{
+    Command, LoopContext, Mailbox, Relay, Service,
+    mailbox::{AppMessage, Inbox},
+    names::Names,
+};
 use crate::{
     admission::Admission,
     broadcast::Broadcast,
@@ -419,6 +423,12 @@ impl<S: Service> Worker<S> {
                     }
                 }
                 Command::Disconnect(name) => self.disconnect(&name),
+                Command::Info { conn, message } => {
+                    if let Some(key) = self.open_key(conn) {
+                        self.call(key, |service, conn| service.on_info(conn, &message));
+                    }
+                }
+                Command::InfoByName { name, message } => self.info_by_name(&name, &message),
                 Command::Shutdown => self.begin_shutdown(),
                 Command::Drain => self.begin_drain(),
             }
@@ -437,6 +447,21 @@ impl<S: Service> Worker<S> {
             bump(&self.ctx.stats.commands_for_closed_connections, 1);
         }
         open.then_some(key)
+    }
+
+    /// Hands `message` to the handlers of this loop's open connections
+    /// named `name`.
+    fn info_by_name(&mut self, name: &str, message: &AppMessage) {
+        for conn in self.ctx.names.get(name) {
+            let key = conn.key();
+            let open = self
+                .conns
+                .get(key)
+                .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open());
+            if open {
+                self.call(key, |service, conn| service.on_info(conn, message));
+            }
+        }
     }
 
     /// Closes this loop's connections named `name`, with 1001 (those
