@@ -50,10 +50,11 @@ HERALD_TEST_SERVER="$PWD/target/debug/channels-test-server" HERALD_BIN="$PWD/tar
   npm test --prefix tests/js
 
 step "browser test (the demo page in headless Chromium, two pages)"
-cargo build -p herald --bin herald --locked --quiet
+cargo build -p herald --bin herald --example slack --locked --quiet
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
-HERALD_BIN="$PWD/target/debug/herald" npm test --prefix tests/browser
-echo "screenshot: tests/browser/artifacts/demo.png"
+HERALD_BIN="$PWD/target/debug/herald" SLACK_BIN="$PWD/target/debug/examples/slack" \
+  npm test --prefix tests/browser
+echo "screenshots: tests/browser/artifacts/demo.png, slack.png"
 
 fuzz_seconds="${HERALD_FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" -gt 0 ]; then
