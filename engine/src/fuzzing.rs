@@ -234,6 +234,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sync_envelope_with_a_topic_is_refused() {
+        // Found by the fuzzer: kind 4 with a topic would re-encode without it.
+        envelope(&[
+            0x01, 0x04, 0x23, 0, 0, 0, 0, 0x34, 0x20, 0, 0x07, 0, 0, 0x34, 0x20, 0, 0, 0, 0x20,
+            0x20, 0x20, 0x20, 0x35,
+        ]);
+        let sync = crate::cluster::Envelope {
+            origin: 1,
+            topic: String::new(),
+            content: crate::cluster::Content::Sync(bytes::Bytes::from_static(b"{}")),
+        };
+        envelope(&sync.encode().unwrap());
+    }
+
+    #[test]
     fn decode_oracle_holds_on_sample_inputs() {
         decode_in_chunks(&[]);
         decode_in_chunks(&[

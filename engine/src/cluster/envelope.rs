@@ -194,6 +194,9 @@ impl Envelope {
                 Content::Frames(frames)
             }
             KIND_DISCONNECT if reader.rest.is_empty() => Content::Disconnect,
+            // A sync message has no topic (so that what decodes re-encodes
+            // to the same bytes).
+            KIND_SYNC if !topic.is_empty() => return Err(EnvelopeError::Truncated),
             KIND_SYNC => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(reader.rest)
                     .map_err(|_| EnvelopeError::Json)?;
