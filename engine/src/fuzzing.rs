@@ -243,7 +243,7 @@ mod tests {
         let sync = crate::cluster::Envelope {
             origin: 1,
             topic: String::new(),
-            content: crate::cluster::Content::Sync(bytes::Bytes::from_static(b"{}")),
+            content: crate::cluster::Content::Sync(Bytes::from_static(b"{}")),
         };
         envelope(&sync.encode().unwrap());
     }
