@@ -688,6 +688,24 @@ fn a_killed_nodes_presences_leave_within_the_down_period(kind: Kind) {
     drop(ada);
 }
 
+fn a_node_that_stops_cleanly_leaves_at_once(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    // The default down period (30 s): only the goodbye can be this fast.
+    let leaving = node(&broker);
+    let staying = node(&broker);
+    let _ada = member(leaving.local_addr(), "ada");
+    let mut bob = member(staying.local_addr(), "bob");
+    let mut view = View::new();
+    view.until(&mut bob, |keys| keys == ["ada", "bob"]);
+    let stopped_at = std::time::Instant::now();
+    let Node { engine, .. } = leaving;
+    let stopping = std::thread::spawn(move || engine.shutdown());
+    view.until(&mut bob, |keys| keys == ["bob"]);
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(5), "ada left after {took:?}");
+    stopping.join().unwrap();
+}
+
 fn presences_converge_after_a_broker_restart(kind: Kind) {
     let mut broker = BrokerProcess::start(kind);
     let a = node(&broker);
@@ -727,5 +745,6 @@ per_broker!(
     a_node_starts_without_its_broker_and_joins_later,
     presence_is_shared_between_nodes,
     a_killed_nodes_presences_leave_within_the_down_period,
+    a_node_that_stops_cleanly_leaves_at_once,
     presences_converge_after_a_broker_restart,
 );

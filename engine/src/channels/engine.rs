@@ -377,15 +377,28 @@ impl Engine {
         self.handle.clone()
     }
 
-    /// Shuts down gracefully (close 1001 to every client) and waits.
+    /// Shuts down gracefully (close 1001 to every client) and waits. With
+    /// a cluster, the other nodes first drop this node's presences.
     pub fn shutdown(self) {
+        self.say_goodbye();
         self.server.shutdown();
     }
 
     /// Drains for a deploy (close 1012 in batches, see
-    /// [`Server::drain`]) and waits.
+    /// [`Server::drain`]) and waits. With a cluster, the other nodes first
+    /// drop this node's presences.
     pub fn drain(self) {
+        self.say_goodbye();
         self.server.drain();
+    }
+
+    /// Tells the other nodes this one is leaving, while the bus still runs.
+    fn say_goodbye(&self) {
+        if let (Some(relay), Some(bye)) =
+            (self.handle.server.relay(), self.handle.presence.sync_bye())
+        {
+            relay.forward_sync(bye);
+        }
     }
 
     /// Serves until shut down through a handle.

@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 
 use super::{
     BusCounters,
-    runtime::{Backoff, BusReceiver, Inbound, Outgoing, Subject, stopped, wait_dropping},
+    runtime::{
+        Backoff, BusReceiver, Inbound, LAST_PUBLISH, Outgoing, Subject, stopped, wait_dropping,
+    },
 };
 use crate::metrics::{add, set};
 
@@ -146,7 +148,19 @@ impl NatsBus<'_> {
         loop {
             tokio::select! {
                 biased;
-                () = stopped(&mut receiver.stop) => return,
+                () = stopped(&mut receiver.stop) => {
+                    // What was handed over before the stop (the node's
+                    // goodbye) still goes out, briefly.
+                    receiver.take_queued(&mut batch);
+                    if !batch.is_empty() {
+                        let last = async {
+                            self.publish(&mut batch).await;
+                            let _ = self.client.flush().await;
+                        };
+                        let _ = tokio::time::timeout(LAST_PUBLISH, last).await;
+                    }
+                    return;
+                }
                 // Until the control subscription holds, retry it.
                 () = tokio::time::sleep(backoff.next_delay()), if self.control.is_none() => {
                     self.listen_to_control().await;

@@ -15,7 +15,9 @@ use redis::{AsyncCommands as _, aio::PubSubSink};
 
 use super::{
     BusCounters,
-    runtime::{Backoff, BusReceiver, Inbound, Outgoing, Subject, stopped, wait_dropping},
+    runtime::{
+        Backoff, BusReceiver, Inbound, LAST_PUBLISH, Outgoing, Subject, stopped, wait_dropping,
+    },
 };
 use crate::metrics::{add, set};
 
@@ -145,7 +147,15 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 biased;
-                () = stopped(&mut receiver.stop) => return Ended::Stopped,
+                () = stopped(&mut receiver.stop) => {
+                    // What was handed over before the stop (the node's
+                    // goodbye) still goes out, briefly.
+                    receiver.take_queued(&mut batch);
+                    if !batch.is_empty() {
+                        let _ = tokio::time::timeout(LAST_PUBLISH, self.publish(&mut batch)).await;
+                    }
+                    return Ended::Stopped;
+                }
                 Some(topic) = receiver.interest.recv() => {
                     if let Err(err) = self.settle(&topic).await {
                         return Ended::Lost(err.to_string());

@@ -76,7 +76,18 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
+/// How long a stopping bus may take to publish what was handed over before
+/// the stop (a node's goodbye to the others).
+pub(crate) const LAST_PUBLISH: Duration = Duration::from_secs(1);
+
 impl BusReceiver {
+    /// Moves what is queued to publish into `batch`, without waiting.
+    pub(crate) fn take_queued(&mut self, batch: &mut Vec<Outgoing>) {
+        while let Ok(outgoing) = self.publishes.try_recv() {
+            batch.push(outgoing);
+        }
+    }
+
     /// Takes what is queued to publish without sending it (the broker is
     /// unreachable), counting it as dropped; returns how many.
     pub(crate) fn drop_queued(&mut self, counters: &BusCounters) -> u64 {

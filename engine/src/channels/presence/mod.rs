@@ -118,6 +118,9 @@ struct Replication {
     version: u64,
     heartbeat_at: Option<Instant>,
     down_after: Duration,
+    /// Set once this node has said goodbye: it tells the others nothing
+    /// more (they have dropped its presences, and must not take it back).
+    left: bool,
 }
 
 /// The engine's presence tracker, shared by its loops.
@@ -340,6 +343,7 @@ impl PresenceTracker {
             version: 0,
             heartbeat_at: None,
             down_after,
+            left: false,
         });
     }
 
@@ -352,7 +356,10 @@ impl PresenceTracker {
             return Vec::new();
         };
         let mut messages = Vec::new();
-        if !cluster.joins.is_empty() || !cluster.leaves.is_empty() {
+        if cluster.left {
+            cluster.joins.clear();
+            cluster.leaves.clear();
+        } else if !cluster.joins.is_empty() || !cluster.leaves.is_empty() {
             messages.push(Message::Delta {
                 from: cluster.version,
                 joins: std::mem::take(&mut cluster.joins),
@@ -360,9 +367,10 @@ impl PresenceTracker {
             });
             cluster.version += 1;
         }
-        let due = cluster
-            .heartbeat_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= HEARTBEAT);
+        let due = !cluster.left
+            && cluster
+                .heartbeat_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= HEARTBEAT);
         if due {
             cluster.heartbeat_at = Some(now);
             messages.push(Message::Heartbeat {
@@ -393,8 +401,12 @@ impl PresenceTracker {
             return Vec::new();
         };
         let effects = cluster.peers.receive(origin, message, now);
-        let mut replies = effects.replies;
-        if effects.send_state {
+        let mut replies = if cluster.left {
+            Vec::new()
+        } else {
+            effects.replies
+        };
+        if effects.send_state && !cluster.left {
             // The state matches the version only once the changes not yet
             // sent have gone out as a delta.
             if !cluster.joins.is_empty() || !cluster.leaves.is_empty() {
@@ -418,10 +430,17 @@ impl PresenceTracker {
         replies.iter().filter_map(encode).collect()
     }
 
-    /// The goodbye of a node that stops: the others drop its presences.
+    /// The goodbye of a node that stops: the others drop its presences,
+    /// and it tells them nothing more. `None` once said, or without a
+    /// cluster.
     pub(crate) fn sync_bye(&self) -> Option<Bytes> {
-        let linked = self.lock().cluster.is_some();
-        linked.then(|| encode(&Message::Bye)).flatten()
+        let mut tracker = self.lock();
+        let cluster = tracker.cluster.as_mut()?;
+        if cluster.left {
+            return None;
+        }
+        cluster.left = true;
+        encode(&Message::Bye)
     }
 
     /// The presences of `topic` in `presence_state` form, as of the last
