@@ -2,7 +2,7 @@
 //! it sustained.
 //!
 //! Scenarios (run the server in its own process, pinned to its own cores;
-//! see the README's Performance section):
+//! see bench/README.md):
 //!
 //! - `echo`: round trips per second and their latency, each connection
 //!   sending its next message when the previous one came back;
