@@ -22,6 +22,14 @@ window=${5:-16}
 subscribers=${6:-10000}
 bench=${HERALD_BENCH:-target/release/herald-bench}
 port=9402
+# PHOENIX=1: both servers speak Phoenix channels (every subscriber joins the
+# topic through a channel) instead of plain pub/sub.
+phoenix=""
+path=/
+if [ -n "${PHOENIX:-}" ]; then
+  phoenix=--phoenix
+  path=/socket/websocket
+fi
 ulimit -n 20000
 
 cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
@@ -32,7 +40,7 @@ busy() { # before after -> "cpu0 % cpu1 %"
 
 run_one() {
   local label=$1 binary=$2
-  taskset -c 0 "$binary" --port "$port" --loops 1 >/dev/null &
+  taskset -c 0 "$binary" --port "$port" --loops 1 $phoenix >/dev/null &
   local pid=$!
   for _ in $(seq 50); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
@@ -40,8 +48,8 @@ run_one() {
   done
   local before after report
   before=$(cpu_times)
-  report=$(taskset -c 1 "$bench" --addr "127.0.0.1:$port" --path / --server-pid "$pid" --json \
-    fanout --subscribers "$subscribers" --window "$window" --seconds "$seconds" 2>/dev/null | tail -n 1)
+  report=$(taskset -c 1 "$bench" --addr "127.0.0.1:$port" --path "$path" --server-pid "$pid" --json \
+    fanout $phoenix --subscribers "$subscribers" --window "$window" --seconds "$seconds" 2>/dev/null | tail -n 1)
   after=$(cpu_times)
   kill "$pid"
   wait "$pid" 2>/dev/null || true
