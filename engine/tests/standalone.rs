@@ -311,6 +311,28 @@ fn tokens_are_checked_at_connect_and_join_and_name_the_socket() {
         json!({"status": "error", "response": {"reason": "unauthorized"}})
     );
 
+    // The topic list, node info, then the server takes ada off room:a.
+    let (status, body) = herald.api("GET", "/api/topics", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let topics = json_of(&body);
+    assert_eq!(
+        topics["topics"],
+        json!([{"topic": "room:a", "subscribers": 1}]),
+        "{body}"
+    );
+    let (status, body) = herald.api("GET", "/api/info", &[], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["connections"], 1, "{body}");
+    let unsubscribe = r#"{"socket_id": "ada", "topic": "room:a"}"#;
+    let (status, body) = herald.api("POST", "/api/unsubscribe", &[], unsubscribe);
+    assert_eq!(status, 200, "{body}");
+    let closed = recv_event(&mut client, "phx_close");
+    assert_eq!(closed[2], "room:a");
+    let (_, body) = herald.api("GET", "/api/topics", &[], "");
+    assert_eq!(json_of(&body)["topics"], json!([]), "{body}");
+    let (status, _) = herald.api("POST", "/api/unsubscribe", &[], r#"{"socket_id": "ada"}"#);
+    assert_eq!(status, 400);
+
     let (status, body) = herald.api("POST", "/api/disconnect", &[], r#"{"socket_id": "ada"}"#);
     assert_eq!(status, 200, "{body}");
     loop {

@@ -63,6 +63,12 @@ pub(crate) struct ChannelInfo {
     pub(crate) message: Arc<dyn Any + Send + Sync>,
 }
 
+/// Ends a connection's channel of `topic`, as if it stopped (what
+/// [`EngineHandle::unsubscribe`](super::EngineHandle::unsubscribe) sends).
+pub(crate) struct Removal {
+    pub(crate) topic: Arc<str>,
+}
+
 /// A channel of a connection, for other threads: sends it application
 /// messages (its [`handle_app_info`](super::Channel::handle_app_info)).
 /// `Clone + Send + Sync`; a message for a connection or channel that has

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket, TopicPattern,
-    context::{ChannelInfo, JoinInfo},
+    context::{ChannelInfo, JoinInfo, Removal},
     handler::{ChannelConn, ChannelsHandler},
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
@@ -505,6 +505,17 @@ impl EngineHandle {
             message: Arc::new(message),
         });
         self.server.send_info(socket_id, &message)
+    }
+
+    /// Takes every connection of this node whose socket [`id`](Socket::id)
+    /// is `socket_id` off `topic`: its channel ends as if it stopped
+    /// (`phx_close` to a Phoenix client, then `handle_leave` with
+    /// [`LeaveReason::Removed`]). Returns how many loops were asked.
+    pub fn unsubscribe(&self, socket_id: &str, topic: &str) -> usize {
+        let removal: AppMessage = Arc::new(Removal {
+            topic: Arc::from(topic),
+        });
+        self.server.send_info(socket_id, &removal)
     }
 
     /// Broadcasts to this node's subscribers of `topic` only.

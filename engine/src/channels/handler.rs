@@ -14,8 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{
     LeaveReason, Reply,
-    context::ChannelInfo,
-    context::{JoinInfo, send_presence_state},
+    context::{ChannelInfo, JoinInfo, Removal, send_presence_state},
     engine::{Call, CallSite, Mount},
     presence::{PresenceTracker, Tracked},
     stats::{ChannelCounters, count},
@@ -200,10 +199,16 @@ impl ChannelsHandler {
     /// Ends a channel that asked to: `phx_close` to a Phoenix client, its
     /// `handle_leave`, and its subscriptions go.
     fn stop_channel(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo) {
+        self.end_channel(conn, join, LeaveReason::Stopped);
+    }
+
+    /// Ends a channel from the server's side: `phx_close` to a Phoenix
+    /// client, its `handle_leave` with `reason`, and its subscriptions go.
+    fn end_channel(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo, reason: LeaveReason) {
         if join.protocol == WireProtocol::PhoenixV2 {
             let _ = conn.send_frame(phoenix::close(join.join_ref(), &join.topic));
         }
-        self.run(conn, join, None, Call::Leave(LeaveReason::Stopped));
+        self.run(conn, join, None, Call::Leave(reason));
         conn.state().stopping = false;
         self.forget(conn, &join.topic);
     }
@@ -565,8 +570,15 @@ impl ChannelsHandler {
         }
     }
 
-    /// An application message for one of the connection's channels.
+    /// An application message for one of the connection's channels, or
+    /// the server taking the client off a topic.
     fn app_info(&self, conn: &mut Conn<'_, ChannelConn>, message: &AppMessage) {
+        if let Some(removal) = message.downcast_ref::<Removal>() {
+            if let Some(join) = Self::joined(conn, &removal.topic) {
+                self.end_channel(conn, &join, LeaveReason::Removed);
+            }
+            return;
+        }
         let Some(info) = message.downcast_ref::<ChannelInfo>() else {
             return;
         };

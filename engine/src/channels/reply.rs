@@ -79,4 +79,7 @@ pub enum LeaveReason {
     Rejoined,
     /// The channel stopped itself ([`ChannelContext::stop`](super::ChannelContext::stop)).
     Stopped,
+    /// The server took the client off the topic
+    /// ([`EngineHandle::unsubscribe`](super::EngineHandle::unsubscribe)).
+    Removed,
 }

@@ -4,9 +4,12 @@
 //! | Method | Path                 | Key | Does                                   |
 //! |--------|----------------------|-----|----------------------------------------|
 //! | POST   | `/api/broadcast`     | yes | broadcasts one message, or a batch     |
+//! | GET    | `/api/topics`        | yes | this node's topics, with subscribers   |
 //! | GET    | `/api/topics/TOPIC`  | yes | subscribers of a topic                 |
 //! | GET    | `/api/presence/TOPIC`| yes | who is present on a topic, and a count |
 //! | POST   | `/api/disconnect`    | yes | closes a socket id's connections       |
+//! | POST   | `/api/unsubscribe`   | yes | takes a socket id off a topic          |
+//! | GET    | `/api/info`          | yes | this node: version, connections, bus   |
 //! | GET    | `/metrics`           | no  | Prometheus text                        |
 //! | GET    | `/healthz`           | no  | `ok`                                   |
 //!
@@ -156,6 +159,17 @@ struct DisconnectBody {
     socket_id: String,
 }
 
+/// The body of `POST /api/unsubscribe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeBody {
+    socket_id: String,
+    topic: String,
+}
+
+/// The most topics `GET /api/topics` lists.
+const MAX_LISTED_TOPICS: usize = 10_000;
+
 impl Api {
     /// Answers one request.
     fn respond(&self, request: &mut tiny_http::Request) -> Reply {
@@ -198,6 +212,19 @@ impl Api {
             return self.presence(topic);
         }
         match path {
+            "/api/topics" => {
+                expect_method(&method, &Method::Get)?;
+                Ok(self.topics())
+            }
+            "/api/info" => {
+                expect_method(&method, &Method::Get)?;
+                Ok(self.info())
+            }
+            "/api/unsubscribe" => {
+                expect_method(&method, &Method::Post)?;
+                let body = self.read_body(request)?;
+                self.unsubscribe(&body)
+            }
             "/api/broadcast" => {
                 expect_method(&method, &Method::Post)?;
                 let body = self.read_body(request)?;
@@ -318,6 +345,64 @@ impl Api {
             "count": self.engine.presence_count(&topic),
             "presences": presences,
         })))
+    }
+
+    /// This node's topics with their subscribers, most subscribed first,
+    /// at most [`MAX_LISTED_TOPICS`].
+    fn topics(&self) -> Reply {
+        let names = self.engine.server().topics();
+        let total = names.len();
+        let mut topics: Vec<(String, u64)> = names
+            .into_iter()
+            .map(|topic| {
+                let subscribers = self.engine.subscriber_count(&topic);
+                (topic, subscribers)
+            })
+            .collect();
+        topics.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        topics.truncate(MAX_LISTED_TOPICS);
+        let listed: Vec<_> = topics
+            .iter()
+            .map(|(topic, subscribers)| json!({ "topic": topic, "subscribers": subscribers }))
+            .collect();
+        Reply::json(&json!({
+            "topics": listed,
+            "total": total,
+            "truncated": total > MAX_LISTED_TOPICS,
+            "scope": "node",
+        }))
+    }
+
+    /// This node: its version, connections, topics and bus.
+    fn info(&self) -> Reply {
+        let server = self.engine.server();
+        let stats = server.stats();
+        let bus = self.cluster.stats().map(|bus| {
+            json!({
+                "broker": self.cluster.broker().name(),
+                "connected": bus.connected == 1,
+                "publishes": bus.publishes,
+                "received": bus.received,
+            })
+        });
+        Reply::json(&json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "connections": server.connections(),
+            "topics": server.topics().len(),
+            "deliveries": stats.published_deliveries,
+            "bus": bus,
+        }))
+    }
+
+    /// Takes a socket id off a topic: its channel closes on the client
+    /// (`phx_close`), on this node.
+    fn unsubscribe(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let body: UnsubscribeBody = serde_json::from_slice(body)
+            .map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))?;
+        check_name("socket_id", &body.socket_id)?;
+        check_name("topic", &body.topic)?;
+        self.engine.unsubscribe(&body.socket_id, &body.topic);
+        Ok(Reply::json(&json!({ "ok": true })))
     }
 
     fn disconnect(&self, body: &[u8]) -> Result<Reply, ApiError> {
