@@ -196,6 +196,69 @@ fn api_broadcasts_reach_phoenix_clients_and_topics_count_them() {
 }
 
 #[test]
+fn every_operation_the_openapi_description_lists_answers_as_documented() {
+    let herald = Herald::start_with_env(&[], &[("HERALD_API_KEY", "k3")]);
+    let auth = "Authorization: Bearer k3";
+    // A member for the operations that act on one.
+    let mut client = herald.phoenix("");
+    join(&mut client, "room:1");
+    let (status, body) = herald.api("GET", "/api/openapi.json", &[auth], "");
+    assert_eq!(status, 200, "{body}");
+    let spec = json_of(&body);
+    let mut called = 0;
+    for (path, operations) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            let mut url = path.clone();
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap();
+                let example = parameter["example"].as_str().expect("a parameter example");
+                url = url.replace(&format!("{{{name}}}"), example);
+            }
+            let body = &operation["requestBody"]["content"]["application/json"]["example"];
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            let (status, answer) = herald.api(&method.to_uppercase(), &url, &[auth], &body);
+            assert_eq!(status, 200, "{method} {url}: {answer}");
+            assert!(
+                operation["responses"].get("200").is_some(),
+                "{method} {path} documents its 200"
+            );
+            if path.starts_with("/api/") {
+                assert!(
+                    serde_json::from_str::<Value>(&answer).is_ok(),
+                    "{method} {url}: {answer}"
+                );
+                // Without the key: 401, as documented.
+                let (status, _) = herald.api(&method.to_uppercase(), &url, &[], &body);
+                assert_eq!(status, 401, "{method} {url} without the key");
+                assert!(
+                    operation["responses"].get("401").is_some(),
+                    "{method} {path} documents 401"
+                );
+            }
+            called += 1;
+        }
+    }
+    // Every route of `bin/herald/api.rs`'s table.
+    assert_eq!(called, 11, "documented operations");
+    // The batch's example took the member off room:1 (a socket without a
+    // token has no id, so nothing of it is closed): the batch ran.
+    let (status, body) = herald.api(
+        "POST",
+        "/api/batch",
+        &[auth],
+        r#"{"commands": [{"broadcast": {"topic": "room:1", "event": "phx_x", "payload": {}}}]}"#,
+    );
+    assert_eq!(
+        status, 400,
+        "a reserved event refuses the whole batch: {body}"
+    );
+}
+
+#[test]
 fn the_api_refuses_bad_requests_with_json_errors() {
     let herald = Herald::start(&["--api-key", "k2"]);
     let auth = "Authorization: Bearer k2";

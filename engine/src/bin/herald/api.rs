@@ -9,7 +9,9 @@
 //! | GET    | `/api/presence/TOPIC`| yes | who is present on a topic, and a count |
 //! | POST   | `/api/disconnect`    | yes | closes a socket id's connections       |
 //! | POST   | `/api/unsubscribe`   | yes | takes a socket id off a topic          |
+//! | POST   | `/api/batch`         | yes | broadcasts, disconnects, unsubscribes, in order |
 //! | GET    | `/api/info`          | yes | this node: version, connections, bus   |
+//! | GET    | `/api/openapi.json`  | yes | this API, described (OpenAPI 3.1)      |
 //! | GET    | `/metrics`           | no  | Prometheus text                        |
 //! | GET    | `/healthz`           | no  | `ok`                                   |
 //!
@@ -167,6 +169,38 @@ struct UnsubscribeBody {
     topic: String,
 }
 
+/// The body of `POST /api/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    commands: Vec<Command<'a>>,
+}
+
+/// One command of a batch: `{"broadcast": {...}}`, `{"disconnect":
+/// {...}}` or `{"unsubscribe": {...}}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Command<'a> {
+    Broadcast(#[serde(borrow)] BroadcastItem<'a>),
+    Disconnect(DisconnectBody),
+    Unsubscribe(UnsubscribeBody),
+}
+
+/// A broadcast's topic and event may be sent.
+fn check_broadcast(item: &BroadcastItem<'_>) -> Result<(), ApiError> {
+    check_name("topic", &item.topic)?;
+    check_name("event", &item.event)?;
+    if item.event.starts_with("phx_") {
+        return Err(ApiError::bad("events starting with phx_ are reserved"));
+    }
+    Ok(())
+}
+
+/// The API's description; `engine/tests/standalone.rs` calls every
+/// operation it lists with its examples.
+const OPENAPI: &str = include_str!("../../../assets/openapi.json");
+
 /// The most topics `GET /api/topics` lists.
 const MAX_LISTED_TOPICS: usize = 10_000;
 
@@ -220,10 +254,19 @@ impl Api {
                 expect_method(&method, &Method::Get)?;
                 Ok(self.info())
             }
+            "/api/openapi.json" => {
+                expect_method(&method, &Method::Get)?;
+                Ok(Reply::text("application/json", OPENAPI.into()))
+            }
             "/api/unsubscribe" => {
                 expect_method(&method, &Method::Post)?;
                 let body = self.read_body(request)?;
                 self.unsubscribe(&body)
+            }
+            "/api/batch" => {
+                expect_method(&method, &Method::Post)?;
+                let body = self.read_body(request)?;
+                self.batch(&body)
             }
             "/api/broadcast" => {
                 expect_method(&method, &Method::Post)?;
@@ -303,11 +346,7 @@ impl Api {
             )));
         }
         for item in &items {
-            check_name("topic", &item.topic)?;
-            check_name("event", &item.event)?;
-            if item.event.starts_with("phx_") {
-                return Err(ApiError::bad("events starting with phx_ are reserved"));
-            }
+            check_broadcast(item)?;
         }
         // Refuse the whole request rather than have its broadcasts refused
         // halfway by full loop mailboxes.
@@ -345,6 +384,50 @@ impl Api {
             "count": self.engine.presence_count(&topic),
             "presences": presences,
         })))
+    }
+
+    /// Several commands of any kind, checked first (one bad command refuses
+    /// the whole batch), then carried out in order.
+    fn batch(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let body: BatchBody<'_> = serde_json::from_slice(body)
+            .map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))?;
+        if body.commands.len() > MAX_BATCH {
+            return Err(ApiError::bad(format!(
+                "a batch holds at most {MAX_BATCH} commands"
+            )));
+        }
+        for command in &body.commands {
+            match command {
+                Command::Broadcast(item) => check_broadcast(item)?,
+                Command::Disconnect(target) => check_name("socket_id", &target.socket_id)?,
+                Command::Unsubscribe(target) => {
+                    check_name("socket_id", &target.socket_id)?;
+                    check_name("topic", &target.topic)?;
+                }
+            }
+        }
+        if self.engine.server().backlog() >= BUSY_BACKLOG {
+            return Err(ApiError::Busy);
+        }
+        for command in &body.commands {
+            match command {
+                Command::Broadcast(item) => {
+                    self.engine
+                        .broadcast(&item.topic, &item.event, item.payload)
+                        .map_err(|err| ApiError::bad(format!("payload: {err}")))?;
+                    self.counters.broadcasts.fetch_add(1, Relaxed);
+                }
+                Command::Disconnect(target) => {
+                    self.engine.disconnect(&target.socket_id);
+                }
+                Command::Unsubscribe(target) => {
+                    self.engine.unsubscribe(&target.socket_id, &target.topic);
+                }
+            }
+        }
+        Ok(Reply::json(
+            &json!({ "ok": true, "commands": body.commands.len() }),
+        ))
     }
 
     /// This node's topics with their subscribers, most subscribed first,
