@@ -54,7 +54,7 @@ cargo build -p herald --bin herald --example slack --locked --quiet
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 HERALD_BIN="$PWD/target/debug/herald" SLACK_BIN="$PWD/target/debug/examples/slack" \
   npm test --prefix tests/browser
-echo "screenshots: tests/browser/artifacts/demo.png, slack.png"
+echo "screenshots: tests/browser/artifacts/demo.png, slack.png, admin.png"
 
 fuzz_seconds="${HERALD_FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" -gt 0 ]; then

@@ -12,6 +12,7 @@
 //! | POST   | `/api/batch`         | yes | broadcasts, disconnects, unsubscribes, in order |
 //! | GET    | `/api/info`          | yes | this node: version, connections, bus   |
 //! | GET    | `/api/openapi.json`  | yes | this API, described (OpenAPI 3.1)      |
+//! | GET    | `/admin`             | no  | the admin page (it asks for the key)   |
 //! | GET    | `/metrics`           | no  | Prometheus text                        |
 //! | GET    | `/healthz`           | no  | `ok`                                   |
 //!
@@ -197,6 +198,9 @@ fn check_broadcast(item: &BroadcastItem<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The admin page: a plain ES module page over this API, no build step.
+const ADMIN_PAGE: &str = include_str!("../../../assets/admin.html");
+
 /// The API's description; `engine/tests/standalone.rs` calls every
 /// operation it lists with its examples.
 const OPENAPI: &str = include_str!("../../../assets/openapi.json");
@@ -222,6 +226,12 @@ impl Api {
             "/healthz" => {
                 expect_method(&method, &Method::Get)?;
                 return Ok(Reply::text("text/plain; charset=utf-8", "ok\n".into()));
+            }
+            "/admin" => {
+                // No data in the page: it calls the API with the key the
+                // operator enters.
+                expect_method(&method, &Method::Get)?;
+                return Ok(Reply::text("text/html; charset=utf-8", ADMIN_PAGE.into()));
             }
             "/metrics" => {
                 expect_method(&method, &Method::Get)?;
