@@ -178,7 +178,7 @@ fn api_broadcasts_reach_phoenix_clients_and_topics_count_them() {
         "{body}"
     );
     // (Presence messages of the default rule come and go meanwhile.)
-    let message = recv_event(&mut client, "new_msg");
+    let message = client.recv_event("new_msg");
     assert_eq!(
         message,
         json!([null, null, "room:lobby", "new_msg", {"body": "one"}])
@@ -191,8 +191,8 @@ fn api_broadcasts_reach_phoenix_clients_and_topics_count_them() {
     let (status, body) = herald.api("POST", "/api/broadcast", &[auth], &batch.to_string());
     assert_eq!(status, 200, "{body}");
     assert_eq!(json_of(&body)["broadcasts"], 2);
-    assert_eq!(recv_event(&mut client, "new_msg")[4], json!({"n": 1}));
-    assert_eq!(recv_event(&mut client, "new_msg")[4], json!({"n": 2}));
+    assert_eq!(client.recv_event("new_msg")[4], json!({"n": 1}));
+    assert_eq!(client.recv_event("new_msg")[4], json!({"n": 2}));
 }
 
 #[test]
@@ -389,7 +389,7 @@ fn tokens_are_checked_at_connect_and_join_and_name_the_socket() {
     let unsubscribe = r#"{"socket_id": "ada", "topic": "room:a"}"#;
     let (status, body) = herald.api("POST", "/api/unsubscribe", &[], unsubscribe);
     assert_eq!(status, 200, "{body}");
-    let closed = recv_event(&mut client, "phx_close");
+    let closed = client.recv_event("phx_close");
     assert_eq!(closed[2], "room:a");
     let (_, body) = herald.api("GET", "/api/topics", &[], "");
     assert_eq!(json_of(&body)["topics"], json!([]), "{body}");
@@ -487,16 +487,6 @@ fn channel_rules_from_a_config_file_decide_joins_and_messages() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Reads until a message with `event` arrives; returns it.
-fn recv_event(client: &mut Client, event: &str) -> Value {
-    loop {
-        let message = client.recv();
-        if message[3] == event {
-            return message;
-        }
-    }
-}
-
 #[test]
 fn presence_notices_and_metrics_follow_joins() {
     let herald = Herald::start(&[]);
@@ -509,19 +499,19 @@ fn presence_notices_and_metrics_follow_joins() {
     let state = alice.recv();
     assert_eq!(state[0], json!(alice_ref));
     assert_eq!(state[3], "presence_state");
-    let diff = recv_event(&mut alice, "presence_diff");
+    let diff = alice.recv_event("presence_diff");
     assert!(
         diff[4]["joins"]["alice"]["metas"][0]["online_at"].is_u64(),
         "{diff}"
     );
     join(&mut bob, "room:1");
     assert_eq!(
-        recv_event(&mut alice, "user_joined"),
+        alice.recv_event("user_joined"),
         json!([null, null, "room:1", "user_joined", {"user": "tester"}])
     );
-    let mut diff = recv_event(&mut alice, "presence_diff");
+    let mut diff = alice.recv_event("presence_diff");
     while diff[4]["joins"].get("tester").is_none() {
-        diff = recv_event(&mut alice, "presence_diff");
+        diff = alice.recv_event("presence_diff");
     }
     let (status, body) = herald.api("GET", "/api/presence/room:1", &[], "");
     assert_eq!(status, 200, "{body}");
@@ -530,12 +520,12 @@ fn presence_notices_and_metrics_follow_joins() {
     assert!(listed["presences"]["tester"]["metas"][0]["phx_ref"].is_string());
     drop(bob);
     assert_eq!(
-        recv_event(&mut alice, "user_left"),
+        alice.recv_event("user_left"),
         json!([null, null, "room:1", "user_left", {"user": "tester"}])
     );
-    let mut diff = recv_event(&mut alice, "presence_diff");
+    let mut diff = alice.recv_event("presence_diff");
     while diff[4]["leaves"].get("tester").is_none() {
-        diff = recv_event(&mut alice, "presence_diff");
+        diff = alice.recv_event("presence_diff");
     }
 
     let (status, metrics) = herald.api("GET", "/metrics", &[], "");

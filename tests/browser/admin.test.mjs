@@ -12,16 +12,9 @@ import { test, before, after } from "node:test";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { WAIT, artifacts, freePort, heraldBin, launchChromium } from "./support.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const heraldBin = process.env.HERALD_BIN ?? path.join(here, "../../target/debug/herald");
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const artifacts = path.join(here, "artifacts");
-const WAIT = { timeout: 10_000 };
 const SECRET = "admin-test-secret";
 const KEY = "admin-test-key";
 
@@ -29,17 +22,6 @@ let server;
 let browser;
 let base;
 let apiBase;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 /** An HS256 JWT for `sub`, valid for an hour. */
 function jwt(sub) {
@@ -67,12 +49,7 @@ before(async () => {
       if (log.includes(`127.0.0.1:${apiPort}`)) resolve();
     });
   });
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

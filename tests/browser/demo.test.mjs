@@ -13,33 +13,15 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdirSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { WAIT, artifacts, freePort, heraldBin, launchChromium } from "./support.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const heraldBin = process.env.HERALD_BIN ?? path.join(here, "../../target/debug/herald");
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const artifacts = path.join(here, "artifacts");
-const WAIT = { timeout: 10_000 };
 
 let server;
 let serverExit;
 let browser;
 let base;
 let apiBase;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 // Resolves once the server logs that it listens; rejects if it exits first.
 function startHerald(port, apiPort) {
@@ -69,20 +51,7 @@ before(async () => {
   server = started.child;
   serverExit = started.exited;
   await started.ready;
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--headless",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

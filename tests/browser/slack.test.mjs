@@ -13,14 +13,9 @@ import { test, before, after } from "node:test";
 import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { WAIT, artifacts, here, launchChromium } from "./support.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const slackBin = process.env.SLACK_BIN ?? path.join(here, "../../target/debug/examples/slack");
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const artifacts = path.join(here, "artifacts");
-const WAIT = { timeout: 10_000 };
 
 let server;
 let browser;
@@ -38,12 +33,7 @@ before(async () => {
       if (match) resolve(match[1]);
     });
   });
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

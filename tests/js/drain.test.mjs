@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
+import { until } from "./support.mjs";
 
 const HERALD =
   process.env.HERALD_BIN ??
@@ -95,20 +96,6 @@ async function startBalancer(backends) {
   };
 }
 
-/** Resolves when `predicate()` holds, polling every 10 ms, or rejects after
- * `ms`. */
-function until(predicate, ms, what) {
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + ms;
-    const check = () => {
-      if (predicate()) return resolve();
-      if (Date.now() > deadline) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(check, 10);
-    };
-    check();
-  });
-}
-
 test("a draining node's phoenix clients rejoin through the balancer within the drain period", async () => {
   const dir = mkdtempSync(join(tmpdir(), "herald-drain-"));
   const configPath = join(dir, "herald.toml");
@@ -147,12 +134,12 @@ test("a draining node's phoenix clients rejoin through the balancer within the d
       client.socket = socket;
       clients.push(client);
     }
-    await until(() => clients.every((c) => c.joins === 1), 10_000, "every first join");
+    await until(() => clients.every((c) => c.joins === 1), "every first join", 10_000);
 
     const exited = once(first.child, "exit");
     const drainStarted = Date.now();
     first.child.kill("SIGTERM");
-    await until(() => clients.every((c) => c.joins === 2), (DRAIN_SECS + 5) * 1000, "every rejoin");
+    await until(() => clients.every((c) => c.joins === 2), "every rejoin", (DRAIN_SECS + 5) * 1000);
     const [code] = await exited;
     assert.equal(code, 0, "the drained node exits 0");
 

@@ -6,40 +6,9 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
-
-const SERVER =
-  process.env.HERALD_TEST_SERVER ??
-  fileURLToPath(new URL("../../target/debug/channels-test-server", import.meta.url));
-
-/** Starts the test server; resolves with its process and port. */
-function startServer(port = 0) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(SERVER, ["--port", String(port)], { stdio: ["ignore", "pipe", "inherit"] });
-    let output = "";
-    child.on("error", reject);
-    child.on("exit", (code) => reject(new Error(`server exited early with ${code}`)));
-    child.stdout.on("data", (chunk) => {
-      output += chunk;
-      const match = output.match(/listening on 127\.0\.0\.1:(\d+)/);
-      if (match) {
-        child.removeAllListeners("exit");
-        resolve({ child, port: Number(match[1]) });
-      }
-    });
-  });
-}
-
-/** Stops a server and waits until it has exited. */
-function stopServer(child) {
-  return new Promise((resolve) => {
-    child.once("exit", resolve);
-    child.kill("SIGKILL");
-  });
-}
+import { startServer, stopServer, until } from "./support.mjs";
 
 function connect(port, params, options = {}) {
   const socket = new Socket(`ws://127.0.0.1:${port}/socket`, {
@@ -62,14 +31,6 @@ function receive(push, status) {
     for (const other of ["ok", "error", "timeout"].filter((s) => s !== status)) {
       push.receive(other, (response) => reject(new Error(`${other}: ${JSON.stringify(response)}`)));
     }
-  });
-}
-
-/** Resolves when `predicate()` holds, polling every 10 ms. */
-function until(predicate) {
-  return new Promise((resolve) => {
-    const check = () => (predicate() ? resolve() : setTimeout(check, 10));
-    check();
   });
 }
 

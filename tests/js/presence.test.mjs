@@ -7,38 +7,9 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { Presence, Socket } from "phoenix";
 import WebSocket from "ws";
-
-const SERVER =
-  process.env.HERALD_TEST_SERVER ??
-  fileURLToPath(new URL("../../target/debug/channels-test-server", import.meta.url));
-
-function startServer(port = 0) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(SERVER, ["--port", String(port)], { stdio: ["ignore", "pipe", "inherit"] });
-    let output = "";
-    child.on("error", reject);
-    child.on("exit", (code) => reject(new Error(`server exited early with ${code}`)));
-    child.stdout.on("data", (chunk) => {
-      output += chunk;
-      const match = output.match(/listening on 127\.0\.0\.1:(\d+)/);
-      if (match) {
-        child.removeAllListeners("exit");
-        resolve({ child, port: Number(match[1]) });
-      }
-    });
-  });
-}
-
-function stopServer(child) {
-  return new Promise((resolve) => {
-    child.once("exit", resolve);
-    child.kill("SIGKILL");
-  });
-}
+import { startServer, stopServer, until } from "./support.mjs";
 
 /** A client of `topic` as `user`, with a phoenix.js Presence on it. */
 function member(port, user, topic, device) {
@@ -65,20 +36,6 @@ function listed(presence) {
     out[key] = metas.map(({ device, status }) => `${device}/${status}`).sort();
   });
   return out;
-}
-
-/** Resolves when `predicate()` holds, polling every 10 ms; rejects after
- * 5 s with `what`. */
-function until(predicate, what) {
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + 5000;
-    const check = () => {
-      if (predicate()) return resolve();
-      if (Date.now() > deadline) return reject(new Error(`timed out: ${what}`));
-      setTimeout(check, 10);
-    };
-    check();
-  });
 }
 
 function push(channel, event, payload) {

@@ -296,6 +296,17 @@ pub mod phoenix {
             }
         }
 
+        /// Reads until a message with `event` arrives (skipping others);
+        /// returns it.
+        pub fn recv_event(&mut self, event: &str) -> Value {
+            loop {
+                let message = self.recv();
+                if message[3] == event {
+                    return message;
+                }
+            }
+        }
+
         /// Reads until the reply to `msg_ref`, collecting what came before.
         pub fn reply_to(&mut self, msg_ref: &str) -> (Value, Vec<Value>) {
             let mut before = Vec::new();

@@ -748,16 +748,6 @@ fn presence_state_follows_the_join_reply_and_diffs_coalesce() {
     engine.shutdown();
 }
 
-/// Reads until an event named `event` arrives; returns the message.
-fn recv_event(client: &mut Client, event: &str) -> Value {
-    loop {
-        let message = client.recv();
-        if message[3] == event {
-            return message;
-        }
-    }
-}
-
 #[test]
 fn channels_keep_timers_background_work_later_replies_and_their_own_assigns() {
     let (engine, log) = start(builder(), 100);
@@ -765,11 +755,11 @@ fn channels_keep_timers_background_work_later_replies_and_their_own_assigns() {
     let mut ada = client(&engine, "ada");
     let (tools_ref, _) = ada.join("tools:1", json!({}));
     // The join's `after_join` message, after the reply.
-    assert_eq!(recv_event(&mut ada, "tick")[4], json!({"n": 0}));
+    assert_eq!(ada.recv_event("tick")[4], json!({"n": 0}));
     ada.push(&tools_ref, "tools:1", "later", json!({}));
-    assert_eq!(recv_event(&mut ada, "tick")[4], json!({"n": 1}));
+    assert_eq!(ada.recv_event("tick")[4], json!({"n": 1}));
     ada.push(&tools_ref, "tools:1", "background", json!({}));
-    assert_eq!(recv_event(&mut ada, "job")[4], json!({"n": 7}));
+    assert_eq!(ada.recv_event("job")[4], json!({"n": 7}));
     let slow = ada.push(&tools_ref, "tools:1", "slow_reply", json!({}));
     let (reply, _) = ada.reply_to(&slow);
     assert_eq!(reply, json!({"status": "ok", "response": {"done": true}}));
@@ -778,7 +768,7 @@ fn channels_keep_timers_background_work_later_replies_and_their_own_assigns() {
         handle.send_info("user_socket:ada", "tools:1", JobDone(9)),
         2
     );
-    assert_eq!(recv_event(&mut ada, "job")[4], json!({"n": 9}));
+    assert_eq!(ada.recv_event("job")[4], json!({"n": 9}));
     // Per-channel assigns: two channels, two counts; gone with the channel.
     let (other_ref, _) = ada.join("tools:2", json!({}));
     for (join_ref, topic, expected) in [
@@ -794,11 +784,11 @@ fn channels_keep_timers_background_work_later_replies_and_their_own_assigns() {
     let mut bob = client(&engine, "bob");
     bob.join("room:news", json!({}));
     ada.push(&tools_ref, "tools:1", "announce", json!({}));
-    assert_eq!(recv_event(&mut bob, "announced")[4], json!({"by": "tools"}));
+    assert_eq!(bob.recv_event("announced")[4], json!({"by": "tools"}));
     // A channel that stops: phx_close to the client, handle_leave, and its
     // assigns are gone when it is joined again.
     ada.push(&other_ref, "tools:2", "stop", json!({}));
-    let close = recv_event(&mut ada, "phx_close");
+    let close = ada.recv_event("phx_close");
     assert_eq!(close[0], json!(other_ref));
     assert_eq!(close[2], "tools:2");
     assert!(
@@ -812,7 +802,7 @@ fn channels_keep_timers_background_work_later_replies_and_their_own_assigns() {
     assert_eq!(ada.reply_to(&msg_ref).0["response"]["count"], 1);
     // A panic is counted; closing the socket closes it with 1000.
     ada.push(&tools_ref, "tools:1", "crash", json!({}));
-    assert_eq!(recv_event(&mut ada, "phx_error")[2], "tools:1");
+    assert_eq!(ada.recv_event("phx_error")[2], "tools:1");
     assert_eq!(handle.server().stats().handler_panics, 1);
     ada.push(&other_ref, "tools:2", "hang_up", json!({}));
     let closed = loop {

@@ -285,7 +285,7 @@ pub(crate) fn slowloris(options: &Options, plan: &Slowloris) -> io::Result<()> {
         .filter(|&open| open)
         .count();
     drop(streams);
-    let (after, within) = settle(pid, plan.settle, before, 2.0)?;
+    let (after, within) = settle(pid, plan.settle, before, RECOVERY_MARGIN_MIB)?;
     let mut report = Report::new("slowloris");
     report
         .figure("sockets", sockets, "")
@@ -305,15 +305,30 @@ pub(crate) fn slowloris(options: &Options, plan: &Slowloris) -> io::Result<()> {
                 (during - before).max(0.0) * f64::from(1 << 20) / sockets.max(1) as f64
             ),
         )
-        .figure("healthy_handshake", handshake.as_secs_f64() * 1e3, "ms")
+        .figure("healthy_handshake", handshake.as_secs_f64() * 1e3, "ms");
+    recovery_figures(&mut report, after, within, plan.settle, "the sockets");
+    report.print(options.format());
+    Ok(())
+}
+
+/// How close to its level before the attack the server's RSS must come.
+const RECOVERY_MARGIN_MIB: f64 = 2.0;
+
+/// The RSS `settle` after `what` closed, and when it first came back
+/// within [`RECOVERY_MARGIN_MIB`] of the level before.
+fn recovery_figures(
+    report: &mut Report,
+    after: f64,
+    within: Option<f64>,
+    settle: Duration,
+    what: &str,
+) {
+    report
         .note(
             "server_rss_after",
             after,
             "MiB",
-            format!(
-                "{:.0} s after the sockets closed",
-                plan.settle.as_secs_f64()
-            ),
+            format!("{:.0} s after {what} closed", settle.as_secs_f64()),
         )
         .note(
             "back_within_2_mib",
@@ -321,8 +336,6 @@ pub(crate) fn slowloris(options: &Options, plan: &Slowloris) -> io::Result<()> {
             "",
             "of the level before",
         );
-    report.print(options.format());
-    Ok(())
 }
 
 /// Whether the server has neither answered nor closed `stream`.
@@ -407,7 +420,7 @@ pub(crate) fn stuck(options: &Options, plan: &Stuck) -> io::Result<()> {
     }
     let during = rss(pid)?;
     drop(stuck);
-    let (after, within) = settle(pid, plan.settle, before, 2.0)?;
+    let (after, within) = settle(pid, plan.settle, before, RECOVERY_MARGIN_MIB)?;
     let mut report = Report::new("stuck");
     report
         .figure("subscribers", total, "")
@@ -431,22 +444,8 @@ pub(crate) fn stuck(options: &Options, plan: &Stuck) -> io::Result<()> {
             during,
             "MiB",
             "stuck subscribers still connected, or closed by the policy",
-        )
-        .note(
-            "server_rss_after",
-            after,
-            "MiB",
-            format!(
-                "{:.0} s after the stuck sockets closed",
-                plan.settle.as_secs_f64()
-            ),
-        )
-        .note(
-            "back_within_2_mib",
-            within.map_or("no".to_string(), |s| format!("after {s:.1} s")),
-            "",
-            "of the level before",
         );
+    recovery_figures(&mut report, after, within, plan.settle, "the stuck sockets");
     report.print(options.format());
     drop(publisher);
     Ok(())

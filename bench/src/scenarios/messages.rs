@@ -8,7 +8,7 @@ use std::{
 
 use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, Scratch, drive},
+    client::{Client, Received, Scratch, drive},
     tracker::{ThreadStats, Tracker},
 };
 use mio::Poll;
@@ -62,25 +62,21 @@ pub(crate) fn join_all(
         client.send(OpCode::Text, join.as_bytes())?;
     }
     let mut joined = 0;
-    let mut failure = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while joined < clients.len() && Instant::now() < deadline {
-        drive(poll, Instant::now() + Duration::from_millis(100), |token| {
-            let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| {
+        read_for(
+            poll,
+            clients,
+            path_of,
+            Duration::from_millis(100),
+            |frame| {
                 if frame.opcode == OpCode::Text
                     && frame.prefix.windows(9).any(|w| w == b"phx_reply")
                 {
                     joined += 1;
                 }
-            });
-            if let Err(err) = result {
-                failure = Some(err);
-            }
-            failure.is_none()
-        })?;
-        if let Some(err) = failure.take() {
-            return Err(err);
-        }
+            },
+        )?;
     }
     if joined < clients.len() {
         return Err(io::Error::other(format!(
@@ -106,22 +102,32 @@ pub(crate) fn settle(
 ) -> io::Result<()> {
     let mut last = Instant::now();
     let deadline = last + Duration::from_secs(60);
-    let mut failure = None;
     while last.elapsed() < QUIET && Instant::now() < deadline {
-        drive(poll, Instant::now() + Duration::from_millis(50), |token| {
-            let result = clients[token.0].on_ready(&path_of(token.0), |_, _| {
-                last = Instant::now();
-            });
-            if let Err(err) = result {
-                failure = Some(err);
-            }
-            failure.is_none()
+        read_for(poll, clients, path_of, Duration::from_millis(50), |_| {
+            last = Instant::now();
         })?;
-        if let Some(err) = failure.take() {
-            return Err(err);
-        }
     }
     Ok(())
+}
+
+/// Reads the clients' frames for `slice`, handing each to `on_frame`;
+/// returns the first connection's error, if any.
+fn read_for(
+    poll: &mut Poll,
+    clients: &mut [Client],
+    path_of: &dyn Fn(usize) -> String,
+    slice: Duration,
+    mut on_frame: impl FnMut(&Received),
+) -> io::Result<()> {
+    let mut failure = None;
+    drive(poll, Instant::now() + slice, |token| {
+        let result = clients[token.0].on_ready(&path_of(token.0), |_, frame| on_frame(&frame));
+        if let Err(err) = result {
+            failure = Some(err);
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(()), Err)
 }
 
 /// Handles a subscriber's readiness: reads its frames (in place, in the

@@ -438,15 +438,18 @@ impl<S: Service> Worker<S> {
     /// The slab key of `conn` if it is still open; a command for a
     /// connection that has gone is counted.
     fn open_key(&self, conn: ConnId) -> Option<usize> {
-        let key = conn.key();
-        let open = self
-            .conns
-            .get(key)
-            .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open());
+        let open = self.is_open(conn);
         if !open {
             bump(&self.ctx.stats.commands_for_closed_connections, 1);
         }
-        open.then_some(key)
+        open.then_some(conn.key())
+    }
+
+    /// Whether `conn` is still this loop's and open.
+    fn is_open(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(conn.key())
+            .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open())
     }
 
     /// Hands `message` to the handlers of this loop's open connections
@@ -454,11 +457,7 @@ impl<S: Service> Worker<S> {
     fn info_by_name(&mut self, name: &str, message: &AppMessage) {
         for conn in self.ctx.names.get(name) {
             let key = conn.key();
-            let open = self
-                .conns
-                .get(key)
-                .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open());
-            if open {
+            if self.is_open(conn) {
                 self.call(key, |service, conn| service.on_info(conn, message));
             }
         }
@@ -469,11 +468,7 @@ impl<S: Service> Worker<S> {
     fn disconnect(&mut self, name: &str) {
         for conn in self.ctx.names.get(name) {
             let key = conn.key();
-            let open = self
-                .conns
-                .get(key)
-                .is_some_and(|slot| slot.generation == conn.generation() && slot.conn.is_open());
-            if open {
+            if self.is_open(conn) {
                 self.conns[key]
                     .conn
                     .close(CloseCode::GOING_AWAY, "disconnected");
