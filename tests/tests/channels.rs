@@ -9,7 +9,8 @@ use std::{
 use herald::{
     Broadcast, Reject, Request, Server, ServerBuilder,
     channels::{
-        Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, LeaveReason, Reply, Socket,
+        Channel, ChannelContext, Channels, ConnectAnswer, Endpoint, Engine, JoinLater, JoinResult,
+        LeaveReason, Reply, Socket,
     },
     protocol::phoenix::Status,
 };
@@ -1112,4 +1113,195 @@ fn pushes_past_the_message_rate_get_an_error_reply_then_the_socket_closes() {
     }
     assert!(engine.handle().server().stats().messages_rate_limited >= 3);
     engine.shutdown();
+}
+
+/// Decides connections and joins on the test's thread, through channels,
+/// as a backend call would off the loop.
+struct Gatekeeper {
+    connects: Mutex<std::sync::mpsc::Sender<(String, ConnectAnswer<String>)>>,
+}
+
+impl Socket for Gatekeeper {
+    type Assigns = String;
+
+    fn connect(&self, request: &Request) -> Result<String, Reject> {
+        Ok(request
+            .query_param("token")
+            .unwrap_or_default()
+            .into_owned())
+    }
+
+    fn connect_later(
+        &self,
+        request: &Request,
+        answer: ConnectAnswer<String>,
+    ) -> Result<(), ConnectAnswer<String>> {
+        let token = request
+            .query_param("token")
+            .unwrap_or_default()
+            .into_owned();
+        if token == "on-the-loop" {
+            return Err(answer);
+        }
+        self.connects.lock().unwrap().send((token, answer)).unwrap();
+        Ok(())
+    }
+}
+
+struct Vetted {
+    joins: Mutex<std::sync::mpsc::Sender<(String, JoinLater)>>,
+}
+
+impl Channel<String> for Vetted {
+    fn handle_joined(&self, ctx: &mut ChannelContext<'_, '_, String>, _: &RawValue) -> JoinResult {
+        let later = ctx.join_later().expect("in a join callback");
+        let who = ctx.assigns().clone();
+        self.joins.lock().unwrap().send((who, later)).unwrap();
+        // Ignored: the answer decides.
+        Ok(Reply::empty())
+    }
+
+    fn handle_join_answer(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, String>,
+        message: &(dyn std::any::Any + Send + Sync),
+    ) -> JoinResult {
+        match message.downcast_ref::<bool>() {
+            Some(true) => Ok(Reply::json(&json!({ "vetted": ctx.assigns().as_str() })).unwrap()),
+            _ => Err(Reply::reason("not on the list")),
+        }
+    }
+
+    fn handle_message(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, String>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        ctx.rebroadcast(event, payload);
+    }
+}
+
+#[test]
+fn connections_and_joins_are_decided_off_the_loop_without_stopping_it() {
+    let (connects, connect_requests) = std::sync::mpsc::channel();
+    let (joins, join_requests) = std::sync::mpsc::channel();
+    let endpoint = Endpoint::new(Gatekeeper {
+        connects: Mutex::new(connects),
+    })
+    .channel(
+        "vip:*",
+        Vetted {
+            joins: Mutex::new(joins),
+        },
+    );
+    let engine = Channels::new()
+        .phoenix(PATH, endpoint)
+        .start(builder().loops(1))
+        .expect("engine starts");
+    let addr = engine.local_addr();
+    let connect = move |token: &str| {
+        let params = format!("token={token}");
+        std::thread::spawn(move || Client::connect(addr, PATH, &params))
+    };
+    let status = |result: Result<Client, tungstenite::Error>| match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Ok(_) => 101,
+        Err(other) => panic!("unexpected {other:?}"),
+    };
+
+    // Ada waits for her decision; meanwhile the one loop serves others.
+    let ada = connect("ada");
+    let (token, ada_answer) = connect_requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(token, "ada");
+    let mut quick = connect("on-the-loop")
+        .join()
+        .unwrap()
+        .expect("decided on the loop");
+    quick.sync();
+    ada_answer.accept("Ada".to_owned());
+    let mut ada = ada.join().unwrap().expect("accepted later");
+
+    // Refused with a status and reason, or dropped unanswered (503).
+    let mallory = connect("mallory");
+    let (_, answer) = connect_requests.recv_timeout(WAIT).unwrap();
+    answer.reject(Reject::forbidden().with_reason("banned"));
+    assert_eq!(status(mallory.join().unwrap()), 403);
+    let ghost = connect("ghost");
+    drop(connect_requests.recv_timeout(WAIT).unwrap());
+    assert_eq!(status(ghost.join().unwrap()), 503);
+
+    // A join waits for its answer: no reply and no broadcast until then.
+    let join_ref = ada.next_ref();
+    ada.send(
+        Some(&join_ref),
+        Some(&join_ref),
+        "vip:1",
+        "phx_join",
+        json!({}),
+    );
+    let (who, first) = join_requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(who, "Ada");
+    engine
+        .handle()
+        .broadcast("vip:1", "before", &json!({}))
+        .unwrap();
+    let rejoin = ada.next_ref();
+    ada.send(Some(&rejoin), Some(&rejoin), "vip:1", "phx_join", json!({}));
+    let (_, second) = join_requests.recv_timeout(WAIT).unwrap();
+    // The replaced join's answer finds nothing to finish.
+    first.answer(true).unwrap();
+    second.answer(true).unwrap();
+    let (reply, before) = ada.reply_to(&rejoin);
+    assert_eq!(
+        reply,
+        json!({"status": "ok", "response": {"vetted": "Ada"}})
+    );
+    assert!(
+        before.is_empty(),
+        "nothing before the join's reply: {before:?}"
+    );
+    engine
+        .handle()
+        .broadcast("vip:1", "after", &json!({}))
+        .unwrap();
+    assert_eq!(ada.recv()[3], "after");
+
+    // Refused by the answer, or by dropping it.
+    let (reply, _) = join_answered(&mut ada, &join_requests, "vip:2", Some(false));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "not on the list"}})
+    );
+    let (reply, _) = join_answered(&mut ada, &join_requests, "vip:3", None);
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "join not answered"}})
+    );
+    ada.sync();
+    quick.sync();
+    engine.shutdown();
+}
+
+/// Joins `topic` and answers the join with `answer` (`None`: drops it).
+fn join_answered(
+    client: &mut Client,
+    requests: &std::sync::mpsc::Receiver<(String, JoinLater)>,
+    topic: &str,
+    answer: Option<bool>,
+) -> (Value, Vec<Value>) {
+    let join_ref = client.next_ref();
+    client.send(
+        Some(&join_ref),
+        Some(&join_ref),
+        topic,
+        "phx_join",
+        json!({}),
+    );
+    let (_, later) = requests.recv_timeout(WAIT).unwrap();
+    match answer {
+        Some(answer) => later.answer(answer).unwrap(),
+        None => drop(later),
+    }
+    client.reply_to(&join_ref)
 }

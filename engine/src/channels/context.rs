@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Reply,
+    JoinLater, Reply,
     handler::{ChannelConn, resubscribe},
     presence::{PRESENCE_STATE, PresenceError, PresenceTracker},
     timers::Timers,
@@ -294,6 +294,24 @@ impl<A> ChannelContext<'_, '_, A> {
     /// Closes the whole connection (every channel of it) with 1000.
     pub fn close_socket(&mut self) {
         self.conn.close(CloseCode::NORMAL, "");
+    }
+
+    /// Leaves the join being handled for later, to be decided off the loop
+    /// (a backend call): hand the returned [`JoinLater`] to another
+    /// thread and answer it there; the channel's
+    /// [`handle_join_answer`](super::Channel::handle_join_answer) then
+    /// decides on the loop. What `handle_joined` returns, pushes or tracks
+    /// after this is dropped. `None` outside a join callback.
+    pub fn join_later(&mut self) -> Option<JoinLater> {
+        if !self.joining {
+            return None;
+        }
+        let state = self.conn.state();
+        state.next_join_id += 1;
+        let id = state.next_join_id;
+        state.deferred_join = Some(id);
+        let topic = Arc::clone(&self.join.topic);
+        Some(JoinLater::new(self.conn.handle(), topic, id))
     }
 
     /// Takes over the reply to the push being handled, to answer it later

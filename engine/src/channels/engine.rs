@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket, TopicPattern,
     context::{ChannelInfo, JoinInfo, Removal},
+    deferred::{ConnectAnswer, Via},
     handler::{ChannelConn, ChannelsHandler},
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
@@ -27,8 +28,8 @@ use crate::{
     protocol::{MessageError, WireProtocol, phoenix::Ref},
     pubsub::TopicEntry,
     reactor::{
-        AppMessage, Conn, Reject, Relay, Server, ServerBuilder, ServerHandle, StartError,
-        SyncHandler,
+        AppMessage, Conn, PendingConnect, Reject, Relay, Server, ServerBuilder, ServerHandle,
+        StartError, SyncHandler,
     },
 };
 
@@ -103,12 +104,26 @@ pub(crate) enum Call<'p> {
     Out(&'p str, &'p RawValue),
     Info(&'p Broadcast),
     AppInfo(&'p (dyn Any + Send + Sync)),
+    JoinAnswer(&'p (dyn Any + Send + Sync)),
 }
 
 /// An endpoint with its socket's assigns type erased, so that endpoints of
 /// different sockets can be mounted on one server.
 pub(crate) trait ErasedEndpoint: Send + Sync {
     fn connect(&self, request: &Request) -> Result<(Box<dyn Any + Send>, Option<String>), Reject>;
+    /// Hands the request to the socket's `connect_later`; `Err` gives it
+    /// back, to be decided with `connect`.
+    fn connect_later(
+        &self,
+        request: &Request,
+        pending: PendingConnect,
+        via: Via,
+    ) -> Result<(), PendingConnect>;
+    /// Reads what a [`ConnectAnswer`] sent back.
+    fn connect_decided(
+        &self,
+        outcome: Box<dyn Any + Send>,
+    ) -> Result<(Box<dyn Any + Send>, Option<String>), Reject>;
     fn route(&self, topic: &str) -> Option<u16>;
     fn intercepts(&self, route: u16, event: &str) -> bool;
     fn call(
@@ -133,6 +148,30 @@ pub(crate) struct CallSite<'c> {
 impl<S: Socket> ErasedEndpoint for Endpoint<S> {
     fn connect(&self, request: &Request) -> Result<(Box<dyn Any + Send>, Option<String>), Reject> {
         let assigns = self.socket.connect(request)?;
+        let id = self.socket.id(&assigns);
+        Ok((Box::new(assigns), id))
+    }
+
+    fn connect_later(
+        &self,
+        request: &Request,
+        pending: PendingConnect,
+        via: Via,
+    ) -> Result<(), PendingConnect> {
+        let answer = ConnectAnswer::<S::Assigns>::new(pending, via);
+        self.socket
+            .connect_later(request, answer)
+            .map_err(|answer| answer.into_parts().0)
+    }
+
+    fn connect_decided(
+        &self,
+        outcome: Box<dyn Any + Send>,
+    ) -> Result<(Box<dyn Any + Send>, Option<String>), Reject> {
+        let outcome = outcome
+            .downcast::<Result<S::Assigns, Reject>>()
+            .map_err(|_| Reject::with_status(500))?;
+        let assigns = (*outcome)?;
         let id = self.socket.id(&assigns);
         Ok((Box::new(assigns), id))
     }
@@ -165,7 +204,7 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
             join: site.join,
             msg_ref: site.msg_ref,
             replied: false,
-            joining: matches!(call, Call::Join(_)),
+            joining: matches!(call, Call::Join(_) | Call::JoinAnswer(_)),
             presence: site.presence,
             timers: site.timers,
         };
@@ -177,6 +216,9 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
             Call::Out(event, payload) => channel.handle_out(&mut ctx, event, payload),
             Call::Info(broadcast) => channel.handle_info(&mut ctx, broadcast),
             Call::AppInfo(message) => channel.handle_app_info(&mut ctx, message),
+            Call::JoinAnswer(answer) => {
+                return Some(channel.handle_join_answer(&mut ctx, answer));
+            }
         }
         None
     }

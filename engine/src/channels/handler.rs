@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use super::{
     LeaveReason, Reply,
     context::{ChannelInfo, JoinInfo, Removal, send_presence_state},
+    deferred::{ConnectDecision, JoinAnswer, Via},
     engine::{Call, CallSite, Mount},
     presence::{PresenceTracker, Tracked},
     stats::{ChannelCounters, count},
@@ -28,7 +29,7 @@ use crate::{
         phoenix::{self, OwnedRef, Ref, Status},
     },
     pubsub::{Sub, SubscriptionKind},
-    reactor::{Accept, AppMessage, Conn, Reject, Service},
+    reactor::{Accept, AppMessage, Conn, Connecting, Decision, Later, Reject, Service},
     wire::{CloseCode, Utf8Bytes},
 };
 
@@ -47,6 +48,15 @@ pub(crate) struct ChannelConn {
     /// The socket's assigns; taken out while a channel callback holds them.
     assigns: Option<Box<dyn Any + Send>>,
     joined: Vec<JoinInfo>,
+    /// Joins left for later ([`ChannelContext::join_later`]), waiting for
+    /// their answer.
+    ///
+    /// [`ChannelContext::join_later`]: super::ChannelContext::join_later
+    pending_joins: Vec<PendingJoin>,
+    /// The id of the last join left for later.
+    pub(crate) next_join_id: u64,
+    /// Set by `join_later` during a join callback: the id it gave out.
+    pub(crate) deferred_join: Option<u64>,
     /// Server-side subscriptions: (topic, the joined topic that made it).
     pub(crate) infos: Vec<(Arc<str>, Arc<str>)>,
     /// The socket's id, to name the connection with once it opens.
@@ -63,6 +73,14 @@ pub(crate) struct ChannelConn {
     pub(crate) stopping: bool,
     /// Each channel's own assigns, by joined topic.
     pub(crate) channel_assigns: Vec<(Arc<str>, Box<dyn Any + Send>)>,
+}
+
+/// A join waiting for its [`JoinLater`](super::JoinLater) answer.
+#[derive(Debug)]
+struct PendingJoin {
+    join: JoinInfo,
+    msg_ref: Option<OwnedRef>,
+    id: u64,
 }
 
 impl ChannelConn {
@@ -367,7 +385,13 @@ impl ChannelsHandler {
         if let Some(old) = Self::joined(conn, topic) {
             self.replace(conn, &old);
         }
-        if conn.state().joined.len() >= self.max_channels {
+        // A join of a topic whose earlier join waits for its answer
+        // replaces it: that answer will find nothing to finish.
+        conn.state()
+            .pending_joins
+            .retain(|p| &*p.join.topic != topic);
+        let state = conn.state();
+        if state.joined.len() + state.pending_joins.len() >= self.max_channels {
             count(&self.counters.joins_refused);
             let refusal = Reply::reason(TOO_MANY_CHANNELS);
             return Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Error, &refusal);
@@ -378,7 +402,30 @@ impl ChannelsHandler {
             protocol,
             route,
         };
-        let (status, response) = match self.run(conn, &join, None, Call::Join(payload)) {
+        let ran = self.run(conn, &join, None, Call::Join(payload));
+        self.conclude_join(conn, join, msg_ref, ran);
+    }
+
+    /// Joins, refuses, or (if the callback called `join_later`) waits.
+    fn conclude_join(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        join: JoinInfo,
+        msg_ref: Option<Ref<'_>>,
+        ran: Ran,
+    ) {
+        let topic = &*Arc::clone(&join.topic);
+        if let Some(id) = conn.state().deferred_join.take() {
+            self.discard_join(conn, topic);
+            if !matches!(ran, Ran::Failed) {
+                let msg_ref = msg_ref.and_then(OwnedRef::keep);
+                let pending = PendingJoin { join, msg_ref, id };
+                conn.state().pending_joins.push(pending);
+                return;
+            }
+        }
+        let join_ref = join.join_ref();
+        let (status, response) = match ran {
             Ran::Joined(Ok(response)) => {
                 count(&self.counters.joins);
                 conn.state().joined.push(join.clone());
@@ -391,12 +438,31 @@ impl ChannelsHandler {
         };
         count(&self.counters.joins_refused);
         self.discard_join(conn, topic);
-        if protocol == WireProtocol::Amber {
+        if join.protocol == WireProtocol::Amber {
             // Amber has no replies: the refusal comes as a message the
             // client's channel can listen for.
             let _ = conn.send_frame(amber::message(topic, AMBER_JOIN_ERROR, response.as_raw()));
         }
         Self::phoenix_reply(conn, join_ref, msg_ref, topic, status, &response);
+    }
+
+    /// The answer to a join left for later: finish it, unless it was
+    /// replaced or left meanwhile.
+    fn join_answered(&self, conn: &mut Conn<'_, ChannelConn>, answer: &JoinAnswer) {
+        let pending = &mut conn.state().pending_joins;
+        let Some(at) = pending
+            .iter()
+            .position(|p| p.id == answer.id && p.join.topic == answer.topic)
+        else {
+            return;
+        };
+        let PendingJoin { join, msg_ref, .. } = pending.swap_remove(at);
+        let msg_ref = msg_ref.as_ref().map(OwnedRef::get);
+        let ran = match &answer.message {
+            Some(message) => self.run(conn, &join, None, Call::JoinAnswer(&**message)),
+            None => Ran::Joined(Err(Reply::reason("join not answered"))),
+        };
+        self.conclude_join(conn, join, msg_ref, ran);
     }
 
     /// After an accepted join's reply: the `presence_state` its callback
@@ -446,6 +512,9 @@ impl ChannelsHandler {
         join_ref: Ref<'_>,
         msg_ref: Option<Ref<'_>>,
     ) {
+        conn.state()
+            .pending_joins
+            .retain(|p| &*p.join.topic != topic);
         if let Some(join) = Self::joined(conn, topic) {
             if join.protocol == WireProtocol::PhoenixV2 && join.join_ref() != join_ref {
                 // A leave for an older join of this topic: Phoenix ignores
@@ -579,6 +648,9 @@ impl ChannelsHandler {
             }
             return;
         }
+        if let Some(answer) = message.downcast_ref::<JoinAnswer>() {
+            return self.join_answered(conn, answer);
+        }
         let Some(info) = message.downcast_ref::<ChannelInfo>() else {
             return;
         };
@@ -589,30 +661,22 @@ impl ChannelsHandler {
     }
 }
 
-impl Service for ChannelsHandler {
-    type State = ChannelConn;
-
-    fn on_connect(&self, request: &Request) -> Result<Accept<ChannelConn>, Reject> {
-        let (index, mount) = self
-            .mounts
-            .iter()
-            .enumerate()
-            .find(|(_, mount)| mount.path == request.path())
-            .ok_or(Reject::with_status(404))?;
-        if mount.protocol == WireProtocol::PhoenixV2 {
-            // This server speaks the V2 serializer; phoenix.js sends
-            // vsn=2.0.0 itself.
-            let vsn = request.query_param("vsn");
-            if vsn.as_deref().is_some_and(|vsn| !vsn.starts_with("2.")) {
-                return Err(Reject::with_status(400));
-            }
-        }
-        let (assigns, socket_id) = mount.endpoint.connect(request)?;
+impl ChannelsHandler {
+    /// A connection accepted with `assigns` and `socket_id`.
+    fn accept(
+        &self,
+        via: Via,
+        (assigns, socket_id): (Box<dyn Any + Send>, Option<String>),
+    ) -> Accept<ChannelConn> {
+        let protocol = self.mounts[usize::from(via.endpoint)].protocol;
         let state = ChannelConn {
-            endpoint: index as u16,
-            protocol: mount.protocol,
+            endpoint: via.endpoint,
+            protocol,
             assigns: Some(assigns),
             joined: Vec::new(),
+            pending_joins: Vec::new(),
+            next_join_id: 0,
+            deferred_join: None,
             infos: Vec::new(),
             socket_id: socket_id.map(String::into_boxed_str),
             tracked: Vec::new(),
@@ -622,13 +686,60 @@ impl Service for ChannelsHandler {
             channel_assigns: Vec::new(),
         };
         let accept = Accept::new(state);
-        // Token auth travels in Sec-WebSocket-Protocol; a server that reads
-        // it must echo "phoenix".
-        Ok(if request.subprotocols().any(|p| p == "phoenix") {
+        if via.phoenix_subprotocol {
             accept.subprotocol("phoenix")
         } else {
             accept
-        })
+        }
+    }
+}
+
+impl Service for ChannelsHandler {
+    type State = ChannelConn;
+
+    fn on_connect(&self, request: &Request, later: Later<'_>) -> Connecting<ChannelConn> {
+        let Some((index, mount)) = self
+            .mounts
+            .iter()
+            .enumerate()
+            .find(|(_, mount)| mount.path == request.path())
+        else {
+            return Connecting::Now(Err(Reject::with_status(404)));
+        };
+        if mount.protocol == WireProtocol::PhoenixV2 {
+            // This server speaks the V2 serializer; phoenix.js sends
+            // vsn=2.0.0 itself.
+            let vsn = request.query_param("vsn");
+            if vsn.as_deref().is_some_and(|vsn| !vsn.starts_with("2.")) {
+                return Connecting::Now(Err(Reject::with_status(400)));
+            }
+        }
+        let via = Via {
+            endpoint: index as u16,
+            // Token auth travels in Sec-WebSocket-Protocol; a server that
+            // reads it must echo "phoenix".
+            phoenix_subprotocol: request.subprotocols().any(|p| p == "phoenix"),
+        };
+        match mount.endpoint.connect_later(request, later.pending(), via) {
+            Ok(()) => Connecting::Later,
+            Err(pending) => {
+                pending.disarm();
+                let decision = mount.endpoint.connect(request);
+                Connecting::Now(decision.map(|decided| self.accept(via, decided)))
+            }
+        }
+    }
+
+    fn on_connect_decided(&self, decision: Decision) -> Result<Accept<ChannelConn>, Reject> {
+        let decision = decision
+            .downcast::<ConnectDecision>()
+            .map_err(|_| Reject::with_status(500))?;
+        let mount = self
+            .mounts
+            .get(usize::from(decision.via.endpoint))
+            .ok_or(Reject::with_status(500))?;
+        let decided = mount.endpoint.connect_decided(decision.outcome)?;
+        Ok(self.accept(decision.via, decided))
     }
 
     fn on_open(&self, conn: &mut Conn<'_, ChannelConn>) {

@@ -73,6 +73,7 @@
 //! ```
 
 mod context;
+mod deferred;
 mod engine;
 mod handler;
 mod presence;
@@ -82,6 +83,7 @@ mod timers;
 
 pub use crate::conflation::TopicPattern;
 pub use context::{ChannelContext, ChannelHandle, ReplyHandle};
+pub use deferred::{ConnectAnswer, JoinLater};
 pub use engine::{Channels, Endpoint, Engine, EngineHandle};
 pub use presence::{DIFF_WINDOW, PRESENCE_DIFF, PRESENCE_STATE, PresenceError};
 pub use reply::{JoinResult, LeaveReason, Reply};
@@ -100,6 +102,54 @@ pub trait Socket: Send + Sync + 'static {
 
     /// Authorizes a connection: `Err` refuses it with an HTTP status.
     fn connect(&self, request: &Request) -> Result<Self::Assigns, Reject>;
+
+    /// Authorizes a connection off the loop, when deciding needs something
+    /// slow (a backend call): keep `answer`, return `Ok(())`, and
+    /// [`accept`](ConnectAnswer::accept) or
+    /// [`reject`](ConnectAnswer::reject) it from another thread; the
+    /// client gets its `101` or refusal then. Return `Err(answer)` to
+    /// decide with [`connect`](Self::connect) on the loop instead (the
+    /// default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use herald::{Reject, Request, channels::{ConnectAnswer, Socket}};
+    ///
+    /// struct AskTheBackend;
+    ///
+    /// impl Socket for AskTheBackend {
+    ///     type Assigns = String;
+    ///
+    ///     fn connect(&self, _: &Request) -> Result<String, Reject> {
+    ///         Err(Reject::with_status(500)) // never called: see below
+    ///     }
+    ///
+    ///     fn connect_later(
+    ///         &self,
+    ///         request: &Request,
+    ///         answer: ConnectAnswer<String>,
+    ///     ) -> Result<(), ConnectAnswer<String>> {
+    ///         let token = request.query_param("token").unwrap_or_default();
+    ///         std::thread::spawn(move || {
+    ///             // A slow lookup, off the loop.
+    ///             match token.strip_prefix("user-") {
+    ///                 Some(user) => answer.accept(user.to_owned()),
+    ///                 None => answer.reject(Reject::unauthorized()),
+    ///             }
+    ///         });
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    fn connect_later(
+        &self,
+        request: &Request,
+        answer: ConnectAnswer<Self::Assigns>,
+    ) -> Result<(), ConnectAnswer<Self::Assigns>> {
+        let _ = request;
+        Err(answer)
+    }
 
     /// A name for the connection, such as `"user_socket:42"`, so that
     /// [`EngineHandle::disconnect`] can close all of one user's
@@ -135,6 +185,19 @@ pub trait Channel<A>: Send + Sync + 'static {
             crate::protocol::phoenix::Status::Error,
             &Reply::reason("binary messages are not handled here"),
         );
+    }
+
+    /// Finishes a join that [`handle_joined`](Self::handle_joined) left
+    /// for later with [`ChannelContext::join_later`]: `message` is what the
+    /// [`JoinLater`] was answered with. Decide as `handle_joined` would;
+    /// the channel is not joined until this returns `Ok`. Default: refuses.
+    fn handle_join_answer(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, A>,
+        message: &(dyn Any + Send + Sync),
+    ) -> JoinResult {
+        let _ = (ctx, message);
+        Err(Reply::reason("join not answered"))
     }
 
     /// The client left the topic, disconnected, or joined it again.

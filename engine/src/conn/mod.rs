@@ -111,6 +111,9 @@ struct Pending {
     scanned: usize,
     /// Accepted past the connection limit: to be answered with 503.
     over_limit: bool,
+    /// The head was an upgrade the application decides off the loop: the
+    /// client's `Sec-WebSocket-Key`, kept for the `101`.
+    awaiting: Option<[u8; 24]>,
 }
 
 /// What [`Connection::poll_handshake`] found.
@@ -262,6 +265,7 @@ impl Connection {
                 peer,
                 scanned: 0,
                 over_limit,
+                awaiting: None,
             })),
             decoder: Decoder::new(),
             outbox: Outbox::default(),
@@ -336,6 +340,14 @@ impl Connection {
         let Some(pending) = self.pending.as_deref_mut() else {
             return HandshakeStep::Incomplete;
         };
+        if pending.awaiting.is_some() {
+            // A client may send frames behind its head, but not more than a
+            // head's worth before it has its answer.
+            if buf.len() > max_head {
+                return self.refuse(&HandshakeError::Malformed, now, env);
+            }
+            return HandshakeStep::Incomplete;
+        }
         let Some(end) = handshake::head_end(buf, pending.scanned) else {
             pending.scanned = buf.len();
             if buf.len() > max_head {
@@ -393,6 +405,25 @@ impl Connection {
                 Ok(key) => HandshakeStep::Upgrade(Box::new(Upgrade { request, key })),
             },
         }
+    }
+
+    /// The application decides the upgrade off the loop: the connection
+    /// waits in its handshake (and its timeout) for
+    /// [`decided`](Self::decided).
+    pub(crate) fn await_decision(&mut self, key: [u8; 24]) {
+        if let Some(pending) = self.pending.as_deref_mut() {
+            pending.awaiting = Some(key);
+        }
+    }
+
+    /// The decision came: the client's key if the connection is still
+    /// waiting for it (then [`open`](Self::open) or
+    /// [`refuse`](Self::refuse) it), `None` if it is not.
+    pub(crate) fn decided(&mut self) -> Option<[u8; 24]> {
+        if self.phase != Phase::Handshake {
+            return None;
+        }
+        self.pending.as_deref_mut()?.awaiting.take()
     }
 
     /// Answers the request with the error's status (counted as refused);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thin_vec::ThinVec;
 
-use super::{ConnHandle, LoopContext, mailbox::AppMessage};
+use super::{ConnHandle, Connecting, Decision, Later, LoopContext, mailbox::AppMessage};
 use crate::{
     broadcast::{Broadcast, Delivery},
     conn::{Outbox, SendError},
@@ -129,8 +129,16 @@ pub(crate) trait Service: Send + Sync + 'static {
     /// Per-connection state.
     type State: Send + 'static;
 
-    /// See [`Handler::on_connect`].
-    fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject>;
+    /// See [`Handler::on_connect`]; a service may also decide later, off
+    /// the loop, with a [`PendingConnect`](super::PendingConnect) from
+    /// `later`.
+    fn on_connect(&self, request: &Request, later: Later<'_>) -> Connecting<Self::State>;
+    /// A decision a [`PendingConnect`](super::PendingConnect) sent back,
+    /// on the loop.
+    fn on_connect_decided(&self, decision: Decision) -> Result<Accept<Self::State>, Reject> {
+        let _ = decision;
+        Err(Reject::with_status(500))
+    }
     /// See [`Handler::on_open`].
     fn on_open(&self, conn: &mut Conn<'_, Self::State>);
     /// See [`Handler::on_message`].
@@ -169,8 +177,8 @@ pub(crate) trait Service: Send + Sync + 'static {
 impl<H: Handler> Service for H {
     type State = H::State;
 
-    fn on_connect(&self, request: &Request) -> Result<Accept<Self::State>, Reject> {
-        Handler::on_connect(self, request)
+    fn on_connect(&self, request: &Request, _: Later<'_>) -> Connecting<Self::State> {
+        Connecting::Now(Handler::on_connect(self, request))
     }
 
     fn on_open(&self, conn: &mut Conn<'_, Self::State>) {

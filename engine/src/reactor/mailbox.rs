@@ -39,6 +39,12 @@ pub(crate) enum Command {
     /// Hand an application message to this loop's connections with this
     /// name.
     InfoByName { name: Arc<str>, message: AppMessage },
+    /// The decision on an upgrade request the service took off the loop
+    /// (`None`: it was dropped unanswered).
+    Decided {
+        conn: ConnId,
+        decision: Option<super::Decision>,
+    },
     /// Begin a graceful shutdown.
     Shutdown,
     /// Begin a drain: close the connections in batches with 1012.
@@ -115,8 +121,9 @@ impl Mailbox {
             Command::Shutdown | Command::Drain => self.control.try_send(command),
             // In order with the broadcasts before it ("you are banned", then
             // the disconnect), and never refused: past a full queue it takes
-            // the control queue.
-            Command::Disconnect(_) => match self.data.try_send(command) {
+            // the control queue. A connect decision is never refused either:
+            // its connection would wait for the handshake timeout.
+            Command::Disconnect(_) | Command::Decided { .. } => match self.data.try_send(command) {
                 Err(TrySendError::Full(command)) => self.control.try_send(command),
                 other => other,
             },

@@ -51,6 +51,7 @@
 //! handler for it runs; a stale event or command (for a slot that was
 //! freed and reused) is recognised by the generation in its token.
 
+mod deferred;
 mod handler;
 mod listener;
 mod mailbox;
@@ -63,6 +64,7 @@ use std::{io, sync::Arc, thread::JoinHandle};
 
 use bytes::Bytes;
 
+pub(crate) use deferred::{Connecting, Decision, Later, PendingConnect};
 pub(crate) use handler::Service;
 
 pub use handler::{Accept, Conn, Handler, Reject};

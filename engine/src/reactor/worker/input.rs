@@ -14,7 +14,7 @@ use crate::{
     handshake::{self, HandshakeError},
     metrics::bump,
     pubsub::ConnId,
-    reactor::{Conn, sys::recv_into},
+    reactor::{Accept, Conn, Connecting, Decision, Later, Reject, sys::recv_into},
     wire::{CloseCode, Utf8Bytes},
 };
 
@@ -135,19 +135,66 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// Asks the application, then opens or refuses.
+    /// Asks the application, then opens or refuses, or waits for its
+    /// decision (see `deferred.rs`).
     fn connect(&mut self, key: usize, upgrade: Upgrade) {
         let service = &*self.service;
-        let decision = catch_unwind(AssertUnwindSafe(|| service.on_connect(&upgrade.request)));
+        let later = Later {
+            mailbox: &self.ctx.mailbox,
+            conn: ConnId::new(key, self.conns[key].generation),
+        };
+        let decision = catch_unwind(AssertUnwindSafe(|| {
+            service.on_connect(&upgrade.request, later)
+        }));
+        match decision {
+            Ok(Connecting::Now(decision)) => self.conclude(key, &upgrade.key, Ok(decision)),
+            Ok(Connecting::Later) => self.conns[key].conn.await_decision(upgrade.key),
+            Err(_) => self.conclude(key, &upgrade.key, Err(upgrade.request.path())),
+        }
+    }
+
+    /// A decision taken off the loop has come back (`None`: dropped
+    /// unanswered, refused with 503).
+    pub(super) fn decided(&mut self, conn: ConnId, decision: Option<Decision>) {
+        let accept_key = self
+            .conns
+            .get_mut(conn.key())
+            .filter(|slot| slot.generation == conn.generation())
+            .and_then(|slot| slot.conn.decided());
+        let Some(accept_key) = accept_key else {
+            bump(&self.ctx.stats.commands_for_closed_connections, 1);
+            return;
+        };
+        let Some(decision) = decision else {
+            let unanswered = HandshakeError::Rejected {
+                status: 503,
+                reason: Some("no decision on this connection".into()),
+            };
+            return self.refuse(conn.key(), unanswered);
+        };
+        let service = &*self.service;
+        match catch_unwind(AssertUnwindSafe(|| service.on_connect_decided(decision))) {
+            Ok(decision) => self.conclude(conn.key(), &accept_key, Ok(decision)),
+            Err(_) => self.conclude(conn.key(), &accept_key, Err("a deferred decision")),
+        }
+    }
+
+    /// Opens or refuses as decided; `Err` names what panicked (500).
+    fn conclude(
+        &mut self,
+        key: usize,
+        accept_key: &[u8; 24],
+        decision: Result<Result<Accept<S::State>, Reject>, &str>,
+    ) {
         let accept = match decision {
             Ok(Ok(accept)) => accept,
             Ok(Err(reject)) => {
                 let (status, reason) = reject.into_parts();
                 return self.refuse(key, HandshakeError::Rejected { status, reason });
             }
-            Err(_) => {
+            Err(what) => {
                 bump(&self.ctx.stats.handler_panics, 1);
-                tracing::error!(path = upgrade.request.path(), "on_connect panicked");
+                tracing::error!(what, "on_connect panicked");
                 let rejected = HandshakeError::Rejected {
                     status: 500,
                     reason: None,
@@ -156,7 +203,7 @@ impl<S: Service> Worker<S> {
             }
         };
         let now = self.now_tick();
-        let response = handshake::switching_protocols(&upgrade.key, accept.subprotocol.as_deref());
+        let response = handshake::switching_protocols(accept_key, accept.subprotocol.as_deref());
         let slot = &mut self.conns[key];
         slot.conn.open(response, now, env(&self.ctx));
         slot.state = Some(accept.state);

@@ -429,6 +429,7 @@ impl<S: Service> Worker<S> {
                     }
                 }
                 Command::InfoByName { name, message } => self.info_by_name(&name, &message),
+                Command::Decided { conn, decision } => self.decided(conn, decision),
                 Command::Shutdown => self.begin_shutdown(),
                 Command::Drain => self.begin_drain(),
             }
