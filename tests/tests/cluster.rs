@@ -29,6 +29,8 @@ use serde_json::{Value, json, value::RawValue};
 
 const WAIT: Duration = Duration::from_secs(20);
 const PATH: &str = "/socket/websocket";
+/// How often the nodes count their topics for each other.
+const CENSUS_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -251,6 +253,7 @@ fn node_with(broker: &BrokerProcess, down_after: Duration) -> Node {
     let engine = Channels::new()
         .phoenix(PATH, endpoint)
         .presence_down_after(down_after)
+        .census_every(CENSUS_EVERY)
         .start(cluster.attach(builder))
         .expect("start a node");
     Node { engine, cluster }
@@ -535,6 +538,47 @@ fn disconnecting_a_socket_id_reaches_every_node(kind: Kind) {
     assert_eq!(next_broadcast(&mut bystander).1, json!({"still": "here"}));
 }
 
+fn topic_counts_and_unsubscribes_span_the_nodes(kind: Kind) {
+    let broker = BrokerProcess::start(kind);
+    let (a, b) = (node(&broker), node(&broker));
+    let (_here, _) = client(&a, "room:c");
+    assert!(wait_until(WAIT, || stats(&a).connected == 1
+        && stats(&b).connected == 1));
+    // Two members join on B; A's count follows within a census round or
+    // two (printed: the figure of the cluster-wide count's freshness).
+    let joined = std::time::Instant::now();
+    let mut ada = Client::connect(b.local_addr(), PATH, "user=ada").expect("connect");
+    let (join_ref, reply) = ada.join("room:c", json!({}));
+    assert_eq!(reply["status"], "ok");
+    let (_bob, _) = client(&b, "room:c");
+    assert!(wait_until(WAIT, || a
+        .handle()
+        .cluster_subscriber_count("room:c")
+        == 3));
+    eprintln!(
+        "{kind:?}: B's joins counted at A after {:?}",
+        joined.elapsed()
+    );
+    assert_eq!(a.handle().subscriber_count("room:c"), 1, "A's own");
+    assert!(
+        a.handle()
+            .cluster_topics()
+            .contains(&("room:c".to_owned(), 3))
+    );
+    let nodes = a.handle().nodes();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert_eq!(nodes[1].connections, 2, "{nodes:?}");
+
+    // An unsubscribe made on A reaches ada's connection on B.
+    a.handle().unsubscribe("ada", "room:c");
+    let closed = ada.recv_event("phx_close");
+    assert_eq!(closed[0], join_ref);
+    assert!(wait_until(WAIT, || a
+        .handle()
+        .cluster_subscriber_count("room:c")
+        == 2));
+}
+
 fn a_node_starts_without_its_broker_and_joins_later(kind: Kind) {
     let mut broker = BrokerProcess::start(kind);
     broker.stop();
@@ -742,6 +786,7 @@ per_broker!(
     interest_moves_the_bus_subscription,
     a_broker_restart_mid_stream_is_survived,
     disconnecting_a_socket_id_reaches_every_node,
+    topic_counts_and_unsubscribes_span_the_nodes,
     a_node_starts_without_its_broker_and_joins_later,
     presence_is_shared_between_nodes,
     a_killed_nodes_presences_leave_within_the_down_period,

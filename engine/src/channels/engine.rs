@@ -15,6 +15,10 @@ use serde_json::value::RawValue;
 
 use super::{
     Channel, ChannelContext, JoinResult, LeaveReason, Socket, TopicPattern,
+    census::{
+        CENSUS_EVERY, CENSUS_TAG, Census, Listener, LocalRound, NodeSummary, TopicEvent,
+        TopicEventFn,
+    },
     context::{ChannelInfo, JoinInfo, Removal},
     deferred::{ConnectAnswer, Via},
     handler::{ChannelConn, ChannelsHandler},
@@ -239,6 +243,8 @@ pub struct Channels {
     mounts: Vec<Mount>,
     max_channels: usize,
     presence_down_after: Duration,
+    census_every: Duration,
+    on_topic_event: Option<Arc<TopicEventFn>>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -266,6 +272,8 @@ impl Channels {
             mounts: Vec::new(),
             max_channels: 100,
             presence_down_after: Duration::from_secs(30),
+            census_every: CENSUS_EVERY,
+            on_topic_event: None,
         }
     }
 
@@ -311,6 +319,27 @@ impl Channels {
         self
     }
 
+    /// How often this node counts its topics and, with a cluster bus, tells
+    /// the other nodes (default 1 s): how fresh cluster-wide counts
+    /// ([`EngineHandle::cluster_subscriber_count`]) and topic events are.
+    pub fn census_every(mut self, every: Duration) -> Self {
+        self.census_every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Calls `listener` when a topic gets its first or loses its last
+    /// subscriber in the cluster (checked every
+    /// [`census_every`](Self::census_every)), and when a presence key gets
+    /// its first or loses its last presence on a topic (as it is tracked or
+    /// untracked on this node). Each event is raised by the node where the
+    /// change happened; see [`TopicEvent`] for how exact that is. The
+    /// listener runs on the engine's threads, loops included: it must only
+    /// queue the event.
+    pub fn on_topic_event(mut self, listener: impl Fn(TopicEvent) + Send + Sync + 'static) -> Self {
+        self.on_topic_event = Some(Arc::new(listener));
+        self
+    }
+
     /// Starts the engine on a server configured by `builder` (address,
     /// loops, limits); the endpoints' paths are added to it.
     pub fn start(self, builder: ServerBuilder) -> Result<Engine, StartError> {
@@ -318,7 +347,11 @@ impl Channels {
             builder.endpoint(mount.path.clone())
         });
         let counters = Arc::new(ChannelCounters::default());
-        let presence = Arc::new(PresenceTracker::new(RandomState::new().hash_one(0u8)));
+        let incarnation = RandomState::new().hash_one(0u8);
+        let presence = Arc::new(PresenceTracker::new(incarnation));
+        if let Some(listener) = &self.on_topic_event {
+            presence.observe(Listener(Arc::clone(listener)));
+        }
         let timers = Arc::new(Timers::default());
         let handler = ChannelsHandler {
             mounts: self.mounts,
@@ -328,20 +361,31 @@ impl Channels {
             timers: Arc::clone(&timers),
         };
         let server = builder.start_service(handler)?;
+        let relay = server.handle().relay().cloned();
+        let node = relay.as_ref().map_or(incarnation, |relay| relay.node_id());
+        let census = Arc::new(Census::new(node, self.presence_down_after));
         let handle = EngineHandle {
             server: server.handle(),
             counters,
             presence,
+            census,
         };
-        if let Some(relay) = handle.server.relay() {
-            link_presence(&handle.presence, relay, self.presence_down_after);
+        if let Some(relay) = &relay {
+            link_cluster(&handle, relay, self.presence_down_after);
         }
         let presence_thread = spawn_presence_sender(handle.clone()).map_err(StartError::Io)?;
         let timer_thread = timers.spawn().map_err(StartError::Io)?;
+        let listener = self.on_topic_event.clone();
+        let census = spawn_census(handle.clone(), self.census_every, listener);
+        let threads = vec![
+            presence_thread,
+            timer_thread,
+            census.map_err(StartError::Io)?,
+        ];
         let presence_sender = PresenceSender {
             tracker: Arc::clone(&handle.presence),
             timers,
-            threads: vec![presence_thread, timer_thread],
+            threads,
         };
         Ok(Engine {
             server,
@@ -351,22 +395,80 @@ impl Channels {
     }
 }
 
-/// Replicates presence with the other nodes through `relay`: their
-/// messages reach the tracker on the relay's thread, and its answers go
-/// straight back.
-fn link_presence(presence: &Arc<PresenceTracker>, relay: &Arc<dyn Relay>, down_after: Duration) {
-    presence.link(relay.node_id(), down_after);
-    let tracker = Arc::clone(presence);
+/// Replicates presence and topic counts with the other nodes through
+/// `relay`: their messages reach the tracker or the census on the relay's
+/// thread, and the tracker's answers go straight back.
+fn link_cluster(handle: &EngineHandle, relay: &Arc<dyn Relay>, down_after: Duration) {
+    handle.presence.link(relay.node_id(), down_after);
+    let tracker = Arc::clone(&handle.presence);
+    let census = Arc::clone(&handle.census);
     // Weak: the relay holds the handler.
     let relay_back = Arc::downgrade(relay);
+    let engine = handle.clone();
     relay.set_sync_handler(SyncHandler(Arc::new(move |origin, message| {
-        let replies = tracker.sync_receive(origin, message, Instant::now());
+        let now = Instant::now();
+        if message.starts_with(CENSUS_TAG) {
+            return census.receive(origin, message, now);
+        }
+        if message.starts_with(UNSUBSCRIBE_TAG) {
+            if let Ok(Unsubscribe { unsubscribe }) = serde_json::from_slice(message) {
+                engine.unsubscribe_here(&unsubscribe.0, &unsubscribe.1);
+            }
+            return;
+        }
+        let replies = tracker.sync_receive(origin, message, now);
         if let Some(relay) = relay_back.upgrade() {
             for reply in replies {
                 relay.forward_sync(reply);
             }
         }
     })));
+}
+
+/// Another node's [`EngineHandle::unsubscribe`]: `(socket id, topic)`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Unsubscribe {
+    unsubscribe: (String, String),
+}
+
+/// The start of every [`Unsubscribe`] on the control channel.
+const UNSUBSCRIBE_TAG: &[u8] = b"{\"unsubscribe\":";
+
+/// Starts the thread that counts this node's topics every `every`, raises
+/// the topic events of its changes, and tells the other nodes; it ends
+/// when the engine does.
+fn spawn_census(
+    handle: EngineHandle,
+    every: Duration,
+    listener: Option<Arc<TopicEventFn>>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("herald-census".into())
+        .spawn(move || {
+            let relay = handle.server.relay().cloned();
+            let mut next = Instant::now();
+            while !handle.presence.is_stopped() {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(PRESENCE_TICK));
+                    continue;
+                }
+                next = now + every;
+                let server = &handle.server;
+                let local = LocalRound {
+                    topics: server.topic_counts(),
+                    connections: server.connections() as u64,
+                    deliveries: server.stats().published_deliveries,
+                };
+                let (events, message) = handle.census.round(local, now);
+                if let Some(listener) = &listener {
+                    events.into_iter().for_each(|event| listener(event));
+                }
+                if let Some(relay) = &relay {
+                    relay.forward_sync(message);
+                }
+            }
+        })
 }
 
 /// How often the presence thread wakes with nothing to send: heartbeats and
@@ -436,11 +538,13 @@ impl Engine {
 
     /// Tells the other nodes this one is leaving, while the bus still runs.
     fn say_goodbye(&self) {
-        if let (Some(relay), Some(bye)) =
-            (self.handle.server.relay(), self.handle.presence.sync_bye())
-        {
+        let Some(relay) = self.handle.server.relay() else {
+            return;
+        };
+        if let Some(bye) = self.handle.presence.sync_bye() {
             relay.forward_sync(bye);
         }
+        relay.forward_sync(Census::bye());
     }
 
     /// Serves until shut down through a handle.
@@ -476,6 +580,7 @@ pub struct EngineHandle {
     server: ServerHandle,
     counters: Arc<ChannelCounters>,
     presence: Arc<PresenceTracker>,
+    census: Arc<Census>,
 }
 
 impl EngineHandle {
@@ -549,11 +654,25 @@ impl EngineHandle {
         self.server.send_info(socket_id, &message)
     }
 
-    /// Takes every connection of this node whose socket [`id`](Socket::id)
-    /// is `socket_id` off `topic`: its channel ends as if it stopped
-    /// (`phx_close` to a Phoenix client, then `handle_leave` with
-    /// [`LeaveReason::Removed`]). Returns how many loops were asked.
+    /// Takes every connection whose socket [`id`](Socket::id) is
+    /// `socket_id` off `topic`, on every node: its channel ends as if it
+    /// stopped (`phx_close` to a Phoenix client, then `handle_leave` with
+    /// [`LeaveReason::Removed`]). Returns how many of this node's loops
+    /// were asked.
     pub fn unsubscribe(&self, socket_id: &str, topic: &str) -> usize {
+        if let Some(relay) = self.server.relay() {
+            let order = Unsubscribe {
+                unsubscribe: (socket_id.to_owned(), topic.to_owned()),
+            };
+            if let Ok(message) = serde_json::to_vec(&order) {
+                relay.forward_sync(message.into());
+            }
+        }
+        self.unsubscribe_here(socket_id, topic)
+    }
+
+    /// [`unsubscribe`](Self::unsubscribe) on this node only.
+    fn unsubscribe_here(&self, socket_id: &str, topic: &str) -> usize {
         let removal: AppMessage = Arc::new(Removal {
             topic: Arc::from(topic),
         });
@@ -571,6 +690,32 @@ impl EngineHandle {
     /// Subscribers of `topic`, on all loops.
     pub fn subscriber_count(&self, topic: &str) -> u64 {
         self.server.subscriber_count(topic)
+    }
+
+    /// Subscribers of `topic` in the whole cluster: this node's now, the
+    /// others' as of their last census round (see
+    /// [`Channels::census_every`]). Without a cluster bus, this node's.
+    pub fn cluster_subscriber_count(&self, topic: &str) -> u64 {
+        self.subscriber_count(topic) + self.census.remote_count(topic)
+    }
+
+    /// Every topic with subscribers in the cluster, with its count, as
+    /// [`cluster_subscriber_count`](Self::cluster_subscriber_count) gives
+    /// it (unordered).
+    pub fn cluster_topics(&self) -> Vec<(String, u64)> {
+        let mut topics: std::collections::HashMap<String, u64> =
+            self.census.remote_topics().into_iter().collect();
+        for (topic, count) in self.server.topic_counts() {
+            *topics.entry(topic.into()).or_insert(0) += count;
+        }
+        topics.into_iter().collect()
+    }
+
+    /// The nodes of the cluster this node has heard from in the down
+    /// period, this one first (only this one without a cluster bus).
+    /// Other nodes' figures are as of their last census round.
+    pub fn nodes(&self) -> Vec<NodeSummary> {
+        self.census.nodes(Instant::now())
     }
 
     /// Closes, with 1001 (clients reconnect), every connection whose socket

@@ -72,6 +72,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod census;
 mod context;
 mod deferred;
 mod engine;
@@ -82,6 +83,7 @@ mod stats;
 mod timers;
 
 pub use crate::conflation::TopicPattern;
+pub use census::{CENSUS_EVERY, NodeSummary, TopicEvent};
 pub use context::{ChannelContext, ChannelHandle, ReplyHandle};
 pub use deferred::{ConnectAnswer, JoinLater};
 pub use engine::{Channels, Endpoint, Engine, EngineHandle};

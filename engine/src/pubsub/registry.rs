@@ -84,6 +84,15 @@ impl TopicRegistry {
     pub(crate) fn topics(&self) -> Vec<Box<str>> {
         self.topics.pin().keys().cloned().collect()
     }
+
+    /// Every topic with subscribers on this node, with how many.
+    pub(crate) fn counts(&self) -> Vec<(Box<str>, u64)> {
+        self.topics
+            .pin()
+            .iter()
+            .map(|(topic, entry)| (topic.clone(), entry.subscribers))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for TopicRegistry {

@@ -525,6 +525,11 @@ impl ServerHandle {
             .collect()
     }
 
+    /// Every topic with subscribers on this node, with how many.
+    pub(crate) fn topic_counts(&self) -> Vec<(Box<str>, u64)> {
+        self.registry.counts()
+    }
+
     /// How full the fullest loop's mailbox is, 0 to 1: what an API in
     /// front of the server checks to answer "busy, retry later" before
     /// publishing, rather than have broadcasts refused halfway.

@@ -4,13 +4,13 @@
 //! | Method | Path                 | Key | Does                                   |
 //! |--------|----------------------|-----|----------------------------------------|
 //! | POST   | `/api/broadcast`     | yes | broadcasts one message, or a batch     |
-//! | GET    | `/api/topics`        | yes | this node's topics, with subscribers   |
-//! | GET    | `/api/topics/TOPIC`  | yes | subscribers of a topic                 |
+//! | GET    | `/api/topics`        | yes | the cluster's topics, with subscribers |
+//! | GET    | `/api/topics/TOPIC`  | yes | subscribers of a topic, cluster-wide   |
 //! | GET    | `/api/presence/TOPIC`| yes | who is present on a topic, and a count |
 //! | POST   | `/api/disconnect`    | yes | closes a socket id's connections       |
 //! | POST   | `/api/unsubscribe`   | yes | takes a socket id off a topic          |
 //! | POST   | `/api/batch`         | yes | broadcasts, disconnects, unsubscribes, in order |
-//! | GET    | `/api/info`          | yes | this node: version, connections, bus   |
+//! | GET    | `/api/info`          | yes | this node and the cluster's nodes      |
 //! | GET    | `/api/openapi.json`  | yes | this API, described (OpenAPI 3.1)      |
 //! | GET    | `/admin`             | no  | the admin page (it asks for the key)   |
 //! | GET    | `/metrics`           | no  | Prometheus text                        |
@@ -33,7 +33,10 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 use tiny_http::{Header, Method, Response};
 
-use crate::metrics::{self, ApiCounters};
+use crate::{
+    Backend,
+    metrics::{self, ApiCounters},
+};
 
 /// The most broadcasts one batch may carry.
 const MAX_BATCH: usize = 1000;
@@ -122,6 +125,8 @@ pub(crate) struct Api {
     pub(crate) cluster: Cluster,
     pub(crate) key: Option<String>,
     pub(crate) counters: Arc<ApiCounters>,
+    /// The hooks and webhooks (for their counters).
+    pub(crate) backend: Backend,
     pub(crate) max_body_bytes: usize,
 }
 
@@ -235,7 +240,8 @@ impl Api {
             }
             "/metrics" => {
                 expect_method(&method, &Method::Get)?;
-                let text = metrics::render(&self.engine, &self.cluster, &self.counters);
+                let text =
+                    metrics::render(&self.engine, &self.cluster, &self.counters, &self.backend);
                 return Ok(Reply::text(
                     "text/plain; version=0.0.4; charset=utf-8",
                     text,
@@ -376,11 +382,11 @@ impl Api {
 
     fn topic(&self, encoded: &str) -> Result<Reply, ApiError> {
         let topic = decode_topic(encoded)?;
-        let subscribers = self.engine.subscriber_count(&topic);
         Ok(Reply::json(&json!({
             "topic": topic,
-            "subscribers": subscribers,
-            "scope": "node",
+            "subscribers": self.engine.cluster_subscriber_count(&topic),
+            "here": self.engine.subscriber_count(&topic),
+            "scope": "cluster",
         })))
     }
 
@@ -440,29 +446,25 @@ impl Api {
         ))
     }
 
-    /// This node's topics with their subscribers, most subscribed first,
-    /// at most [`MAX_LISTED_TOPICS`].
+    /// The cluster's topics with their subscribers (and this node's), most
+    /// subscribed first, at most [`MAX_LISTED_TOPICS`].
     fn topics(&self) -> Reply {
-        let names = self.engine.server().topics();
-        let total = names.len();
-        let mut topics: Vec<(String, u64)> = names
-            .into_iter()
-            .map(|topic| {
-                let subscribers = self.engine.subscriber_count(&topic);
-                (topic, subscribers)
-            })
-            .collect();
+        let mut topics = self.engine.cluster_topics();
+        let total = topics.len();
         topics.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         topics.truncate(MAX_LISTED_TOPICS);
         let listed: Vec<_> = topics
             .iter()
-            .map(|(topic, subscribers)| json!({ "topic": topic, "subscribers": subscribers }))
+            .map(|(topic, subscribers)| {
+                let here = self.engine.subscriber_count(topic);
+                json!({ "topic": topic, "subscribers": subscribers, "here": here })
+            })
             .collect();
         Reply::json(&json!({
             "topics": listed,
             "total": total,
             "truncated": total > MAX_LISTED_TOPICS,
-            "scope": "node",
+            "scope": "cluster",
         }))
     }
 
@@ -478,12 +480,28 @@ impl Api {
                 "received": bus.received,
             })
         });
+        let nodes: Vec<_> = self
+            .engine
+            .nodes()
+            .into_iter()
+            .map(|node| {
+                json!({
+                    "id": format!("{:016x}", node.id),
+                    "this_node": node.this_node,
+                    "connections": node.connections,
+                    "topics": node.topics,
+                    "deliveries_per_second": node.deliveries_per_second,
+                    "last_seen_ms": node.last_seen_ms,
+                })
+            })
+            .collect();
         Reply::json(&json!({
             "version": env!("CARGO_PKG_VERSION"),
             "connections": server.connections(),
             "topics": server.topics().len(),
             "deliveries": stats.published_deliveries,
             "bus": bus,
+            "nodes": nodes,
         }))
     }
 

@@ -11,6 +11,8 @@ use clap::Parser;
 use herald::{Conflation, RateLimit};
 use serde::Deserialize;
 
+use crate::hooks::{OnFailure, PoolConfig, PublishMode};
+
 /// The whole configuration, as the file spells it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) auth: AuthSection,
     pub(crate) log: LogSection,
     pub(crate) broker: BrokerSection,
+    pub(crate) hooks: HooksSection,
+    pub(crate) webhooks: WebhooksSection,
     /// Which topics clients may join and what their messages do; the first
     /// rule whose pattern matches a topic applies.
     pub(crate) channels: Vec<ChannelRule>,
@@ -240,12 +244,105 @@ pub(crate) struct BrokerSection {
     /// presences; default 30.
     #[serde(default)]
     pub(crate) presence_down_secs: Option<u64>,
+    /// Milliseconds between two counts of this node's topics, sent to the
+    /// other nodes (cluster-wide counts, topic webhooks); default 1000.
+    #[serde(default)]
+    pub(crate) topic_counts_ms: Option<u64>,
 }
 
 impl BrokerSection {
     /// How long a silent node keeps its presences on the others.
     pub(crate) fn presence_down_after(&self) -> Duration {
         Duration::from_secs(self.presence_down_secs.unwrap_or(30).max(1))
+    }
+
+    /// How often this node counts its topics for the others.
+    pub(crate) fn census_every(&self) -> Duration {
+        Duration::from_millis(self.topic_counts_ms.unwrap_or(1000).max(10))
+    }
+}
+
+/// Backend hooks: the application's backend decides connections, joins
+/// and client messages over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HooksSection {
+    /// Asked on every connection, after the Origin and token checks.
+    pub(crate) connect_url: Option<String>,
+    /// Sent as `Authorization: Bearer KEY` with every hook call.
+    pub(crate) key: Option<String>,
+    pub(crate) timeout_ms: u64,
+    /// Hook calls in flight at most.
+    pub(crate) concurrency: usize,
+    /// Hook calls waiting at most; past it, a call fails at once.
+    pub(crate) queue: usize,
+    pub(crate) on_failure: OnFailure,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        Self {
+            connect_url: None,
+            key: None,
+            timeout_ms: 1000,
+            concurrency: 32,
+            queue: 4096,
+            on_failure: OnFailure::Refuse,
+        }
+    }
+}
+
+impl HooksSection {
+    /// How the hook threads call.
+    pub(crate) fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency.max(1),
+            queue: self.queue.max(1),
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            headers: self
+                .key
+                .iter()
+                .map(|key| ("authorization".to_owned(), format!("Bearer {key}")))
+                .collect(),
+        }
+    }
+}
+
+/// Webhooks: topic and presence events sent to the backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WebhooksSection {
+    pub(crate) url: Option<String>,
+    /// HMAC-SHA256 key of the `X-Herald-Signature` header.
+    pub(crate) secret: Option<String>,
+    pub(crate) retries: u32,
+    pub(crate) timeout_ms: u64,
+    pub(crate) concurrency: usize,
+    pub(crate) queue: usize,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            retries: 3,
+            timeout_ms: 2000,
+            concurrency: 4,
+            queue: 10_000,
+        }
+    }
+}
+
+impl WebhooksSection {
+    /// How the webhook threads call.
+    pub(crate) fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency.max(1),
+            queue: self.queue.max(1),
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -300,6 +397,16 @@ pub(crate) struct ChannelRule {
     /// With `conflate`: the latest per value of this payload field.
     #[serde(default)]
     pub(crate) conflate_key: Option<String>,
+    /// The backend decides joins: `POST` here (see `[hooks]`).
+    #[serde(default)]
+    pub(crate) join_hook: Option<String>,
+    /// The backend decides client messages: `POST` here.
+    #[serde(default)]
+    pub(crate) message_hook: Option<String>,
+    /// With `message_hook`: publish the client's payload unless the backend
+    /// returns one (`original`), or only what it returns (`returned`).
+    #[serde(default)]
+    pub(crate) message_hook_publish: PublishMode,
 }
 
 impl ChannelRule {
@@ -341,6 +448,9 @@ impl Config {
                 notices: true,
                 conflate: false,
                 conflate_key: None,
+                join_hook: None,
+                message_hook: None,
+                message_hook_publish: PublishMode::Original,
             },
             ChannelRule {
                 pattern: "*".into(),
@@ -349,6 +459,9 @@ impl Config {
                 notices: false,
                 conflate: false,
                 conflate_key: None,
+                join_hook: None,
+                message_hook: None,
+                message_hook_publish: PublishMode::Original,
             },
         ]
     }
@@ -507,8 +620,39 @@ impl Config {
             if rule.pattern.is_empty() {
                 return invalid("channels: a rule has an empty pattern".into());
             }
+            for url in [&rule.join_hook, &rule.message_hook].into_iter().flatten() {
+                check_url("channels", url)?;
+            }
+        }
+        for url in [&self.hooks.connect_url, &self.webhooks.url]
+            .into_iter()
+            .flatten()
+        {
+            check_url("hooks", url)?;
         }
         Ok(())
+    }
+}
+
+/// Hooks call plain HTTP (the backend sits beside the server).
+fn check_url(section: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{section}: hook URL {url:?} must start with http://"
+        )))
+    }
+}
+
+impl Config {
+    /// Whether any rule or the connect hook calls the backend.
+    pub(crate) fn has_hooks(&self) -> bool {
+        self.hooks.connect_url.is_some()
+            || self
+                .channels
+                .iter()
+                .any(|rule| rule.join_hook.is_some() || rule.message_hook.is_some())
     }
 }
 

@@ -14,6 +14,7 @@
 mod api;
 mod auth;
 mod config;
+mod hooks;
 mod metrics;
 mod policy;
 
@@ -35,6 +36,7 @@ use crate::{
     api::{Api, ApiServer},
     auth::TokenVerifier,
     config::{Cli, Config, LogFormat, SlowConsumer},
+    hooks::{Hooks, Webhooks},
     metrics::ApiCounters,
     policy::ServerSocket,
 };
@@ -81,7 +83,8 @@ fn run(config: &Config) -> std::io::Result<()> {
     // arrives early still shuts down gracefully.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let cluster = Cluster::new(config.broker.broker());
-    let engine = start_engine(config, &cluster)?;
+    let backend = Backend::start(config)?;
+    let engine = start_engine(config, &cluster, &backend)?;
     let counters = Arc::new(ApiCounters::default());
     let api = if config.api.enabled {
         let api = Api {
@@ -89,6 +92,7 @@ fn run(config: &Config) -> std::io::Result<()> {
             cluster,
             key: config.api.key.clone(),
             counters,
+            backend: backend.clone(),
             max_body_bytes: config.api.max_body_bytes,
         };
         let server = ApiServer::start(config.api.listen, config.api.threads, api)?;
@@ -131,7 +135,40 @@ fn run(config: &Config) -> std::io::Result<()> {
     Ok(())
 }
 
-fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
+/// The backend's side: hooks it answers, webhooks it is sent.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Backend {
+    pub(crate) hooks: Option<Arc<Hooks>>,
+    pub(crate) webhooks: Option<Arc<Webhooks>>,
+}
+
+impl Backend {
+    fn start(config: &Config) -> std::io::Result<Self> {
+        let hooks = if config.has_hooks() {
+            let connect_url = config.hooks.connect_url.as_deref();
+            let hooks = Hooks::start(&config.hooks.pool(), connect_url, config.hooks.on_failure)?;
+            Some(Arc::new(hooks))
+        } else {
+            None
+        };
+        let webhooks = match &config.webhooks.url {
+            Some(url) => {
+                let section = &config.webhooks;
+                let secret = section.secret.as_deref();
+                Some(Webhooks::start(
+                    url,
+                    secret,
+                    section.retries,
+                    &section.pool(),
+                )?)
+            }
+            None => None,
+        };
+        Ok(Self { hooks, webhooks })
+    }
+}
+
+fn start_engine(config: &Config, cluster: &Cluster, backend: &Backend) -> std::io::Result<Engine> {
     let server = &config.server;
     let verifier = config
         .auth
@@ -140,15 +177,19 @@ fn start_engine(config: &Config, cluster: &Cluster) -> std::io::Result<Engine> {
         .map(|secret| Arc::new(TokenVerifier::new(secret, config.auth.leeway_seconds)));
     let origins: Arc<[String]> = server.allowed_origins.clone().into();
     let rules = config.channel_rules();
+    let hooks = backend.hooks.as_ref();
     let endpoint = || {
-        policy::endpoint(
-            ServerSocket::new(verifier.clone(), Arc::clone(&origins)),
-            &rules,
-        )
+        let socket = ServerSocket::new(verifier.clone(), Arc::clone(&origins), hooks.cloned());
+        policy::endpoint(socket, &rules, hooks)
     };
     let mut channels = Channels::new()
         .max_channels(server.max_channels)
-        .presence_down_after(config.broker.presence_down_after());
+        .presence_down_after(config.broker.presence_down_after())
+        .census_every(config.broker.census_every());
+    if let Some(webhooks) = &backend.webhooks {
+        let webhooks = Arc::clone(webhooks);
+        channels = channels.on_topic_event(move |event| webhooks.send(event));
+    }
     if !server.phoenix_path.is_empty() {
         channels = channels.phoenix(&server.phoenix_path, endpoint());
     }

@@ -14,6 +14,11 @@ use herald::{
     Metric, MetricKind, TURN_BUCKETS_MICROS, TurnTimes, channels::EngineHandle, cluster::Cluster,
 };
 
+use crate::{
+    Backend,
+    hooks::{Hook, Hooks, LATENCY_BUCKETS_MS, Outcome, WebhookStats},
+};
+
 /// Counters of the HTTP API itself.
 #[derive(Debug, Default)]
 pub(crate) struct ApiCounters {
@@ -69,7 +74,12 @@ impl Exposition {
 
 /// The exposition text for everything the engine, its cluster bus and the
 /// API count.
-pub(crate) fn render(engine: &EngineHandle, cluster: &Cluster, api: &ApiCounters) -> String {
+pub(crate) fn render(
+    engine: &EngineHandle,
+    cluster: &Cluster,
+    api: &ApiCounters,
+    backend: &Backend,
+) -> String {
     let server = engine.server();
     let mut out = Exposition {
         text: String::with_capacity(4096),
@@ -98,7 +108,92 @@ pub(crate) fn render(engine: &EngineHandle, cluster: &Cluster, api: &ApiCounters
         .chain(bus)
         .for_each(|metric| out.metric(&metric));
     render_turn_times(&mut out, &server.turn_times());
+    if let Some(hooks) = &backend.hooks {
+        render_hooks(&mut out, hooks);
+    }
+    if let Some(webhooks) = &backend.webhooks {
+        render_webhooks(&mut out, webhooks.stats());
+    }
     out.text
+}
+
+fn render_hooks(out: &mut Exposition, hooks: &Hooks) {
+    let (calls, verdicts) = hooks.stats();
+    out.family(
+        "hook_calls_total",
+        "counter",
+        "Backend hook calls, by hook and outcome (failed: error, timeout, bad answer, queue full).",
+    );
+    for hook in Hook::ALL {
+        let name = hook.name();
+        for outcome in Outcome::ALL {
+            let value = verdicts.outcomes[hook as usize][outcome as usize].load(Relaxed);
+            let outcome = outcome.name();
+            let _ = writeln!(
+                out.text,
+                "herald_hook_calls_total{{hook=\"{name}\",outcome=\"{outcome}\"}} {value}"
+            );
+        }
+    }
+    out.family(
+        "hook_duration_seconds",
+        "histogram",
+        "Time a backend hook call took, by hook.",
+    );
+    for hook in Hook::ALL {
+        let stats = &calls[hook as usize];
+        let name = hook.name();
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS_MS.iter().zip(&stats.latency) {
+            cumulative += count.load(Relaxed);
+            let seconds = *bound as f64 / 1e3;
+            let _ = writeln!(
+                out.text,
+                "herald_hook_duration_seconds_bucket{{hook=\"{name}\",le=\"{seconds}\"}} {cumulative}"
+            );
+        }
+        let total: u64 = stats.latency.iter().map(|count| count.load(Relaxed)).sum();
+        let sum = stats.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out.text,
+            "herald_hook_duration_seconds_bucket{{hook=\"{name}\",le=\"+Inf\"}} {total}\n\
+             herald_hook_duration_seconds_sum{{hook=\"{name}\"}} {sum}\n\
+             herald_hook_duration_seconds_count{{hook=\"{name}\"}} {total}"
+        );
+    }
+}
+
+fn render_webhooks(out: &mut Exposition, stats: &WebhookStats) {
+    let counters = [
+        (
+            "webhook_events_total",
+            "Topic and presence events queued for the webhook.",
+            &stats.events,
+        ),
+        (
+            "webhook_deliveries_total",
+            "Webhook events the backend took (2xx).",
+            &stats.delivered,
+        ),
+        (
+            "webhook_retries_total",
+            "Webhook deliveries tried again after a failure.",
+            &stats.retries,
+        ),
+        (
+            "webhook_dropped_total",
+            "Webhook events dropped: retries spent or queue full.",
+            &stats.dropped,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        out.metric(&Metric::new(
+            name,
+            help,
+            MetricKind::Counter,
+            counter.load(Relaxed),
+        ));
+    }
 }
 
 fn render_turn_times(out: &mut Exposition, turns: &TurnTimes) {

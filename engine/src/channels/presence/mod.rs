@@ -44,7 +44,10 @@ use std::{
 
 use bytes::Bytes;
 use indexmap::IndexMap;
-use sync::{Entry, Gone, Message, NodeId, Peers};
+
+use super::census::{Listener, TopicEvent};
+pub(crate) use sync::NodeId;
+use sync::{Entry, Gone, Message, Peers};
 
 mod sync;
 use serde::Serialize;
@@ -131,6 +134,9 @@ pub(crate) struct PresenceTracker {
     changed: Condvar,
     /// Set when the engine has stopped: the diff sender ends.
     stopped: AtomicBool,
+    /// Told of a key's first and last presence on a topic, as this node
+    /// tracks and untracks (see `Channels::on_topic_event`).
+    observer: std::sync::OnceLock<Listener>,
 }
 
 /// A presence this connection tracks, to untrack when it leaves.
@@ -228,6 +234,13 @@ impl Tracker {
         changed
     }
 
+    /// Whether `key` has a presence on `topic`, on any node.
+    fn has_key(&self, topic: &str, key: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|presences| presences.contains_key(key))
+    }
+
     fn remove(&mut self, topic: &Arc<str>, key: &str, phx_ref: &str) -> Option<Meta> {
         let presences = self.topics.get_mut(topic)?;
         let metas = presences.get_mut(key)?;
@@ -256,6 +269,19 @@ impl PresenceTracker {
             }),
             changed: Condvar::new(),
             stopped: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Tells `observer` of keys' first and last presences on topics.
+    pub(crate) fn observe(&self, observer: Listener) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer, if any, of `event` (made only if there is one).
+    fn tell(&self, event: impl FnOnce() -> TopicEvent) {
+        if let Some(Listener(observer)) = self.observer.get() {
+            observer(event());
         }
     }
 
@@ -280,10 +306,17 @@ impl PresenceTracker {
         let phx_ref = tracker.new_ref();
         let key: Arc<str> = Arc::from(key);
         let meta = with_refs(meta, &phx_ref, None)?;
+        let first = !tracker.has_key(topic, &key);
         tracker.log_join(topic, &key, &meta);
         tracker.add(topic, &key, meta);
         drop(tracker);
         self.changed.notify_one();
+        if first {
+            self.tell(|| TopicEvent::MemberAdded {
+                topic: topic.to_string(),
+                key: key.to_string(),
+            });
+        }
         Ok(Tracked {
             topic: Arc::clone(topic),
             key,
@@ -326,8 +359,15 @@ impl PresenceTracker {
         let removed = tracker.remove(&tracked.topic, &tracked.key, &tracked.phx_ref);
         if removed.is_some() {
             tracker.log_leave(&tracked.topic, &tracked.key, &tracked.phx_ref);
+            let last = !tracker.has_key(&tracked.topic, &tracked.key);
             drop(tracker);
             self.changed.notify_one();
+            if last {
+                self.tell(|| TopicEvent::MemberRemoved {
+                    topic: tracked.topic.to_string(),
+                    key: tracked.key.to_string(),
+                });
+            }
         }
     }
 
