@@ -10,6 +10,8 @@
 //! - `idle`: server memory per idle connection (needs `--server-pid`);
 //! - `churn-rounds`, `slowloris`, `stuck`: whether the memory an abusive
 //!   or unlucky load takes comes back (needs `--server-pid`);
+//! - `joins`: Phoenix joins per second and the join reply's latency (with
+//!   and without a backend join hook, `bench/hooks.sh`);
 //! - `fanout`: deliveries per second from one publisher to N subscribers of
 //!   one topic, against the `fanout` example (or any server that publishes
 //!   what a `?subscribe=0` connection sends to the `?topic=` subscribers).
@@ -41,6 +43,7 @@ use crate::{
         connect::{connect, idle},
         echo::echo,
         fanout::{FanoutPlan, fanout},
+        joins::{JoinsPlan, joins},
         memory::{self, ChurnRounds, Slowloris, Stuck},
         presence::{PresenceStorm, presence_storm},
         rooms::{RoomsPlan, rooms},
@@ -176,6 +179,19 @@ pub(crate) fn run(options: &Options) -> io::Result<Option<Headline>> {
                 phoenix,
             },
         ),
+        Scenario::Joins {
+            clients,
+            prefix,
+            seconds,
+        } => joins(
+            options,
+            &JoinsPlan {
+                clients: clients.max(1),
+                prefix,
+                duration: Duration::from_secs(seconds),
+            },
+        )
+        .map(|()| None),
         Scenario::Latency {
             subscribers,
             rate,

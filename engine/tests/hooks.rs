@@ -93,6 +93,7 @@ fn answer(path: &str, body: &Value, _: usize) -> (u16, String) {
             "banned" => json!({"allow": false, "status": 403, "reason": "banned"}),
             "garbage" => return (200, "<html>oops</html>".into()),
             "down" => return (500, "{}".into()),
+            "limited" => json!({"allow": true, "channels": ["room:public"]}),
             "hang" => {
                 std::thread::sleep(Duration::from_secs(3));
                 json!({"allow": true})
@@ -118,6 +119,10 @@ fn answer(path: &str, body: &Value, _: usize) -> (u16, String) {
                 json!({"allow": true, "payload": {"body": loud}, "reply": {"shouted": true}})
             }
             "spam" => json!({"allow": false, "reason": "no spam"}),
+            "slow" => {
+                std::thread::sleep(Duration::from_secs(3));
+                json!({"allow": true})
+            }
             _ => json!({"allow": true}),
         },
         _ => return (404, "{}".into()),
@@ -222,6 +227,15 @@ fn hooks_decide_connections_joins_and_messages_off_the_loop() {
     let joins = backend.calls_to("/join");
     assert_eq!(joins[0].body["user"], "ada");
     assert_eq!(joins[0].body["assigns"], json!({"plan": "pro"}));
+    // Patterns from the backend hold without a user too.
+    let mut limited = herald.phoenix("token=limited");
+    let (_, reply) = limited.join("room:private", json!({}));
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "unauthorized"}})
+    );
+    let (_, reply) = limited.join("room:public", json!({}));
+    assert_eq!(reply["status"], "ok", "{reply}");
     let mut bob = herald.phoenix("token=user-bob");
     let (_, reply) = bob.join("vip:lounge", json!({}));
     assert_eq!(
@@ -248,14 +262,40 @@ fn hooks_decide_connections_joins_and_messages_off_the_loop() {
     );
     assert!(before.is_empty(), "nothing published: {before:?}");
 
+    // One client cannot fill the queue: past 16 calls waiting, its next
+    // message is refused at once (the others time out).
+    let refs: Vec<String> = (0..17)
+        .map(|_| ada.push(&join_ref, "vip:lounge", "slow", json!({})))
+        .collect();
+    let (reply, _) = ada.reply_to(&refs[16]);
+    assert_eq!(
+        reply,
+        json!({"status": "error", "response": {"reason": "backend busy, retry later"}})
+    );
+    // The others' replies come as their calls time out, in any order.
+    let mut answered = Vec::new();
+    while answered.len() < 16 {
+        let message = ada.recv();
+        if message[3] == "phx_reply" {
+            assert_eq!(
+                message[4]["response"]["reason"], "backend unavailable",
+                "{message}"
+            );
+            answered.push(message[1].as_str().unwrap().to_owned());
+        }
+    }
+    answered.sort_by_key(|r| r.parse::<u64>().unwrap());
+    assert_eq!(answered, refs[..16]);
+
     let (_, metrics) = herald.api("GET", "/metrics", &[], "");
     for line in [
-        r#"herald_hook_calls_total{hook="connect",outcome="allowed"} 2"#,
+        r#"herald_hook_calls_total{hook="connect",outcome="allowed"} 3"#,
         r#"herald_hook_calls_total{hook="connect",outcome="refused"} 1"#,
         r#"herald_hook_calls_total{hook="connect",outcome="failed"} 3"#,
         r#"herald_hook_calls_total{hook="join",outcome="refused"} 1"#,
         r#"herald_hook_calls_total{hook="message",outcome="allowed"} 1"#,
         r#"herald_hook_calls_total{hook="message",outcome="refused"} 1"#,
+        r#"herald_hook_calls_total{hook="message",outcome="failed"} 17"#,
     ] {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }

@@ -151,6 +151,20 @@ pub(crate) enum Scenario {
         #[arg(long)]
         phoenix: bool,
     },
+    /// Phoenix joins per second and the join reply's latency: each client
+    /// joins a fresh topic, waits for the reply, leaves, joins the next
+    /// (`--path` with `?vsn=2.0.0`).
+    Joins {
+        /// Clients, one join in flight each.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Topics are `{prefix}{client}-{n}`.
+        #[arg(long, default_value = "room:")]
+        prefix: String,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Publish-to-receive latency at a fixed publish rate (fan-out to N
     /// subscribers of one topic), and whether delivery keeps up.
     Latency {

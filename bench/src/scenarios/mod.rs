@@ -4,6 +4,7 @@ pub(crate) mod churn;
 pub(crate) mod connect;
 pub(crate) mod echo;
 pub(crate) mod fanout;
+pub(crate) mod joins;
 pub(crate) mod memory;
 pub(crate) mod presence;
 pub(crate) mod rooms;

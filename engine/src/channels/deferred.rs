@@ -133,7 +133,9 @@ impl JoinLater {
             id: self.id,
             message,
         };
-        self.conn.send_info(Arc::new(answer))
+        // Never refused for a full mailbox: the join waits for it, and the
+        // joins waiting bound how many there are.
+        self.conn.send_answer(Arc::new(answer))
     }
 }
 

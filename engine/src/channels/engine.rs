@@ -333,8 +333,9 @@ impl Channels {
     /// its first or loses its last presence on a topic (as it is tracked or
     /// untracked on this node). Each event is raised by the node where the
     /// change happened; see [`TopicEvent`] for how exact that is. The
-    /// listener runs on the engine's threads, loops included: it must only
-    /// queue the event.
+    /// listener runs on the engine's threads, loops included, and under
+    /// the presence lock (so that events keep the order of the changes): it
+    /// must only queue the event.
     pub fn on_topic_event(mut self, listener: impl Fn(TopicEvent) + Send + Sync + 'static) -> Self {
         self.on_topic_event = Some(Arc::new(listener));
         self
@@ -371,7 +372,8 @@ impl Channels {
             census,
         };
         if let Some(relay) = &relay {
-            link_cluster(&handle, relay, self.presence_down_after);
+            let listener = self.on_topic_event.clone();
+            link_cluster(&handle, relay, self.presence_down_after, listener);
         }
         let presence_thread = spawn_presence_sender(handle.clone()).map_err(StartError::Io)?;
         let timer_thread = timers.spawn().map_err(StartError::Io)?;
@@ -398,7 +400,12 @@ impl Channels {
 /// Replicates presence and topic counts with the other nodes through
 /// `relay`: their messages reach the tracker or the census on the relay's
 /// thread, and the tracker's answers go straight back.
-fn link_cluster(handle: &EngineHandle, relay: &Arc<dyn Relay>, down_after: Duration) {
+fn link_cluster(
+    handle: &EngineHandle,
+    relay: &Arc<dyn Relay>,
+    down_after: Duration,
+    listener: Option<Arc<TopicEventFn>>,
+) {
     handle.presence.link(relay.node_id(), down_after);
     let tracker = Arc::clone(&handle.presence);
     let census = Arc::clone(&handle.census);
@@ -408,7 +415,11 @@ fn link_cluster(handle: &EngineHandle, relay: &Arc<dyn Relay>, down_after: Durat
     relay.set_sync_handler(SyncHandler(Arc::new(move |origin, message| {
         let now = Instant::now();
         if message.starts_with(CENSUS_TAG) {
-            return census.receive(origin, message, now);
+            let events = census.receive(origin, message, now);
+            if let Some(listener) = &listener {
+                events.into_iter().for_each(|event| listener(event));
+            }
+            return;
         }
         if message.starts_with(UNSUBSCRIBE_TAG) {
             if let Ok(Unsubscribe { unsubscribe }) = serde_json::from_slice(message) {
@@ -460,12 +471,14 @@ fn spawn_census(
                     connections: server.connections() as u64,
                     deliveries: server.stats().published_deliveries,
                 };
-                let (events, message) = handle.census.round(local, now);
+                let (events, messages) = handle.census.round(local, now);
                 if let Some(listener) = &listener {
                     events.into_iter().for_each(|event| listener(event));
                 }
                 if let Some(relay) = &relay {
-                    relay.forward_sync(message);
+                    messages
+                        .into_iter()
+                        .for_each(|message| relay.forward_sync(message));
                 }
             }
         })
@@ -544,7 +557,7 @@ impl Engine {
         if let Some(bye) = self.handle.presence.sync_bye() {
             relay.forward_sync(bye);
         }
-        relay.forward_sync(Census::bye());
+        relay.forward_sync(self.handle.census.leave());
     }
 
     /// Serves until shut down through a handle.
@@ -696,7 +709,8 @@ impl EngineHandle {
     /// others' as of their last census round (see
     /// [`Channels::census_every`]). Without a cluster bus, this node's.
     pub fn cluster_subscriber_count(&self, topic: &str) -> u64 {
-        self.subscriber_count(topic) + self.census.remote_count(topic)
+        self.subscriber_count(topic)
+            .saturating_add(self.census.remote_count(topic))
     }
 
     /// Every topic with subscribers in the cluster, with its count, as
@@ -706,7 +720,8 @@ impl EngineHandle {
         let mut topics: std::collections::HashMap<String, u64> =
             self.census.remote_topics().into_iter().collect();
         for (topic, count) in self.server.topic_counts() {
-            *topics.entry(topic.into()).or_insert(0) += count;
+            let total = topics.entry(topic.into()).or_insert(0);
+            *total = total.saturating_add(count);
         }
         topics.into_iter().collect()
     }

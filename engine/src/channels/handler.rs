@@ -646,6 +646,14 @@ impl ChannelsHandler {
             if let Some(join) = Self::joined(conn, &removal.topic) {
                 self.end_channel(conn, &join, LeaveReason::Removed);
             }
+            // A join still waiting for its answer is refused now.
+            let pending = &mut conn.state().pending_joins;
+            if let Some(at) = pending.iter().position(|p| p.join.topic == removal.topic) {
+                let PendingJoin { join, msg_ref, .. } = pending.swap_remove(at);
+                let msg_ref = msg_ref.as_ref().map(OwnedRef::get);
+                let refused = Ran::Joined(Err(Reply::reason("removed")));
+                self.conclude_join(conn, join, msg_ref, refused);
+            }
             return;
         }
         if let Some(answer) = message.downcast_ref::<JoinAnswer>() {

@@ -117,29 +117,44 @@ impl Mailbox {
     /// way. A broadcast, send or close is refused with [`SendError::Busy`]
     /// (and counted) when the loop has a full queue's worth waiting.
     pub(crate) fn post(&self, command: Command) -> Result<(), SendError> {
-        let result = match command {
-            Command::Shutdown | Command::Drain => self.control.try_send(command),
+        match command {
+            Command::Shutdown | Command::Drain => self.queue(&self.control, command),
             // In order with the broadcasts before it ("you are banned", then
-            // the disconnect), and never refused: past a full queue it takes
-            // the control queue. A connect decision is never refused either:
-            // its connection would wait for the handshake timeout.
-            Command::Disconnect(_) | Command::Decided { .. } => match self.data.try_send(command) {
-                Err(TrySendError::Full(command)) => self.control.try_send(command),
-                other => other,
-            },
+            // the disconnect), and never refused. A connect decision is never
+            // refused either: its connection would wait for the handshake
+            // timeout.
+            Command::Disconnect(_) | Command::Decided { .. } => self.post_unrefused(command),
             Command::Send { .. }
             | Command::Close { .. }
             | Command::Publish(_)
             | Command::Info { .. }
-            | Command::InfoByName { .. } => self.data.try_send(command),
-        };
-        result.map_err(|err| match err {
+            | Command::InfoByName { .. } => self.queue(&self.data, command),
+        }
+    }
+
+    /// Queues a command in order with the traffic, or, past a full queue,
+    /// on the control queue: for what answers work the loop started (a
+    /// decision, a join's answer), whose number that work bounds.
+    pub(crate) fn post_unrefused(&self, command: Command) -> Result<(), SendError> {
+        match self.data.try_send(command) {
+            Err(TrySendError::Full(command)) => self.queue(&self.control, command),
+            Err(TrySendError::Disconnected(_)) => Err(SendError::ServerStopped),
+            Ok(()) => self.wake(),
+        }
+    }
+
+    fn queue(&self, queue: &Sender<Command>, command: Command) -> Result<(), SendError> {
+        queue.try_send(command).map_err(|err| match err {
             TrySendError::Full(_) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 SendError::Busy
             }
             TrySendError::Disconnected(_) => SendError::ServerStopped,
         })?;
+        self.wake()
+    }
+
+    fn wake(&self) -> Result<(), SendError> {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             self.waker.wake().map_err(|_| SendError::ServerStopped)?;
         }
@@ -189,6 +204,16 @@ impl ConnHandle {
     /// Hands `message` to the connection's handler on its loop.
     pub(crate) fn send_info(&self, message: AppMessage) -> Result<(), SendError> {
         self.mailbox.post(Command::Info {
+            conn: self.id,
+            message,
+        })
+    }
+
+    /// [`send_info`](Self::send_info), never refused for a full mailbox:
+    /// for answers to work the connection started (see
+    /// [`Mailbox::post_unrefused`]).
+    pub(crate) fn send_answer(&self, message: AppMessage) -> Result<(), SendError> {
+        self.mailbox.post_unrefused(Command::Info {
             conn: self.id,
             message,
         })

@@ -61,6 +61,10 @@ impl Herald {
         // pipe), reporting each listening address.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // HERALD_TEST_LOG=1 shows the server's log.
+                if std::env::var_os("HERALD_TEST_LOG").is_some() {
+                    eprintln!("herald: {line}");
+                }
                 let Ok(entry) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };

@@ -328,7 +328,7 @@ impl Default for WebhooksSection {
             secret: None,
             retries: 3,
             timeout_ms: 2000,
-            concurrency: 4,
+            concurrency: 1,
             queue: 10_000,
         }
     }
@@ -630,9 +630,17 @@ impl Config {
         {
             check_url("hooks", url)?;
         }
+        if self.webhooks.retries > MAX_WEBHOOK_RETRIES {
+            return invalid(format!(
+                "webhooks: retries is at most {MAX_WEBHOOK_RETRIES} (the last waits 100 ms x 2^(retries-1))"
+            ));
+        }
         Ok(())
     }
 }
+
+/// The most retries of a webhook delivery: the tenth waits 51 s.
+const MAX_WEBHOOK_RETRIES: u32 = 10;
 
 /// Hooks call plain HTTP (the backend sits beside the server).
 fn check_url(section: &str, url: &str) -> Result<(), ConfigError> {

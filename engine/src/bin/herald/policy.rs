@@ -53,10 +53,7 @@ impl ServerSocket {
             Some(verifier) => Some(verifier.authenticate(request)?),
             None => None,
         };
-        Ok(Admitted {
-            identity,
-            assigns: None,
-        })
+        Ok(Admitted::by_token(identity))
     }
 
     fn check_origin(&self, request: &Request) -> Result<(), Reject> {
@@ -89,8 +86,7 @@ impl Client {
     }
 
     fn may_join(&self, topic: &str) -> bool {
-        let identity = self.admitted.identity.as_ref();
-        match identity.and_then(|id| id.channels.as_ref()) {
+        match &self.admitted.channels {
             Some(patterns) => patterns.iter().any(|pattern| pattern.matches(topic)),
             None => true,
         }
@@ -127,7 +123,7 @@ impl Socket for ServerSocket {
         };
         match self.admit(request) {
             Ok(admitted) => {
-                hooks.connect(request, admitted.identity, answer);
+                hooks.connect(request, admitted, answer);
                 Ok(())
             }
             Err(_) => Err(answer),
@@ -135,8 +131,7 @@ impl Socket for ServerSocket {
     }
 
     fn id(&self, assigns: &Client) -> Option<String> {
-        let identity = assigns.admitted.identity.as_ref();
-        identity.map(|identity| identity.user.clone())
+        assigns.admitted.user.clone()
     }
 }
 
@@ -268,12 +263,11 @@ impl Channel<Client> for RuleChannel {
         ctx: &mut ChannelContext<'_, '_, Client>,
         message: &(dyn Any + Send + Sync),
     ) {
-        let Some(publish) = message.downcast_ref::<Publish>() else {
+        let Some(publish) = message.downcast_ref::<Arc<Publish>>() else {
             return;
         };
         self.publish(ctx, &publish.event, &publish.payload);
-        let reply = publish.reply.lock().ok().and_then(|mut reply| reply.take());
-        if let Some((handle, response)) = reply {
+        if let Some((handle, response)) = publish.take_reply() {
             let _ = handle.reply(Status::Ok, &response);
         }
     }
@@ -291,8 +285,8 @@ impl Channel<Client> for RuleChannel {
 /// The name a member shows: the token's user, else the join's `name`
 /// (trimmed, at most 64 characters), else "anonymous".
 fn display_name(client: &Client, payload: &RawValue) -> String {
-    if let Some(identity) = &client.admitted.identity {
-        return identity.user.clone();
+    if let Some(user) = &client.admitted.user {
+        return user.clone();
     }
     let params: JoinParams = serde_json::from_str(payload.get()).unwrap_or_default();
     let name: String = params

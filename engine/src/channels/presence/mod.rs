@@ -309,14 +309,16 @@ impl PresenceTracker {
         let first = !tracker.has_key(topic, &key);
         tracker.log_join(topic, &key, &meta);
         tracker.add(topic, &key, meta);
-        drop(tracker);
-        self.changed.notify_one();
         if first {
+            // Under the lock, so that events keep the order of the changes
+            // (the observer only queues).
             self.tell(|| TopicEvent::MemberAdded {
                 topic: topic.to_string(),
                 key: key.to_string(),
             });
         }
+        drop(tracker);
+        self.changed.notify_one();
         Ok(Tracked {
             topic: Arc::clone(topic),
             key,
@@ -359,15 +361,14 @@ impl PresenceTracker {
         let removed = tracker.remove(&tracked.topic, &tracked.key, &tracked.phx_ref);
         if removed.is_some() {
             tracker.log_leave(&tracked.topic, &tracked.key, &tracked.phx_ref);
-            let last = !tracker.has_key(&tracked.topic, &tracked.key);
-            drop(tracker);
-            self.changed.notify_one();
-            if last {
+            if !tracker.has_key(&tracked.topic, &tracked.key) {
                 self.tell(|| TopicEvent::MemberRemoved {
                     topic: tracked.topic.to_string(),
                     key: tracked.key.to_string(),
                 });
             }
+            drop(tracker);
+            self.changed.notify_one();
         }
     }
 

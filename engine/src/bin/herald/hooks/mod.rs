@@ -19,13 +19,14 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
 };
 
 use herald::{
     Reject, Request,
     channels::{ChannelHandle, ConnectAnswer, JoinLater, Reply, ReplyHandle},
+    protocol::phoenix::Status,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -99,6 +100,9 @@ impl Outcome {
 
 /// The reason a refusal on failure gives.
 const UNAVAILABLE: &str = "backend unavailable";
+/// The reason when too many calls wait already (never allowed, whatever
+/// `on_failure` says: a flood must not open the door).
+const BUSY: &str = "backend busy, retry later";
 
 /// The backend hooks of one server.
 pub(crate) struct Hooks {
@@ -192,12 +196,59 @@ impl Verdict {
 
 // ---- What comes back to the loops ------------------------------------------
 
-/// Who a connection is, once the connect hook (or the token) said so.
+/// Who a connection is, once the token or the connect hook said so.
 #[derive(Debug, Default)]
 pub(crate) struct Admitted {
-    pub(crate) identity: Option<Identity>,
+    /// The user: the token's `sub`, or the connect hook's `user`.
+    pub(crate) user: Option<String>,
+    /// The topics it may join (`None`: any the rules allow).
+    pub(crate) channels: Option<Vec<TopicPattern>>,
     /// The backend's `assigns`, passed along to the join and message hooks.
     pub(crate) assigns: Option<Arc<RawValue>>,
+    /// Join and message hook calls of this connection not yet answered.
+    pub(crate) waiting: Arc<AtomicUsize>,
+}
+
+impl Admitted {
+    /// Admitted by a token (or by nothing, when auth is off).
+    pub(crate) fn by_token(identity: Option<Identity>) -> Self {
+        let (user, channels) = match identity {
+            Some(Identity { user, channels }) => (Some(user), channels),
+            None => (None, None),
+        };
+        Self {
+            user,
+            channels,
+            ..Self::default()
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+}
+
+/// The most join and message hook calls one connection may have waiting:
+/// past it, its joins and messages are refused at once, so that one client
+/// cannot fill the queue every client shares.
+pub(crate) const MAX_WAITING_PER_CONNECTION: usize = 16;
+
+/// One call counted in its connection's `waiting`, until dropped.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    /// Counts a call, or `None` if the connection has too many waiting.
+    fn start(waiting: &Arc<AtomicUsize>) -> Option<Self> {
+        let before = waiting.fetch_add(1, Relaxed);
+        let counted = Self(Arc::clone(waiting));
+        (before < MAX_WAITING_PER_CONNECTION).then_some(counted)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A join hook's decision, for `handle_join_answer`.
@@ -209,13 +260,21 @@ pub(crate) enum JoinDecision {
     Refuse(Reply),
 }
 
-/// A message hook's decision to publish, for `handle_app_info`: what to
-/// publish, and the client's reply, sent after it.
+/// A message hook's decision to publish, for `handle_app_info` (sent as
+/// an `Arc<Publish>`): what to publish, and the client's reply, sent
+/// after it.
 #[derive(Debug)]
 pub(crate) struct Publish {
     pub(crate) event: String,
     pub(crate) payload: Box<RawValue>,
-    pub(crate) reply: Mutex<Option<(ReplyHandle, Reply)>>,
+    reply: Mutex<Option<(ReplyHandle, Reply)>>,
+}
+
+impl Publish {
+    /// The client's reply, once.
+    pub(crate) fn take_reply(&self) -> Option<(ReplyHandle, Reply)> {
+        self.reply.lock().ok().and_then(|mut reply| reply.take())
+    }
 }
 
 /// Where a client's message goes once allowed.
@@ -266,18 +325,15 @@ impl Hooks {
     }
 
     /// Asks the backend whether `request` (already past the Origin and
-    /// token checks, as `identity`) may connect.
+    /// token checks, as `admitted`) may connect.
     pub(crate) fn connect(
         self: &Arc<Self>,
         request: &Request,
-        identity: Option<Identity>,
+        admitted: Admitted,
         answer: ConnectAnswer<Client>,
     ) {
         let Some(url) = &self.connect_url else {
-            return answer.accept(Client::new(Admitted {
-                identity,
-                assigns: None,
-            }));
+            return answer.accept(Client::new(admitted));
         };
         let call = ConnectCall {
             path: request.path(),
@@ -290,7 +346,7 @@ impl Hooks {
                 .headers()
                 .map(|(name, value)| (name, String::from_utf8_lossy(value).into_owned()))
                 .collect(),
-            user: identity.as_ref().map(|id| id.user.as_str()),
+            user: admitted.user(),
         };
         let body = serde_json::to_vec(&call).unwrap_or_default();
         let hooks = Arc::clone(self);
@@ -298,28 +354,28 @@ impl Hooks {
             url,
             Hook::Connect as usize,
             body,
-            Box::new(move |answered| hooks.connect_answered(answered, identity, answer)),
+            Box::new(move |answered| hooks.connect_answered(answered, admitted, answer)),
         );
     }
 
     fn connect_answered(
         &self,
         answered: Result<Vec<u8>, CallError>,
-        identity: Option<Identity>,
+        by_token: Admitted,
         answer: ConnectAnswer<Client>,
     ) {
         let verdict = answered.and_then(|body| parse::<ConnectVerdict>(&body));
         let admitted = match verdict {
             Ok(verdict) if verdict.allow => {
                 self.count(Hook::Connect, Outcome::Allowed);
-                let channels = match verdict.channels {
-                    Some(patterns) => Some(patterns.iter().map(|p| TopicPattern::new(p)).collect()),
-                    None => identity.as_ref().and_then(|id| id.channels.clone()),
-                };
-                let user = verdict.user.or(identity.map(|id| id.user));
+                let channels = verdict
+                    .channels
+                    .map(|patterns| patterns.iter().map(|p| TopicPattern::new(p)).collect());
                 Admitted {
-                    identity: user.map(|user| Identity { user, channels }),
+                    user: verdict.user.or(by_token.user),
+                    channels: channels.or(by_token.channels),
                     assigns: verdict.assigns.map(Arc::from),
+                    waiting: by_token.waiting,
                 }
             }
             Ok(verdict) => {
@@ -332,23 +388,43 @@ impl Hooks {
                 return answer.reject(reject);
             }
             Err(err) => {
-                tracing::warn!(%err, hook = "connect", "hook failed");
                 self.count(Hook::Connect, Outcome::Failed);
-                if self.on_failure == OnFailure::Refuse {
-                    return answer.reject(Reject::with_status(503).with_reason(UNAVAILABLE));
-                }
-                Admitted {
-                    identity,
-                    assigns: None,
+                match self.on_failure(&err, Hook::Connect) {
+                    OnFailure::Refuse => {
+                        let reason = if matches!(err, CallError::Busy) {
+                            BUSY
+                        } else {
+                            UNAVAILABLE
+                        };
+                        return answer.reject(Reject::with_status(503).with_reason(reason));
+                    }
+                    OnFailure::Allow => by_token,
                 }
             }
         };
         answer.accept(Client::new(admitted));
     }
 
+    /// What a failed call does: the configured policy, except for a full
+    /// queue, which always refuses. Logged (a full queue at debug level:
+    /// it may come by the thousand, on a loop).
+    fn on_failure(&self, err: &CallError, hook: Hook) -> OnFailure {
+        if matches!(err, CallError::Busy) {
+            tracing::debug!(%err, hook = hook.name(), "hook refused: too many calls waiting");
+            return OnFailure::Refuse;
+        }
+        tracing::warn!(%err, hook = hook.name(), "hook failed");
+        self.on_failure
+    }
+
     /// Asks the backend whether the join may go ahead; `name` is the name
     /// the member will show.
     pub(crate) fn join(self: &Arc<Self>, asking: &Asking<'_>, name: String, later: JoinLater) {
+        let Some(waiting) = Waiting::start(&asking.admitted.waiting) else {
+            self.count(Hook::Join, Outcome::Failed);
+            let _ = later.answer(JoinDecision::Refuse(Reply::reason(BUSY)));
+            return;
+        };
         let call = JoinCall {
             topic: asking.topic,
             payload: asking.payload,
@@ -358,6 +434,7 @@ impl Hooks {
         let body = serde_json::to_vec(&call).unwrap_or_default();
         let hooks = Arc::clone(self);
         let on_answer = move |answered: Result<Vec<u8>, CallError>| {
+            drop(waiting);
             let decision = hooks.join_decision(answered, name);
             // A connection gone meanwhile drops it.
             let _ = later.answer(decision);
@@ -375,13 +452,10 @@ impl Hooks {
                 name,
             },
             Ok(verdict) => JoinDecision::Refuse(verdict.refusal()),
-            Err(err) => {
-                tracing::warn!(%err, hook = "join", "hook failed");
-                match self.on_failure {
-                    OnFailure::Refuse => JoinDecision::Refuse(Reply::reason(UNAVAILABLE)),
-                    OnFailure::Allow => JoinDecision::Allow { reply: None, name },
-                }
-            }
+            Err(err) => match self.on_failure(&err, Hook::Join) {
+                OnFailure::Refuse => JoinDecision::Refuse(refusal(&err)),
+                OnFailure::Allow => JoinDecision::Allow { reply: None, name },
+            },
         }
     }
 
@@ -396,6 +470,13 @@ impl Hooks {
         channel: ChannelHandle,
         reply: Option<ReplyHandle>,
     ) {
+        let Some(waiting) = Waiting::start(&asking.admitted.waiting) else {
+            self.count(Hook::Message, Outcome::Failed);
+            if let Some(reply) = reply {
+                let _ = reply.reply(Status::Error, &Reply::reason(BUSY));
+            }
+            return;
+        };
         let call = MessageCall {
             topic: asking.topic,
             event,
@@ -408,12 +489,13 @@ impl Hooks {
         let event = event.to_owned();
         let hooks = Arc::clone(self);
         let on_answer = move |answered: Result<Vec<u8>, CallError>| {
+            drop(waiting);
             let verdict = hooks.message_verdict(answered);
             let (payload, response) = match verdict {
                 Ok((payload, response)) => (payload, response),
                 Err(refusal) => {
                     if let Some(reply) = reply {
-                        let _ = reply.reply(herald::protocol::phoenix::Status::Error, &refusal);
+                        let _ = reply.reply(Status::Error, &refusal);
                     }
                     return;
                 }
@@ -423,17 +505,23 @@ impl Hooks {
                 (None, PublishMode::Original) => original,
                 (None, PublishMode::Returned) => {
                     if let Some(reply) = reply {
-                        let _ = reply.reply(herald::protocol::phoenix::Status::Ok, &response);
+                        let _ = reply.reply(Status::Ok, &response);
                     }
                     return;
                 }
             };
-            let publish = Publish {
+            let publish = Arc::new(Publish {
                 event,
                 payload,
                 reply: Mutex::new(reply.map(|reply| (reply, response))),
-            };
-            let _ = channel.send(publish);
+            });
+            if channel.send(Arc::clone(&publish)).is_err() {
+                // The loop's mailbox is full (or the server stopping): say
+                // so to a client waiting for its reply.
+                if let Some((reply, _)) = publish.take_reply() {
+                    let _ = reply.reply(Status::Error, &Reply::reason(BUSY));
+                }
+            }
         };
         self.pool.call(
             asking.url,
@@ -460,20 +548,19 @@ impl Hooks {
                 Ok((verdict.payload, reply))
             }
             Ok(verdict) => Err(verdict.refusal()),
-            Err(err) => {
-                tracing::warn!(%err, hook = "message", "hook failed");
-                match self.on_failure {
-                    OnFailure::Refuse => Err(Reply::reason(UNAVAILABLE)),
-                    OnFailure::Allow => Ok((None, Reply::empty())),
-                }
-            }
+            Err(err) => match self.on_failure(&err, Hook::Message) {
+                OnFailure::Refuse => Err(refusal(&err)),
+                OnFailure::Allow => Ok((None, Reply::empty())),
+            },
         }
     }
 }
 
-impl Admitted {
-    fn user(&self) -> Option<&str> {
-        self.identity.as_ref().map(|id| id.user.as_str())
+/// The refusal of a join or message whose call failed.
+fn refusal(err: &CallError) -> Reply {
+    match err {
+        CallError::Busy => Reply::reason(BUSY),
+        _ => Reply::reason(UNAVAILABLE),
     }
 }
 

@@ -86,7 +86,8 @@ pub(crate) struct PoolConfig {
     pub(crate) concurrency: usize,
     /// Calls waiting for a thread at most.
     pub(crate) queue: usize,
-    /// The longest a call may take, connecting included.
+    /// The longest each phase of a call may take: connecting, sending,
+    /// waiting for the answer, reading it.
     pub(crate) timeout: Duration,
     /// Headers sent with every call (an `Authorization` for the backend).
     pub(crate) headers: Vec<(String, String)>,
@@ -96,8 +97,15 @@ impl CallPool {
     /// Starts `config.concurrency` threads; `kinds` counters are kept, one
     /// per kind of call.
     pub(crate) fn start(name: &str, config: &PoolConfig, kinds: usize) -> std::io::Result<Self> {
+        // Per phase, not global: with a global (or per-call) timeout ureq
+        // resolves the host on a thread of its own, one per call.
+        let timeout = Some(config.timeout);
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(config.timeout))
+            .timeout_connect(timeout)
+            .timeout_send_request(timeout)
+            .timeout_send_body(timeout)
+            .timeout_recv_response(timeout)
+            .timeout_recv_body(timeout)
             .http_status_as_error(false)
             .max_idle_connections(config.concurrency)
             .max_idle_connections_per_host(config.concurrency)
@@ -166,9 +174,15 @@ impl CallPool {
 }
 
 impl Drop for CallPool {
-    /// Lets the threads finish the calls queued, then stop.
+    /// Lets the threads finish the calls queued, then stop. Dropped on one
+    /// of its own threads (a queued call held the last reference), it
+    /// leaves them to end by themselves.
     fn drop(&mut self) {
         self.calls = None;
+        let me = std::thread::current().id();
+        if self.threads.iter().any(|thread| thread.thread().id() == me) {
+            return;
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
