@@ -8,12 +8,12 @@
 # backend, CPU 1) and a rule `*` without hooks. Then, interleaved
 # (hook, plain, hook, plain, ...):
 #
-# 1. joins: `herald-bench joins` (64 clients, CPU 1), each joining a fresh
+# 1. joins: `herald-bench joins` (4, then 64 clients, CPU 1), each joining a fresh
 #    topic, waiting for the reply, leaving and joining the next: joins/s and
 #    the join reply's latency through a backend that answers in 1 ms, and
 #    without a hook. The p99 added is the difference.
 # 2. slow backend: the backend now answers after 2 s (under the hook timeout
-#    of 5 s). `herald-bench latency` streams 1,000 broadcasts/s through the
+#    of 5 s). `herald-bench latency` streams 200 broadcasts/s through the
 #    API to 1,000 subscribers of a plain topic, while (in "hung" rounds) 200
 #    more clients keep joining `hook:` topics, every join waiting 2 s, so
 #    the hook threads and queue are full the whole time; "quiet" rounds run
@@ -63,12 +63,13 @@ cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /p
 busy() { paste <(echo "$1") <(echo "$2") | awk '{ printf "%.0f%% ", 100*($3-$1)/($4-$2) }'; }
 path='/socket/websocket?vsn=2.0.0'
 
-echo "== joins: a join hook answering in 1 ms vs no hook (1 loop on CPU 0; load and backend on CPU 1)"
+for clients in 4 64; do
+echo "== joins, $clients clients: a join hook answering in 1 ms vs no hook (1 loop on CPU 0; load and backend on CPU 1)"
 for round in $(seq "$rounds"); do
   prefix=hook:; [ $((round % 2)) -eq 0 ] && prefix=plain:
   before=$(cpu_times)
   report=$(taskset -c 1 "$bench" --addr 127.0.0.1:$port --path "$path" --server-pid $pid \
-    --json joins --clients 64 --prefix "$prefix" --seconds "$seconds")
+    --json joins --clients "$clients" --prefix "$prefix" --seconds "$seconds")
   after=$(cpu_times)
   python3 - "$prefix" "$report" "$(busy "$before" "$after")" <<'PY'
 import json, sys
@@ -81,23 +82,24 @@ print(f"{label:6} joins/s {value('joins'):,.0f}  refused {value('refused')}  rep
       f"server {value('server_cpu_per_delivery'):,.0f} ns/join  cores {busy}")
 PY
 done
+done
 
 echo "== broadcasts on a plain topic while every hooked join hangs 2 s on the backend"
 kill "$backend"; wait "$backend" 2>/dev/null || true
 start_backend 2000
 for round in $(seq "$rounds"); do
   label=hung; [ $((round % 2)) -eq 0 ] && label=quiet
-  before=$(cpu_times)
   if [ "$label" = hung ]; then
     taskset -c 1 "$bench" --addr 127.0.0.1:$port --path "$path" --json \
       joins --clients 200 --prefix hook: --seconds $((seconds + 4)) >/dev/null &
     joiners=$!
     sleep 1
   fi
+  before=$(cpu_times)
   report=$(taskset -c 1 "$bench" --addr 127.0.0.1:$port --path "$path" --server-pid $pid \
-    --json latency --subscribers 1000 --rate 1000 --seconds "$seconds" --api 127.0.0.1:$api)
-  [ "$label" = hung ] && wait $joiners
+    --json latency --subscribers 1000 --rate 200 --seconds "$seconds" --api 127.0.0.1:$api)
   after=$(cpu_times)
+  [ "$label" = hung ] && wait $joiners
   hooks=$(curl -s 127.0.0.1:$api/metrics | awk '/^herald_hook_calls_total\{hook="join"/ { printf "%s ", $0 }')
   python3 - "$label" "$report" "$(busy "$before" "$after")" "$hooks" <<'PY'
 import json, sys
