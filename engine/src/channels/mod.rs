@@ -132,7 +132,7 @@ pub trait Socket: Send + Sync + 'static {
     ///         request: &Request,
     ///         answer: ConnectAnswer<String>,
     ///     ) -> Result<(), ConnectAnswer<String>> {
-    ///         let token = request.query_param("token").unwrap_or_default();
+    ///         let token = request.query_param("token").unwrap_or_default().into_owned();
     ///         std::thread::spawn(move || {
     ///             // A slow lookup, off the loop.
     ///             match token.strip_prefix("user-") {
