@@ -13,8 +13,9 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::{
-    protocol::{MessageError, WireProtocol, amber, phoenix},
+    protocol::{Encoding, MessageError, WireProtocol, amber, phoenix},
     pubsub::{ConnId, TopicEntry},
+    wire::{Deflater, FrameHeader, OpCode},
 };
 
 /// The event and payload of a channel broadcast.
@@ -40,6 +41,11 @@ pub struct Broadcast {
     topic: Arc<str>,
     message: Option<Arc<ChannelMessage>>,
     frames: Frames,
+    /// Per protocol, the frame compressed (permessage-deflate, no context
+    /// takeover), for subscribers that negotiated it; `None` where nobody
+    /// does, or the frame is too small to be worth it (they get the plain
+    /// one, which is as valid).
+    deflated: Frames,
     /// A binary channel broadcast: its frames, not its message, are what
     /// other nodes need.
     binary: bool,
@@ -73,6 +79,7 @@ impl Broadcast {
             topic: Arc::from(topic),
             message: None,
             frames,
+            deflated: Frames::default(),
             binary: false,
             exclude: None,
         }
@@ -125,6 +132,7 @@ impl Broadcast {
             topic: Arc::from(topic),
             message: Some(Arc::new(message)),
             frames,
+            deflated: Frames::default(),
             binary: false,
             exclude: None,
         }
@@ -174,18 +182,64 @@ impl Broadcast {
         self.frames[protocol.index()].as_ref()
     }
 
+    /// The frame a subscriber taking `encoding` gets: the compressed one
+    /// if there is one, else the plain one.
+    pub(crate) fn frame_for(&self, encoding: Encoding) -> Option<&Bytes> {
+        let index = encoding.protocol.index();
+        let deflated = encoding.deflate.then(|| self.deflated[index].as_ref());
+        deflated.flatten().or(self.frames[index].as_ref())
+    }
+
+    /// Compresses, once, the frame of every protocol that `entry` says has
+    /// subscribers taking it compressed, if it has at least `min_size`
+    /// bytes of payload.
+    pub(crate) fn compress(
+        &mut self,
+        entry: &TopicEntry,
+        deflater: &mut Deflater,
+        min_size: usize,
+    ) {
+        for protocol in WireProtocol::ALL {
+            let index = protocol.index();
+            if self.deflated[index].is_some() || !entry.has_encoding(Encoding::deflated(protocol)) {
+                continue;
+            }
+            if let Some(frame) = &self.frames[index] {
+                self.deflated[index] = compress_frame(frame, deflater, min_size);
+            }
+        }
+    }
+
     /// The same broadcast with private copies of the frames, for a loop
     /// other than the publisher's.
     pub(crate) fn localized(&self) -> Self {
+        let copy = |frames: &Frames| {
+            frames
+                .each_ref()
+                .map(|frame| frame.as_ref().map(|frame| Bytes::copy_from_slice(frame)))
+        };
         Self {
             topic: Arc::clone(&self.topic),
             message: self.message.clone(),
-            frames: self
-                .frames
-                .each_ref()
-                .map(|frame| frame.as_ref().map(|frame| Bytes::copy_from_slice(frame))),
+            frames: copy(&self.frames),
+            deflated: copy(&self.deflated),
             binary: self.binary,
             exclude: self.exclude,
         }
     }
+}
+
+/// `frame` (one whole, unfragmented data frame, as herald encodes them)
+/// compressed, if its payload has at least `min_size` bytes and it is not
+/// compressed already.
+pub(crate) fn compress_frame(
+    frame: &Bytes,
+    deflater: &mut Deflater,
+    min_size: usize,
+) -> Option<Bytes> {
+    let (header, len) = FrameHeader::parse(frame).ok().flatten()?;
+    let payload = frame.get(len..)?;
+    let data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+    let whole = header.fin && header.rsv == 0 && data && header.mask.is_none();
+    (whole && payload.len() >= min_size).then(|| deflater.frame(header.opcode, payload))
 }

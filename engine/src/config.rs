@@ -167,6 +167,77 @@ pub struct ServerConfig {
     /// `pin_cores`); empty, the default, means the first cores the system
     /// lists, one per loop.
     pub(crate) core_ids: Vec<usize>,
+    /// permessage-deflate (RFC 7692), for clients that offer it. Default:
+    /// off, as in Phoenix, Centrifugo and uWebSockets: it trades server CPU
+    /// (a compression per broadcast and per large reply, an inflate per
+    /// compressed client message) for bandwidth, which pays for JSON and
+    /// not for small or already compressed payloads.
+    pub(crate) compression: Option<Compression>,
+}
+
+/// How herald compresses, when permessage-deflate is on
+/// ([`ServerBuilder::compression`](crate::ServerBuilder::compression)).
+///
+/// Every message is compressed on its own, without context takeover either
+/// way: a broadcast is compressed once per wire protocol, only if some
+/// subscriber negotiated the extension, and the same bytes go to all of
+/// them; a reply or push to one client is compressed for it; a connection
+/// keeps no compression state between messages, so an idle one costs
+/// nothing more. Frames with less payload than
+/// [`min_size`](Self::min_size) go uncompressed (the extension allows
+/// both).
+///
+/// # Examples
+///
+/// ```
+/// use herald::{Compression, Server};
+///
+/// let builder = Server::builder().compression(Compression::new().level(4).min_size(512));
+/// assert_eq!(builder.config().compression(), Some(Compression::new().level(4).min_size(512)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    level: u32,
+    min_size: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Compression {
+    /// Level 6 (zlib's balance of speed and size), frames of 256 bytes or
+    /// more.
+    pub const fn new() -> Self {
+        Self {
+            level: 6,
+            min_size: 256,
+        }
+    }
+
+    /// The DEFLATE level, 1 (fastest) to 9 (smallest).
+    pub const fn level(mut self, level: u32) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// The smallest payload compressed, in bytes.
+    pub const fn min_size(mut self, bytes: usize) -> Self {
+        self.min_size = bytes;
+        self
+    }
+
+    /// The level.
+    pub const fn get_level(&self) -> u32 {
+        self.level
+    }
+
+    /// The smallest payload compressed.
+    pub const fn get_min_size(&self) -> usize {
+        self.min_size
+    }
 }
 
 impl Default for ServerConfig {
@@ -198,6 +269,7 @@ impl Default for ServerConfig {
             connect_rate_per_address: None,
             connect_rate: None,
             message_rate: None,
+            compression: None,
             mailbox_capacity: 65_536,
             read_chunk: 16 * 1024,
         }
@@ -349,6 +421,11 @@ impl ServerConfig {
         &self.conflation
     }
 
+    /// permessage-deflate, if on.
+    pub fn compression(&self) -> Option<Compression> {
+        self.compression
+    }
+
     /// One loop's share of [`queue_budget`](Self::queue_budget).
     pub(crate) fn loop_queue_budget(&self) -> usize {
         self.queue_budget / self.loops.max(1)
@@ -358,6 +435,9 @@ impl ServerConfig {
     /// server does this when it starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_count("loops", self.loops, 1, MAX_LOOPS as u64)?;
+        if let Some(compression) = &self.compression {
+            check_count("compression level", compression.level as usize, 1, 9)?;
+        }
         check_count("max_connections", self.max_connections, 1, 1 << 31)?;
         check_count("max_head_bytes", self.max_head_bytes, 512, 1 << 20)?;
         check_count("max_queued_bytes", self.max_queued_bytes, 1024, 1 << 30)?;

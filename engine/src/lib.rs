@@ -150,7 +150,9 @@ mod timer;
 
 pub use admission::RateLimit;
 pub use broadcast::Broadcast;
-pub use config::{ConfigError, MAX_LOOPS, ServerConfig, SlowConsumerPolicy, StaticFile};
+pub use config::{
+    Compression, ConfigError, MAX_LOOPS, ServerConfig, SlowConsumerPolicy, StaticFile,
+};
 pub use conflation::Conflation;
 pub use conn::SendError;
 pub use handshake::{HEALTH_PATH, HandshakeError, Request};

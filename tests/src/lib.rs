@@ -187,6 +187,12 @@ pub mod server {
 
     /// Reads one unmasked server frame: its opcode and payload.
     pub fn read_server_frame(stream: &mut TcpStream) -> io::Result<(OpCode, Vec<u8>)> {
+        read_server_frame_whole(stream).map(|(header, payload)| (header.opcode, payload))
+    }
+
+    /// Reads one unmasked server frame: its header (RSV bits included) and
+    /// payload.
+    pub fn read_server_frame_whole(stream: &mut TcpStream) -> io::Result<(FrameHeader, Vec<u8>)> {
         let mut header = Vec::new();
         loop {
             let mut byte = [0u8];
@@ -196,7 +202,7 @@ pub mod server {
                 Ok(Some((parsed, _))) => {
                     let mut payload = vec![0u8; parsed.payload_len as usize];
                     stream.read_exact(&mut payload)?;
-                    return Ok((parsed.opcode, payload));
+                    return Ok((parsed, payload));
                 }
                 Ok(None) => {}
                 Err(err) => return Err(io::Error::new(io::ErrorKind::InvalidData, err)),

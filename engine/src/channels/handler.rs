@@ -116,7 +116,14 @@ pub(crate) fn resubscribe(conn: &mut Conn<'_, ChannelConn>, topic: &str) {
                 route,
                 with_server,
             };
-            conn.subscribe_as(topic, Sub { protocol, kind });
+            conn.subscribe_as(
+                topic,
+                Sub {
+                    protocol,
+                    kind,
+                    deflate: false,
+                },
+            );
         }
         (None, true) => {
             conn.subscribe_as(topic, Sub::server());

@@ -41,7 +41,7 @@ mod write_queue;
 #[cfg(test)]
 mod tests;
 
-use std::{io, net::SocketAddr};
+use std::{cell::RefCell, io, net::SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 
@@ -54,7 +54,9 @@ use crate::{
     handshake::{self, HandshakeError, Request, Route},
     metrics::{LoopStats, bump},
     timer::{Tick, ticks},
-    wire::{CloseCode, Decoder, Message, ProtocolError, Utf8Bytes, pong_frame},
+    wire::{
+        CloseCode, Decoder, Inflater, Message, OpCode, ProtocolError, RSV1, Utf8Bytes, pong_frame,
+    },
 };
 
 /// The heartbeat ping: an empty ping frame, the same bytes for everyone.
@@ -86,6 +88,9 @@ pub enum SendError {
 pub(crate) struct Env<'a> {
     pub(crate) config: &'a ServerConfig,
     pub(crate) stats: &'a LoopStats,
+    /// The loop's inflater for compressed client messages (permessage-deflate
+    /// without context takeover: reset before every message).
+    pub(crate) inflater: &'a RefCell<Inflater>,
 }
 
 /// Where a connection is in its life.
@@ -111,9 +116,9 @@ struct Pending {
     scanned: usize,
     /// Accepted past the connection limit: to be answered with 503.
     over_limit: bool,
-    /// The head was an upgrade the application decides off the loop: the
-    /// client's `Sec-WebSocket-Key`, kept for the `101`.
-    awaiting: Option<[u8; 24]>,
+    /// The head was an upgrade the application decides off the loop: what
+    /// the `101` needs from it.
+    awaiting: Option<Accepting>,
 }
 
 /// What [`Connection::poll_handshake`] found.
@@ -127,6 +132,16 @@ pub(crate) enum HandshakeStep {
     /// A valid upgrade request: ask the application, then
     /// [`open`](Connection::open) or [`refuse`](Connection::refuse).
     Upgrade(Box<Upgrade>),
+}
+
+/// What the `101` answering an upgrade needs from its request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepting {
+    /// The client's `Sec-WebSocket-Key` (24 base64 characters, checked).
+    pub(crate) key: [u8; 24],
+    /// The `Sec-WebSocket-Extensions` answer, if permessage-deflate is
+    /// negotiated.
+    pub(crate) extensions: Option<&'static str>,
 }
 
 /// A valid upgrade request waiting for the application's decision.
@@ -294,6 +309,11 @@ impl Connection {
         matches!(self.phase, Phase::Open | Phase::Closing)
     }
 
+    /// Whether the connection negotiated permessage-deflate.
+    pub(crate) fn deflates(&self) -> bool {
+        self.outbox.deflate
+    }
+
     /// Whether the connection is still waiting for its request head.
     pub(crate) fn is_handshaking(&self) -> bool {
         self.phase == Phase::Handshake
@@ -410,16 +430,16 @@ impl Connection {
     /// The application decides the upgrade off the loop: the connection
     /// waits in its handshake (and its timeout) for
     /// [`decided`](Self::decided).
-    pub(crate) fn await_decision(&mut self, key: [u8; 24]) {
+    pub(crate) fn await_decision(&mut self, accepting: Accepting) {
         if let Some(pending) = self.pending.as_deref_mut() {
-            pending.awaiting = Some(key);
+            pending.awaiting = Some(accepting);
         }
     }
 
-    /// The decision came: the client's key if the connection is still
+    /// The decision came: what the `101` needs if the connection is still
     /// waiting for it (then [`open`](Self::open) or
     /// [`refuse`](Self::refuse) it), `None` if it is not.
-    pub(crate) fn decided(&mut self) -> Option<[u8; 24]> {
+    pub(crate) fn decided(&mut self) -> Option<Accepting> {
         if self.phase != Phase::Handshake {
             return None;
         }
@@ -450,9 +470,11 @@ impl Connection {
     }
 
     /// The application accepted the upgrade: queues the `101` response
+    /// (which says whether permessage-deflate was negotiated: `deflate`)
     /// and starts the heartbeat.
-    pub(crate) fn open(&mut self, response: Bytes, now: Tick, env: Env<'_>) {
+    pub(crate) fn open(&mut self, response: Bytes, deflate: bool, now: Tick, env: Env<'_>) {
         self.phase = Phase::Open;
+        self.outbox.deflate = deflate;
         self.pending = None;
         self.opened = true;
         self.outbox.queue.push(response);
@@ -484,21 +506,68 @@ impl Connection {
                 }
                 return None;
             }
-            let message = match self.decoder.decode(buf, &env.config.decoder) {
+            let decoder = if self.deflates() {
+                env.config.decoder.accept_rsv_bits(RSV1)
+            } else {
+                env.config.decoder
+            };
+            let message = match self.decoder.decode(buf, &decoder) {
                 Ok(None) => return None,
                 Ok(Some(message)) => message,
                 Err(err) => {
-                    bump(&env.stats.protocol_errors, 1);
-                    self.discard_input = true;
                     buf.clear();
-                    self.outbox.queue_close(err.close_code(), &err.to_string());
-                    return Some(Input::ProtocolError(err));
+                    return Some(self.fail(err, env));
                 }
             };
             bump(&env.stats.messages_received, 1);
+            let message = match self.inflate(message, env) {
+                Ok(message) => message,
+                Err(err) => {
+                    buf.clear();
+                    return Some(self.fail(err, env));
+                }
+            };
             if let Some(input) = self.accept_message(message, env.config.max_queued_bytes) {
                 return Some(self.meter(input, now, env));
             }
+        }
+    }
+
+    /// Fails the connection for a broken rule: its close code, and no more
+    /// input read.
+    fn fail(&mut self, err: ProtocolError, env: Env<'_>) -> Input {
+        bump(&env.stats.protocol_errors, 1);
+        self.discard_input = true;
+        self.outbox.queue_close(err.close_code(), &err.to_string());
+        Input::ProtocolError(err)
+    }
+
+    /// A compressed message (RSV1, with permessage-deflate negotiated)
+    /// inflated, within the message limit, text validated as UTF-8; other
+    /// messages as they are.
+    fn inflate(&self, message: Message, env: Env<'_>) -> Result<Message, ProtocolError> {
+        let Message::Encoded {
+            opcode,
+            rsv: RSV1,
+            payload,
+        } = message
+        else {
+            return Ok(message);
+        };
+        if !self.deflates() {
+            return Ok(Message::Encoded {
+                opcode,
+                rsv: RSV1,
+                payload,
+            });
+        }
+        let limit = env.config.decoder.message_limit();
+        let inflated = env.inflater.borrow_mut().inflate(&payload, limit)?;
+        match opcode {
+            OpCode::Text => Utf8Bytes::try_from_bytes(inflated)
+                .map(Message::Text)
+                .map_err(|_| ProtocolError::InvalidUtf8),
+            _ => Ok(Message::Binary(inflated)),
         }
     }
 

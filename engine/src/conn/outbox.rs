@@ -32,6 +32,10 @@ pub(crate) struct Outbox {
     behind: bool,
     /// The code of the close frame queued, once one is.
     close_code: Option<CloseCode>,
+    /// Whether the connection negotiated permessage-deflate: frames for it
+    /// may be compressed, and so may its messages (kept here, where a byte
+    /// of padding had room for it, so that a slot stays within its budget).
+    pub(crate) deflate: bool,
 }
 
 impl Outbox {

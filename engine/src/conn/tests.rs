@@ -27,6 +27,7 @@ struct Harness {
     conn: Connection,
     config: ServerConfig,
     stats: LoopStats,
+    inflater: RefCell<Inflater>,
     input: BytesMut,
     output: Vec<u8>,
     now: Tick,
@@ -54,12 +55,14 @@ impl Harness {
             Env {
                 config: &config,
                 stats: &stats,
+                inflater: &RefCell::new(Inflater::new()),
             },
         );
         Self {
             conn,
             config,
             stats,
+            inflater: RefCell::new(Inflater::new()),
             input: BytesMut::new(),
             output: Vec::new(),
             now: 0,
@@ -82,15 +85,16 @@ impl Harness {
         let HandshakeStep::Upgrade(upgrade) = harness.poll_handshake() else {
             panic!("a valid upgrade request");
         };
-        let response = handshake::switching_protocols(&upgrade.key, None);
+        let response = handshake::switching_protocols(&upgrade.key, None, None);
         let (now, env) = (
             harness.now,
             Env {
                 config: &harness.config,
                 stats: &harness.stats,
+                inflater: &harness.inflater,
             },
         );
-        harness.conn.open(response, now, env);
+        harness.conn.open(response, false, now, env);
         let sync = harness.sync();
         assert_eq!(sync.wake_at, Some(30), "the first ping is due");
         harness.flush();
@@ -103,6 +107,7 @@ impl Harness {
         let env = Env {
             config: &self.config,
             stats: &self.stats,
+            inflater: &self.inflater,
         };
         self.conn.poll_handshake(&mut self.input, self.now, env)
     }
@@ -117,6 +122,7 @@ impl Harness {
         let env = Env {
             config: &self.config,
             stats: &self.stats,
+            inflater: &self.inflater,
         };
         self.conn.next_input(&mut self.input, self.now, env)
     }
@@ -125,6 +131,7 @@ impl Harness {
         let env = Env {
             config: &self.config,
             stats: &self.stats,
+            inflater: &self.inflater,
         };
         self.conn.sync(self.now, env)
     }
@@ -135,6 +142,7 @@ impl Harness {
         let env = Env {
             config: &self.config,
             stats: &self.stats,
+            inflater: &self.inflater,
         };
         self.conn.on_deadline(tick, env)
     }
@@ -227,12 +235,14 @@ fn an_upgrade_past_the_connection_limit_gets_503() {
         Env {
             config: &config,
             stats: &stats,
+            inflater: &RefCell::new(Inflater::new()),
         },
     );
     let mut input = BytesMut::from(UPGRADE);
     let env = Env {
         config: &config,
         stats: &stats,
+        inflater: &RefCell::new(Inflater::new()),
     };
     assert!(matches!(
         conn.poll_handshake(&mut input, 0, env),
@@ -255,8 +265,9 @@ fn frames_right_behind_the_head_stay_for_the_decoder() {
     let env = Env {
         config: &harness.config,
         stats: &harness.stats,
+        inflater: &harness.inflater,
     };
-    harness.conn.open(Bytes::from_static(b"101"), 0, env);
+    harness.conn.open(Bytes::from_static(b"101"), false, 0, env);
     assert!(matches!(harness.next_input(), Some(Input::Text(text)) if text.as_str() == "early"));
 }
 

@@ -20,6 +20,7 @@
 //! | connection rate of the source address, or overall, exceeded (checked at accept, before the head is read) | 429, or 503, with `Retry-After` |
 //! | refused by the application's `on_connect` | its status |
 
+mod extensions;
 mod request;
 mod response;
 
@@ -27,6 +28,7 @@ use std::{net::SocketAddr, ops::Range};
 
 use bytes::Bytes;
 
+pub(crate) use extensions::negotiate_deflate;
 pub use request::Request;
 pub(crate) use response::{error_response, health_response, static_response, switching_protocols};
 

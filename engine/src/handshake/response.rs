@@ -6,8 +6,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::HandshakeError;
 
 /// The `101 Switching Protocols` response for a client key, echoing the
-/// subprotocol the application chose, if any.
-pub(crate) fn switching_protocols(key: &[u8], subprotocol: Option<&str>) -> Bytes {
+/// subprotocol the application chose, if any, and naming the extensions
+/// negotiated, if any.
+pub(crate) fn switching_protocols(
+    key: &[u8],
+    subprotocol: Option<&str>,
+    extensions: Option<&str>,
+) -> Bytes {
     let accept = tungstenite::handshake::derive_accept_key(key);
     let mut response = BytesMut::with_capacity(160);
     response.put_slice(
@@ -20,6 +25,10 @@ pub(crate) fn switching_protocols(key: &[u8], subprotocol: Option<&str>) -> Byte
     if let Some(protocol) = subprotocol {
         response.put_slice(b"\r\nSec-WebSocket-Protocol: ");
         response.put_slice(protocol.as_bytes());
+    }
+    if let Some(extensions) = extensions {
+        response.put_slice(b"\r\nSec-WebSocket-Extensions: ");
+        response.put_slice(extensions.as_bytes());
     }
     response.put_slice(b"\r\n\r\n");
     response.freeze()

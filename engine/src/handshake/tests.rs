@@ -41,7 +41,7 @@ fn a_valid_upgrade_is_accepted() {
 
 #[test]
 fn accept_key_follows_rfc_6455_example() {
-    let response = switching_protocols(b"dGhlIHNhbXBsZSBub25jZQ==", Some("chat"));
+    let response = switching_protocols(b"dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), None);
     let text = std::str::from_utf8(&response).unwrap();
     assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
     assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));

@@ -74,3 +74,52 @@ impl WireProtocol {
         }
     }
 }
+
+/// A wire protocol as one connection receives it: its frames as encoded,
+/// or compressed with permessage-deflate (RFC 7692) when the connection
+/// negotiated it. The topic index counts subscribers per encoding, so that
+/// a broadcast is compressed once, and only when someone takes it so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Encoding {
+    pub(crate) protocol: WireProtocol,
+    pub(crate) deflate: bool,
+}
+
+impl Encoding {
+    /// How many encodings there are: each protocol, plain and deflated.
+    pub(crate) const COUNT: usize = 2 * WireProtocol::COUNT;
+
+    /// Every encoding, in [`index`](Self::index) order.
+    pub(crate) const ALL: [Self; Self::COUNT] = {
+        let mut all = [Self::plain(WireProtocol::Raw); Self::COUNT];
+        let mut index = 0;
+        while index < WireProtocol::COUNT {
+            let protocol = WireProtocol::ALL[index];
+            all[index] = Self::plain(protocol);
+            all[index + WireProtocol::COUNT] = Self::deflated(protocol);
+            index += 1;
+        }
+        all
+    };
+
+    /// `protocol`'s frames as encoded.
+    pub(crate) const fn plain(protocol: WireProtocol) -> Self {
+        Self {
+            protocol,
+            deflate: false,
+        }
+    }
+
+    /// `protocol`'s frames, compressed.
+    pub(crate) const fn deflated(protocol: WireProtocol) -> Self {
+        Self {
+            protocol,
+            deflate: true,
+        }
+    }
+
+    /// A dense index, for per-encoding arrays: the plain encodings first.
+    pub(crate) const fn index(self) -> usize {
+        self.protocol.index() + if self.deflate { WireProtocol::COUNT } else { 0 }
+    }
+}

@@ -6,7 +6,7 @@ use ahash::{AHashMap, AHasher};
 use indexmap::IndexMap;
 
 use super::{ConnId, Subscription};
-use crate::protocol::WireProtocol;
+use crate::protocol::Encoding;
 
 type Subscribers<T> = IndexMap<ConnId, T, BuildHasherDefault<AHasher>>;
 
@@ -14,14 +14,14 @@ type Subscribers<T> = IndexMap<ConnId, T, BuildHasherDefault<AHasher>>;
 #[derive(Debug)]
 struct TopicSubscribers<T> {
     subscribers: Subscribers<T>,
-    per_protocol: [u32; WireProtocol::COUNT],
+    per_encoding: [u32; Encoding::COUNT],
 }
 
 impl<T> Default for TopicSubscribers<T> {
     fn default() -> Self {
         Self {
             subscribers: IndexMap::default(),
-            per_protocol: [0; WireProtocol::COUNT],
+            per_encoding: [0; Encoding::COUNT],
         }
     }
 }
@@ -31,11 +31,11 @@ impl<T> Default for TopicSubscribers<T> {
 pub(crate) struct Inserted<T> {
     /// The subscription the connection had before, if any.
     pub(crate) replaced: Option<T>,
-    /// Whether the new subscription is the first of its protocol on this
+    /// Whether the new subscription is the first of its encoding on this
     /// loop for the topic.
-    pub(crate) first_of_protocol: bool,
-    /// Whether the replaced subscription was the last of its protocol.
-    pub(crate) last_of_old_protocol: bool,
+    pub(crate) first_of_encoding: bool,
+    /// Whether the replaced subscription was the last of its encoding.
+    pub(crate) last_of_old_encoding: bool,
 }
 
 /// Subscribers by topic, for one loop.
@@ -59,30 +59,30 @@ impl<T: Subscription> LocalIndex<T> {
             Some(entry) => entry,
             None => self.topics.entry(Arc::from(topic)).or_default(),
         };
-        let protocol = subscription.protocol().index();
+        let encoding = subscription.encoding().index();
         let replaced = entry.subscribers.insert(id, subscription);
-        let mut last_of_old_protocol = false;
+        let mut last_of_old_encoding = false;
         if let Some(old) = &replaced {
-            let old_protocol = old.protocol().index();
-            entry.per_protocol[old_protocol] -= 1;
-            last_of_old_protocol = entry.per_protocol[old_protocol] == 0;
+            let old_encoding = old.encoding().index();
+            entry.per_encoding[old_encoding] -= 1;
+            last_of_old_encoding = entry.per_encoding[old_encoding] == 0;
         }
-        entry.per_protocol[protocol] += 1;
+        entry.per_encoding[encoding] += 1;
         Inserted {
             replaced,
-            first_of_protocol: entry.per_protocol[protocol] == 1,
-            last_of_old_protocol,
+            first_of_encoding: entry.per_encoding[encoding] == 1,
+            last_of_old_encoding,
         }
     }
 
     /// Removes `id`'s subscription to `topic`: the subscription and whether
-    /// it was the last of its protocol on this loop.
+    /// it was the last of its encoding on this loop.
     pub(crate) fn remove(&mut self, topic: &str, id: ConnId) -> Option<(T, bool)> {
         let entry = self.topics.get_mut(topic)?;
         let subscription = entry.subscribers.swap_remove(&id)?;
-        let protocol = subscription.protocol().index();
-        entry.per_protocol[protocol] -= 1;
-        let last = entry.per_protocol[protocol] == 0;
+        let encoding = subscription.encoding().index();
+        entry.per_encoding[encoding] -= 1;
+        let last = entry.per_encoding[encoding] == 0;
         if entry.subscribers.is_empty() {
             self.topics.remove(topic);
         }
@@ -102,11 +102,11 @@ impl<T: Subscription> LocalIndex<T> {
         self.topics.get(topic)?.subscribers.get(&id)
     }
 
-    /// Whether `topic` has subscribers speaking `protocol` on this loop.
-    pub(crate) fn has_protocol(&self, topic: &str, protocol: WireProtocol) -> bool {
+    /// Whether `topic` has subscribers taking `encoding` on this loop.
+    pub(crate) fn has_encoding(&self, topic: &str, encoding: Encoding) -> bool {
         self.topics
             .get(topic)
-            .is_some_and(|entry| entry.per_protocol[protocol.index()] > 0)
+            .is_some_and(|entry| entry.per_encoding[encoding.index()] > 0)
     }
 
     /// How many subscribers `topic` has on this loop.

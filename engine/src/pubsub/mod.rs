@@ -23,12 +23,13 @@ use std::sync::Arc;
 pub(crate) use local::LocalIndex;
 pub(crate) use registry::{TopicEntry, TopicRegistry};
 
-use crate::protocol::WireProtocol;
+use crate::protocol::{Encoding, WireProtocol};
 
 /// What the local index needs to know about a subscription.
 pub(crate) trait Subscription {
-    /// The wire protocol the subscriber speaks.
-    fn protocol(&self) -> WireProtocol;
+    /// The wire protocol the subscriber speaks, and whether it takes it
+    /// compressed.
+    fn encoding(&self) -> Encoding;
 }
 
 /// A connection's address on its loop: its slab key, and the generation
@@ -102,6 +103,9 @@ pub(crate) struct Sub {
     pub(crate) protocol: WireProtocol,
     /// How a broadcast reaches it.
     pub(crate) kind: SubscriptionKind,
+    /// Whether it takes frames compressed (its connection negotiated
+    /// permessage-deflate); set by the reactor as it subscribes.
+    pub(crate) deflate: bool,
 }
 
 impl Sub {
@@ -110,6 +114,7 @@ impl Sub {
         Self {
             protocol,
             kind: SubscriptionKind::Plain,
+            deflate: false,
         }
     }
 
@@ -119,13 +124,24 @@ impl Sub {
         Self {
             protocol: WireProtocol::Raw,
             kind: SubscriptionKind::Server,
+            deflate: false,
+        }
+    }
+}
+
+impl Sub {
+    /// What it gets: its protocol's frame, compressed or not.
+    pub(crate) fn encoding(&self) -> Encoding {
+        Encoding {
+            protocol: self.protocol,
+            deflate: self.deflate,
         }
     }
 }
 
 impl Subscription for Sub {
-    fn protocol(&self) -> WireProtocol {
-        self.protocol
+    fn encoding(&self) -> Encoding {
+        Self::encoding(self)
     }
 }
 
@@ -148,34 +164,34 @@ impl<T: Subscription> LoopTopics<T> {
 
     /// Subscribes `id` to `topic`. Returns the subscription it replaced, if
     /// the connection was already subscribed (the registry is unchanged
-    /// then, unless the protocol changed).
+    /// then, unless the encoding changed).
     pub(crate) fn subscribe(&mut self, topic: &str, id: ConnId, subscription: T) -> Option<T> {
-        let protocol = subscription.protocol();
+        let encoding = subscription.encoding();
         let outcome = self.local.insert(topic, id, subscription);
         if let Some(old) = &outcome.replaced {
-            if old.protocol() == protocol {
+            if old.encoding() == encoding {
                 return outcome.replaced;
             }
             self.registry.unsubscribe(
                 topic,
                 self.loop_index,
-                old.protocol(),
-                outcome.last_of_old_protocol,
+                old.encoding(),
+                outcome.last_of_old_encoding,
             );
         }
         self.registry
-            .subscribe(topic, self.loop_index, protocol, outcome.first_of_protocol);
+            .subscribe(topic, self.loop_index, encoding, outcome.first_of_encoding);
         outcome.replaced
     }
 
     /// Unsubscribes `id` from `topic`, returning its subscription.
     pub(crate) fn unsubscribe(&mut self, topic: &str, id: ConnId) -> Option<T> {
-        let (subscription, last_of_protocol) = self.local.remove(topic, id)?;
+        let (subscription, last_of_encoding) = self.local.remove(topic, id)?;
         self.registry.unsubscribe(
             topic,
             self.loop_index,
-            subscription.protocol(),
-            last_of_protocol,
+            subscription.encoding(),
+            last_of_encoding,
         );
         Some(subscription)
     }

@@ -1,12 +1,16 @@
 //! The shared, lock-free part of the topic index.
 
-use crate::{config::MAX_LOOPS, protocol::WireProtocol};
+use crate::{
+    config::MAX_LOOPS,
+    protocol::{Encoding, WireProtocol},
+};
 
 /// What the registry knows about one topic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct TopicEntry {
-    /// For each wire protocol, a bit per loop that has subscribers of it.
-    pub(crate) loops: [u64; WireProtocol::COUNT],
+    /// For each encoding (a wire protocol, plain or compressed), a bit per
+    /// loop that has subscribers taking it.
+    pub(crate) loops: [u64; Encoding::COUNT],
     /// Subscribers on all loops.
     pub(crate) subscribers: u64,
 }
@@ -21,13 +25,20 @@ impl TopicEntry {
     /// an encoder is given to produce that protocol's frame.
     pub(crate) fn with_protocol(protocol: WireProtocol) -> Self {
         let mut entry = Self::default();
-        entry.loops[protocol.index()] = 1;
+        entry.loops[Encoding::plain(protocol).index()] = 1;
         entry
     }
 
-    /// Whether any loop has subscribers speaking `protocol`.
+    /// Whether any loop has subscribers speaking `protocol`, compressed or
+    /// not (the frame is encoded for both).
     pub(crate) fn has_protocol(&self, protocol: WireProtocol) -> bool {
-        self.loops[protocol.index()] != 0
+        self.has_encoding(Encoding::plain(protocol))
+            || self.has_encoding(Encoding::deflated(protocol))
+    }
+
+    /// Whether any loop has subscribers taking `encoding`.
+    pub(crate) fn has_encoding(&self, encoding: Encoding) -> bool {
+        self.loops[encoding.index()] != 0
     }
 }
 
@@ -121,12 +132,12 @@ impl TopicRegistry {
     }
 
     /// Counts a new subscriber on `loop_index`; sets the loop's bit for
-    /// `protocol` if it is the loop's first of that protocol.
+    /// `encoding` if it is the loop's first of that encoding.
     pub(crate) fn subscribe(
         &self,
         topic: &str,
         loop_index: usize,
-        protocol: WireProtocol,
+        encoding: Encoding,
         first_on_loop: bool,
     ) {
         let bit = loop_bit(loop_index);
@@ -135,7 +146,7 @@ impl TopicRegistry {
             let mut entry = current.map(|(_, entry)| *entry).unwrap_or_default();
             entry.subscribers += 1;
             if first_on_loop {
-                entry.loops[protocol.index()] |= bit;
+                entry.loops[encoding.index()] |= bit;
             }
             papaya::Operation::<_, ()>::Insert(entry)
         });
@@ -145,13 +156,13 @@ impl TopicRegistry {
     }
 
     /// Counts a subscriber gone from `loop_index`; clears the loop's bit if
-    /// it was the loop's last of `protocol`, and forgets the topic when no
+    /// it was the loop's last of `encoding`, and forgets the topic when no
     /// subscriber is left anywhere.
     pub(crate) fn unsubscribe(
         &self,
         topic: &str,
         loop_index: usize,
-        protocol: WireProtocol,
+        encoding: Encoding,
         last_on_loop: bool,
     ) {
         let bit = loop_bit(loop_index);
@@ -163,7 +174,7 @@ impl TopicRegistry {
             let mut entry = *entry;
             entry.subscribers = entry.subscribers.saturating_sub(1);
             if last_on_loop {
-                entry.loops[protocol.index()] &= !bit;
+                entry.loops[encoding.index()] &= !bit;
             }
             if entry.subscribers == 0 {
                 papaya::Operation::Remove

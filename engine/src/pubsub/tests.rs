@@ -6,13 +6,14 @@ use std::{collections::HashMap, sync::Arc, thread};
 use proptest::prelude::*;
 
 use super::*;
+use crate::protocol::Encoding;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sub(WireProtocol);
 
 impl Subscription for Sub {
-    fn protocol(&self) -> WireProtocol {
-        self.0
+    fn encoding(&self) -> Encoding {
+        Encoding::plain(self.0)
     }
 }
 
@@ -28,7 +29,7 @@ fn first_and_last_subscribers_set_and_clear_the_loop_bit() {
     loop0.subscribe("room:1", ConnId::new(2, 0), Sub(PHX));
     loop3.subscribe("room:1", ConnId::new(1, 0), Sub(AMBER));
     let entry = registry.lookup("room:1").unwrap();
-    assert_eq!(entry.loops, [0, 0b1, 0b1000]);
+    assert_eq!(entry.loops, [0, 0b1, 0b1000, 0, 0, 0]);
     assert_eq!(entry.subscribers, 3);
     assert_eq!(entry.all_loops(), 0b1001);
 
@@ -36,9 +37,15 @@ fn first_and_last_subscribers_set_and_clear_the_loop_bit() {
         loop0.unsubscribe("room:1", ConnId::new(1, 0)),
         Some(Sub(PHX))
     );
-    assert_eq!(registry.lookup("room:1").unwrap().loops, [0, 0b1, 0b1000]);
+    assert_eq!(
+        registry.lookup("room:1").unwrap().loops,
+        [0, 0b1, 0b1000, 0, 0, 0]
+    );
     loop0.unsubscribe("room:1", ConnId::new(2, 0));
-    assert_eq!(registry.lookup("room:1").unwrap().loops, [0, 0, 0b1000]);
+    assert_eq!(
+        registry.lookup("room:1").unwrap().loops,
+        [0, 0, 0b1000, 0, 0, 0]
+    );
     loop3.unsubscribe("room:1", ConnId::new(1, 0));
     assert!(
         registry.lookup("room:1").is_none(),
@@ -64,7 +71,7 @@ fn resubscribing_replaces_without_double_counting() {
         Some(Sub(PHX))
     );
     let entry = registry.lookup("t").unwrap();
-    assert_eq!((entry.loops, entry.subscribers), ([0, 0, 0b10], 1));
+    assert_eq!((entry.loops, entry.subscribers), ([0, 0, 0b10, 0, 0, 0], 1));
     assert_eq!(topics.unsubscribe("t", ConnId::new(99, 0)), None);
     assert_eq!(topics.local().subscribers("t").count(), 1);
 }
@@ -173,7 +180,7 @@ fn loops_on_threads_keep_the_registry_consistent() {
     assert_eq!(
         registry.lookup("t0"),
         Some(TopicEntry {
-            loops: [0, 0b1111, 0],
+            loops: [0, 0b1111, 0, 0, 0, 0],
             subscribers: 4
         })
     );

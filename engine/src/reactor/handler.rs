@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thin_vec::ThinVec;
 
-use super::{ConnHandle, Connecting, Decision, Later, LoopContext, mailbox::AppMessage};
+use super::{ConnHandle, Connecting, Decision, Later, LoopContext, compress, mailbox::AppMessage};
 use crate::{
     broadcast::{Broadcast, Delivery},
     conn::{Outbox, SendError},
@@ -356,6 +356,8 @@ impl<S> Conn<'_, S> {
     /// Sends a frame encoded beforehand (see [`crate::wire`]), for instance
     /// one shared by many connections.
     pub fn send_frame(&mut self, frame: Bytes) -> Result<(), SendError> {
+        let compression = self.ctx.config.compression;
+        let frame = compress::for_connection(frame, self.outbox.deflate, compression);
         let result = self
             .outbox
             .enqueue(frame, &self.ctx.config, &self.ctx.stats);
@@ -420,7 +422,10 @@ impl<S> Conn<'_, S> {
     /// Subscribes with the protocol whose frame the subscription gets and
     /// its kind, for protocol layers. Returns `false` if the connection was
     /// already subscribed (its subscription is replaced).
-    pub(crate) fn subscribe_as(&mut self, topic: &str, sub: Sub) -> bool {
+    pub(crate) fn subscribe_as(&mut self, topic: &str, mut sub: Sub) -> bool {
+        // A connection that negotiated permessage-deflate takes broadcasts
+        // compressed (once per broadcast, for all such subscribers).
+        sub.deflate = self.outbox.deflate && self.ctx.config.compression.is_some();
         if self.topics.iter().any(|t| &**t == topic) {
             self.ctx.topics.subscribe(topic, self.id, sub);
             return false;
@@ -459,11 +464,13 @@ impl<S> Conn<'_, S> {
     /// this connection too if `include_self`. Delivered when the callback
     /// returns, within the same loop turn.
     pub(crate) fn broadcast(&mut self, broadcast: Broadcast, include_self: bool) {
-        let broadcast = if include_self {
+        let mut broadcast = if include_self {
             broadcast
         } else {
             broadcast.excluding(self.ctx.loop_index, self.id)
         };
+        let registry = self.ctx.topics.registry();
+        compress::compress_broadcast(&mut broadcast, registry, self.ctx.config.compression);
         self.ctx.publishes.push(Arc::new(broadcast));
     }
 

@@ -51,6 +51,7 @@
 //! handler for it runs; a stale event or command (for a slot that was
 //! freed and reused) is recognised by the generation in its token.
 
+mod compress;
 mod deferred;
 mod handler;
 mod listener;
@@ -79,6 +80,7 @@ use crate::{
     conn::Outbox,
     metrics::LoopStats,
     pubsub::{ConnId, LoopTopics, Sub, TopicRegistry},
+    wire::Inflater,
 };
 
 /// A link from this node to others (the cluster bus), attached from above:
@@ -126,6 +128,9 @@ impl std::fmt::Debug for SyncHandler {
 #[derive(Debug)]
 pub(crate) struct LoopContext {
     pub(crate) config: Arc<ServerConfig>,
+    /// Inflates compressed client messages (permessage-deflate), one at a
+    /// time; a `RefCell` because connections borrow the context shared.
+    pub(crate) inflater: std::cell::RefCell<Inflater>,
     pub(crate) stats: Arc<LoopStats>,
     pub(crate) mailbox: Arc<Mailbox>,
     /// Connections with frames queued this turn, to flush at its end.

@@ -14,12 +14,13 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    Command, Mailbox, Relay, Service, listener, mailbox::AppMessage, route_publish, worker::Worker,
+    Command, Mailbox, Relay, Service, compress::compress_broadcast, listener, mailbox::AppMessage,
+    route_publish, worker::Worker,
 };
 use crate::{
     admission::RateLimit,
     broadcast::Broadcast,
-    config::{ConfigError, ServerConfig, SlowConsumerPolicy, StaticFile},
+    config::{Compression, ConfigError, ServerConfig, SlowConsumerPolicy, StaticFile},
     conflation::Conflation,
     metrics::{LoopStats, ServerStats, TurnTimes},
     pubsub::{TopicEntry, TopicRegistry},
@@ -166,6 +167,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Turns permessage-deflate on for the clients that offer it (browsers
+    /// and Node's `ws` do), compressing as `compression` says. Default:
+    /// off (see [`Compression`]).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.config.compression = Some(compression);
+        self
+    }
+
     /// Limits how fast one source address may open connections: past
     /// `limit`, 429 with `Retry-After` (counted in
     /// [`ServerStats::connections_rate_limited`]). Default: no limit.
@@ -278,6 +287,7 @@ impl ServerBuilder {
             open,
             registry,
             relay: self.relay,
+            compression: config.compression,
         };
         let mut server = Server {
             handle,
@@ -401,6 +411,9 @@ pub struct ServerHandle {
     open: Arc<AtomicUsize>,
     registry: Arc<TopicRegistry>,
     relay: Option<Arc<dyn Relay>>,
+    /// permessage-deflate, if on: broadcasts published through this handle
+    /// are compressed here, once.
+    compression: Option<Compression>,
 }
 
 impl ServerHandle {
@@ -458,7 +471,8 @@ impl ServerHandle {
 
     /// Sends a broadcast to this node's loops only (what came from another
     /// node).
-    pub(crate) fn broadcast_local(&self, broadcast: Broadcast) -> usize {
+    pub(crate) fn broadcast_local(&self, mut broadcast: Broadcast) -> usize {
+        compress_broadcast(&mut broadcast, &self.registry, self.compression);
         route_publish(&self.registry, &self.mailboxes, &Arc::new(broadcast), None)
     }
 

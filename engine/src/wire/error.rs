@@ -96,6 +96,18 @@ pub enum ProtocolError {
     /// [`CloseCode::is_allowed_on_wire`]). Close code 1002.
     #[error("close code {0} is not allowed on the wire")]
     InvalidCloseCode(u16),
+    /// A compressed message (permessage-deflate) that inflates past the
+    /// message limit, found as soon as the output passes it. Close code
+    /// 1009.
+    #[error("message inflates past the limit of {max} bytes")]
+    InflatedTooLarge {
+        /// The configured limit.
+        max: usize,
+    },
+    /// A compressed message whose payload is not a DEFLATE stream. Close
+    /// code 1007.
+    #[error("invalid compressed data")]
+    BadCompression,
 }
 
 impl ProtocolError {
@@ -112,8 +124,10 @@ impl ProtocolError {
     /// ```
     pub const fn close_code(&self) -> CloseCode {
         match self {
-            Self::FrameTooLarge { .. } | Self::MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
-            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::FrameTooLarge { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::InflatedTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
+            Self::InvalidUtf8 | Self::BadCompression => CloseCode::INVALID_PAYLOAD,
             Self::UnmaskedFrame
             | Self::ReservedBits { .. }
             | Self::ReservedOpcode(_)
@@ -145,4 +159,13 @@ pub enum EncodeError {
     /// 3000-4999.
     #[error("close code {0} may not be sent")]
     CloseCodeNotSendable(u16),
+}
+
+impl From<super::InflateError> for ProtocolError {
+    fn from(err: super::InflateError) -> Self {
+        match err {
+            super::InflateError::TooLarge { limit } => Self::InflatedTooLarge { max: limit },
+            super::InflateError::Corrupt => Self::BadCompression,
+        }
+    }
 }

@@ -37,6 +37,7 @@
 
 mod close;
 mod decode;
+mod deflate;
 mod encode;
 mod error;
 mod header;
@@ -49,6 +50,7 @@ mod tests;
 
 pub use close::{CloseCode, CloseFrame};
 pub use decode::{Decoder, DecoderConfig, Message};
+pub use deflate::{Deflater, InflateError, Inflater, RSV1};
 pub use encode::{
     FrameBuilder, binary_frame, client_frame, close_frame, ping_frame, pong_frame, server_frame,
     server_header, text_frame,

@@ -39,7 +39,7 @@ use crate::{
     broadcast::{Broadcast, Delivery},
     conflation::{self, ConflationKey},
     metrics::bump,
-    protocol::WireProtocol,
+    protocol::Encoding,
     pubsub::{ConnId, SubscriptionKind},
     reactor::{LoopContext, route_publish},
 };
@@ -48,15 +48,15 @@ use crate::{
 const MAX_BATCHED_FRAME: usize = 16 * 1024;
 /// The most messages one run holds.
 const MAX_RUN_MESSAGES: usize = 256;
-/// The most bytes one run's joined frame holds, per protocol.
+/// The most bytes one run's joined frame holds, per encoding.
 const MAX_RUN_BYTES: usize = 256 * 1024;
 
 /// A run of broadcasts to one topic, ready to be queued to its subscribers.
 struct Run<'a> {
     broadcasts: &'a [Arc<Broadcast>],
-    /// Per protocol, the run's frames of that protocol joined, and how many
+    /// Per encoding, the run's frames of that encoding joined, and how many
     /// messages that is (none for a conflated topic).
-    joined: [Option<(Bytes, u32)>; WireProtocol::COUNT],
+    joined: [Option<(Bytes, u32)>; Encoding::COUNT],
     /// This loop's connections that some message of the run excludes.
     excluded: Vec<ConnId>,
     /// For each subscription kind other than `Plain` met so far: whether
@@ -68,18 +68,18 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// The run, its frames joined for the protocols `wanted` says this
-    /// loop's subscribers speak.
+    /// The run, its frames joined for the encodings `wanted` says this
+    /// loop's subscribers take.
     fn new(
         broadcasts: &'a [Arc<Broadcast>],
         ctx: &LoopContext,
-        wanted: impl Fn(WireProtocol) -> bool,
+        wanted: impl Fn(Encoding) -> bool,
     ) -> Self {
         let loop_index = ctx.loop_index;
         let keys = conflation_keys(broadcasts, ctx);
-        let joined = WireProtocol::ALL.map(|protocol| {
-            if keys.is_empty() && wanted(protocol) {
-                join(broadcasts, protocol)
+        let joined = Encoding::ALL.map(|encoding| {
+            if keys.is_empty() && wanted(encoding) {
+                join(broadcasts, encoding)
             } else {
                 None
             }
@@ -138,17 +138,17 @@ fn conflation_keys(broadcasts: &[Arc<Broadcast>], ctx: &LoopContext) -> Vec<Opti
         .collect()
 }
 
-/// The frames of `protocol` in `broadcasts`, joined: shared as they are for
+/// The frames of `encoding` in `broadcasts`, joined: shared as they are for
 /// a single message, copied once into one buffer for several.
-fn join(broadcasts: &[Arc<Broadcast>], protocol: WireProtocol) -> Option<(Bytes, u32)> {
-    let mut frames = broadcasts.iter().filter_map(|b| b.frame(protocol));
+fn join(broadcasts: &[Arc<Broadcast>], encoding: Encoding) -> Option<(Bytes, u32)> {
+    let mut frames = broadcasts.iter().filter_map(|b| b.frame_for(encoding));
     let first = frames.next()?;
     let Some(second) = frames.next() else {
         return Some((first.clone(), 1));
     };
     let total = broadcasts
         .iter()
-        .filter_map(|b| b.frame(protocol))
+        .filter_map(|b| b.frame_for(encoding))
         .map(Bytes::len)
         .sum();
     let mut joined = BytesMut::with_capacity(total);
@@ -164,9 +164,9 @@ fn join(broadcasts: &[Arc<Broadcast>], protocol: WireProtocol) -> Option<(Bytes,
 
 /// The largest frame of a broadcast.
 fn largest_frame(broadcast: &Broadcast) -> usize {
-    WireProtocol::ALL
+    Encoding::ALL
         .iter()
-        .filter_map(|&protocol| broadcast.frame(protocol))
+        .filter_map(|&encoding| broadcast.frame_for(encoding))
         .map(Bytes::len)
         .max()
         .unwrap_or(0)
@@ -253,8 +253,8 @@ impl<S: Service> Worker<S> {
     fn deliver_run(&mut self, broadcasts: &[Arc<Broadcast>]) {
         let local = self.ctx.topics.local();
         let topic = broadcasts[0].topic();
-        let mut run = Run::new(broadcasts, &self.ctx, |protocol| {
-            local.has_protocol(topic, protocol)
+        let mut run = Run::new(broadcasts, &self.ctx, |encoding| {
+            local.has_encoding(topic, encoding)
         });
         let leftovers = self.queue_run(&mut run);
         bump(&self.ctx.stats.publishes_handled, broadcasts.len() as u64);
@@ -295,7 +295,7 @@ impl<S: Service> Worker<S> {
                 leftovers.one_by_one.push(id);
                 continue;
             }
-            let Some((bytes, messages)) = &run.joined[sub.protocol.index()] else {
+            let Some((bytes, messages)) = &run.joined[sub.encoding().index()] else {
                 continue;
             };
             if !slot
@@ -343,7 +343,7 @@ impl<S: Service> Worker<S> {
             };
             match delivery {
                 Delivery::Frame => {
-                    let Some(frame) = broadcast.frame(sub.protocol) else {
+                    let Some(frame) = broadcast.frame_for(sub.encoding()) else {
                         continue;
                     };
                     let LoopContext {

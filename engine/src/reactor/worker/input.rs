@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use super::{ReadUntil, Service, Worker, env};
 use crate::{
-    conn::{HandshakeStep, Input, Upgrade},
+    conn::{Accepting, HandshakeStep, Input, Upgrade},
     handshake::{self, HandshakeError},
     metrics::bump,
     pubsub::ConnId,
@@ -146,22 +146,27 @@ impl<S: Service> Worker<S> {
         let decision = catch_unwind(AssertUnwindSafe(|| {
             service.on_connect(&upgrade.request, later)
         }));
+        let compression = self.ctx.config.compression;
+        let accepting = Accepting {
+            key: upgrade.key,
+            extensions: compression.and_then(|_| handshake::negotiate_deflate(&upgrade.request)),
+        };
         match decision {
-            Ok(Connecting::Now(decision)) => self.conclude(key, &upgrade.key, Ok(decision)),
-            Ok(Connecting::Later) => self.conns[key].conn.await_decision(upgrade.key),
-            Err(_) => self.conclude(key, &upgrade.key, Err(upgrade.request.path())),
+            Ok(Connecting::Now(decision)) => self.conclude(key, accepting, Ok(decision)),
+            Ok(Connecting::Later) => self.conns[key].conn.await_decision(accepting),
+            Err(_) => self.conclude(key, accepting, Err(upgrade.request.path())),
         }
     }
 
     /// A decision taken off the loop has come back (`None`: dropped
     /// unanswered, refused with 503).
     pub(super) fn decided(&mut self, conn: ConnId, decision: Option<Decision>) {
-        let accept_key = self
+        let accepting = self
             .conns
             .get_mut(conn.key())
             .filter(|slot| slot.generation == conn.generation())
             .and_then(|slot| slot.conn.decided());
-        let Some(accept_key) = accept_key else {
+        let Some(accepting) = accepting else {
             bump(&self.ctx.stats.commands_for_closed_connections, 1);
             return;
         };
@@ -174,8 +179,8 @@ impl<S: Service> Worker<S> {
         };
         let service = &*self.service;
         match catch_unwind(AssertUnwindSafe(|| service.on_connect_decided(decision))) {
-            Ok(decision) => self.conclude(conn.key(), &accept_key, Ok(decision)),
-            Err(_) => self.conclude(conn.key(), &accept_key, Err("a deferred decision")),
+            Ok(decision) => self.conclude(conn.key(), accepting, Ok(decision)),
+            Err(_) => self.conclude(conn.key(), accepting, Err("a deferred decision")),
         }
     }
 
@@ -183,7 +188,7 @@ impl<S: Service> Worker<S> {
     fn conclude(
         &mut self,
         key: usize,
-        accept_key: &[u8; 24],
+        accepting: Accepting,
         decision: Result<Result<Accept<S::State>, Reject>, &str>,
     ) {
         let accept = match decision {
@@ -203,9 +208,14 @@ impl<S: Service> Worker<S> {
             }
         };
         let now = self.now_tick();
-        let response = handshake::switching_protocols(accept_key, accept.subprotocol.as_deref());
+        let response = handshake::switching_protocols(
+            &accepting.key,
+            accept.subprotocol.as_deref(),
+            accepting.extensions,
+        );
+        let deflate = accepting.extensions.is_some();
         let slot = &mut self.conns[key];
-        slot.conn.open(response, now, env(&self.ctx));
+        slot.conn.open(response, deflate, now, env(&self.ctx));
         slot.state = Some(accept.state);
         self.sync(key);
         self.call(key, |service, conn| service.on_open(conn));

@@ -30,7 +30,7 @@ use slab::Slab;
 use thin_vec::ThinVec;
 
 use super::{
-    Command, LoopContext, Mailbox, Relay, Service,
+    Command, LoopContext, Mailbox, Relay, Service, compress,
     mailbox::{AppMessage, Inbox},
     names::Names,
 };
@@ -43,7 +43,7 @@ use crate::{
     metrics::{LoopStats, bump},
     pubsub::{ConnId, LoopTopics, TopicRegistry},
     timer::{Expiry, TICK, Tick, TimerWheel},
-    wire::CloseCode,
+    wire::{CloseCode, Inflater},
 };
 
 const LISTENER: Token = Token(usize::MAX);
@@ -108,6 +108,7 @@ fn env(ctx: &LoopContext) -> Env<'_> {
     Env {
         config: &ctx.config,
         stats: &ctx.stats,
+        inflater: &ctx.inflater,
     }
 }
 
@@ -193,6 +194,7 @@ impl<S: Service> Worker<S> {
             rx,
             ctx: LoopContext {
                 config,
+                inflater: std::cell::RefCell::new(Inflater::new()),
                 stats: Arc::new(LoopStats::default()),
                 mailbox,
                 dirty: Vec::new(),
@@ -402,6 +404,8 @@ impl<S: Service> Worker<S> {
                 Command::Send { conn, frame } => {
                     if let Some(key) = self.open_key(conn) {
                         let outbox = self.conns[key].conn.outbox();
+                        let compression = self.ctx.config.compression;
+                        let frame = compress::for_connection(frame, outbox.deflate, compression);
                         // A refused send is counted by the outbox itself.
                         let _ = outbox.enqueue(frame, &self.ctx.config, &self.ctx.stats);
                         self.sync(key);
