@@ -17,43 +17,12 @@ import { writeFileSync, mkdtempSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
-import { until } from "./support.mjs";
-
-const HERALD =
-  process.env.HERALD_BIN ??
-  fileURLToPath(new URL("../../target/debug/herald", import.meta.url));
+import { startHerald, until } from "./support.mjs";
 
 const CLIENTS = 40;
 const DRAIN_SECS = 2;
-
-/** Starts a `herald` node on a free port with `config`; resolves with its
- * process and port once it logs its address. */
-function startNode(configPath) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      HERALD,
-      ["--config", configPath, "--listen", "127.0.0.1:0", "--no-api", "--no-demo", "--loops", "1",
-        "--no-pin", "--log-format", "json"],
-      { stdio: ["ignore", "ignore", "pipe"], env: { PATH: process.env.PATH } },
-    );
-    let buffered = "";
-    child.on("error", reject);
-    child.on("exit", (code) => reject(new Error(`herald exited early with ${code}`)));
-    child.stderr.on("data", (chunk) => {
-      buffered += chunk;
-      const match = buffered.match(/"addr":"127\.0\.0\.1:(\d+)"/);
-      if (match) {
-        child.removeAllListeners("exit");
-        child.stderr.removeAllListeners("data");
-        child.stderr.resume();
-        resolve({ child, port: Number(match[1]) });
-      }
-    });
-  });
-}
 
 /** A TCP balancer on a free port: each connection goes to the first
  * backend that accepts it, as a health-checked load balancer would. */
@@ -100,8 +69,8 @@ test("a draining node's phoenix clients rejoin through the balancer within the d
   const dir = mkdtempSync(join(tmpdir(), "herald-drain-"));
   const configPath = join(dir, "herald.toml");
   writeFileSync(configPath, `[server]\ndrain_secs = ${DRAIN_SECS}\nshutdown_timeout_secs = 1\n`);
-  const first = await startNode(configPath);
-  const second = await startNode(configPath);
+  const first = await startHerald(configPath);
+  const second = await startHerald(configPath);
   const balancer = await startBalancer([first.port, second.port]);
   const clients = [];
   try {

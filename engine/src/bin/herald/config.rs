@@ -63,6 +63,10 @@ pub(crate) struct ServerSection {
     pub(crate) connect_burst: u32,
     pub(crate) message_rate: u32,
     pub(crate) message_burst: u32,
+    /// permessage-deflate for the clients that offer it.
+    pub(crate) compression: bool,
+    pub(crate) compression_level: u32,
+    pub(crate) compression_min_bytes: usize,
 }
 
 impl Default for ServerSection {
@@ -91,6 +95,9 @@ impl Default for ServerSection {
             connect_burst: 0,
             message_rate: 0,
             message_burst: 0,
+            compression: false,
+            compression_level: 6,
+            compression_min_bytes: 256,
         }
     }
 }
@@ -127,6 +134,15 @@ impl ServerSection {
     }
 
     /// The per-connection message rate limit, if set.
+    /// The compression asked for, if on.
+    pub(crate) fn compression(&self) -> Option<herald::Compression> {
+        self.compression.then(|| {
+            herald::Compression::new()
+                .level(self.compression_level)
+                .min_size(self.compression_min_bytes)
+        })
+    }
+
     pub(crate) fn message_limit(&self) -> Option<RateLimit> {
         limit(self.message_rate, self.message_burst)
     }

@@ -235,6 +235,9 @@ fn start_engine(config: &Config, cluster: &Cluster, backend: &Backend) -> std::i
     if let Some(limit) = server.message_limit() {
         builder = builder.message_rate(limit);
     }
+    if let Some(compression) = server.compression() {
+        builder = builder.compression(compression);
+    }
     if server.demo {
         builder = builder
             .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)
