@@ -229,9 +229,50 @@ pub fn envelope(data: &[u8]) {
     }
 }
 
+/// Inflates arbitrary bytes as a compressed message (permessage-deflate)
+/// and round-trips them through the compressor, and checks that: nothing
+/// panics, the output never passes the limit (too large is an error, found
+/// before more than a step past it is held), and what is compressed comes
+/// back unchanged within the limit, or as too large past it.
+pub fn inflate(data: &[u8]) {
+    use crate::wire::{Deflater, FrameHeader, InflateError, Inflater};
+    let [params, payload @ ..] = data else {
+        return;
+    };
+    let limit = 16 << (params & 0x0f);
+    let mut inflater = Inflater::new();
+    match inflater.inflate(payload, limit) {
+        Ok(inflated) => assert!(inflated.len() <= limit, "inflated past the limit"),
+        Err(InflateError::TooLarge { limit: reported }) => assert_eq!(reported, limit),
+        Err(InflateError::Corrupt) => {}
+    }
+    let level = u32::from(params >> 4) % 10;
+    let frame = Deflater::new(level).frame(OpCode::Binary, payload);
+    let (header, header_len) = FrameHeader::parse(&frame)
+        .expect("a compressed frame parses")
+        .expect("a compressed frame is whole");
+    assert_eq!(header.rsv, crate::wire::RSV1);
+    match inflater.inflate(&frame[header_len..], limit) {
+        Ok(inflated) => assert_eq!(&inflated[..], payload, "round trip changed the message"),
+        Err(InflateError::TooLarge { .. }) => assert!(payload.len() > limit),
+        Err(InflateError::Corrupt) => panic!("herald's own compression was refused"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inflate_oracle_holds_on_sample_inputs() {
+        inflate(&[]);
+        inflate(&[0x30]);
+        inflate(&[0x6f, 0xff, 0x00, 0x01, 0x02]);
+        inflate(&[0x92, 0x4b, 0x04, 0x00]);
+        let text = br#"{"event":"new_msg","payload":{"body":"hello hello hello"}}"#.repeat(30);
+        inflate(&[&[0x61][..], &text].concat());
+        inflate(&[&[0x90][..], &text].concat());
+    }
 
     #[test]
     fn a_sync_envelope_with_a_topic_is_refused() {
