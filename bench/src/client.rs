@@ -2,15 +2,20 @@
 //! connections on one `mio` poll, each a small state machine.
 //!
 //! It speaks just enough of the protocol to drive a server hard and cheaply:
-//! the upgrade request, masked client frames, and unmasked server frames.
+//! the upgrade request, masked client frames, and unmasked server frames
+//! (compressed ones too, with `--deflate`, inflated only as far as it needs).
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     io::{self, ErrorKind, Read, Write},
     net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
+use flate2::{Decompress, FlushDecompress};
 use herald::wire::{FrameHeader, OpCode, client_frame};
 use mio::{Events, Interest, Poll, Registry, Token, net::TcpStream};
 
@@ -39,6 +44,59 @@ pub struct Client {
     /// When the last message was sent (for round-trip timing).
     pub sent_at: Option<Instant>,
 }
+
+/// Whether connections offer permessage-deflate (`--deflate`): set once,
+/// before any connects.
+static OFFER_DEFLATE: AtomicBool = AtomicBool::new(false);
+
+/// Makes every connection from now on offer permessage-deflate in its
+/// upgrade request; frames the server compresses (RSV1) are then inflated
+/// up to [`PREFIX`] bytes, enough to find a sequence number, and no
+/// further.
+pub fn offer_deflate(offer: bool) {
+    OFFER_DEFLATE.store(offer, Ordering::Relaxed);
+}
+
+/// Compressed payloads remembered per thread, by hash: a broadcast reaches
+/// every subscriber as the same bytes (no context takeover), so the load
+/// generator inflates each message once, not once per subscriber (which
+/// would make it, not the server, the bottleneck: reading a message's
+/// Huffman tables costs microseconds).
+const REMEMBERED: usize = 4096;
+
+thread_local! {
+    /// This thread's inflater for compressed frames' first bytes, and the
+    /// first bytes of the payloads it inflated lately.
+    static INFLATER: RefCell<(Decompress, HashMap<u64, ([u8; PREFIX], usize)>)> =
+        RefCell::new((Decompress::new(false), HashMap::new()));
+}
+
+/// The first bytes of a compressed message's payload, inflated into `out`
+/// (no context takeover: each message on its own); how many.
+fn inflate_prefix(compressed: &[u8], out: &mut [u8; PREFIX]) -> usize {
+    let key = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(compressed);
+    INFLATER.with_borrow_mut(|(inflater, remembered)| {
+        if let Some((prefix, len)) = remembered.get(&key) {
+            *out = *prefix;
+            return *len;
+        }
+        inflater.reset(false);
+        // The removed `00 00 ff ff` tail only ends the stream: the first
+        // bytes come out without it.
+        let len = match inflater.decompress(compressed, out, FlushDecompress::None) {
+            Ok(_) => inflater.total_out() as usize,
+            Err(_) => 0,
+        };
+        if remembered.len() >= REMEMBERED {
+            remembered.clear();
+        }
+        remembered.insert(key, (*out, len));
+        len
+    })
+}
+
+/// RSV1 in a parsed header: the frame is compressed.
+const COMPRESSED: u8 = 0b100;
 
 /// How many leading payload bytes a [`Received`] carries.
 pub const PREFIX: usize = 96;
@@ -118,7 +176,12 @@ impl Client {
             self.write_buf.extend_from_slice(
                 format!(
                     "GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{}\r\n",
+                    if OFFER_DEFLATE.load(Ordering::Relaxed) {
+                        "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                    } else {
+                        ""
+                    }
                 )
                 .as_bytes(),
             );
@@ -156,9 +219,16 @@ impl Client {
                 break;
             }
             let mut prefix = [0u8; PREFIX];
-            let shown = len.min(PREFIX);
-            prefix[..shown].copy_from_slice(&self.read_buf[header_len..header_len + shown]);
-            self.read_buf.advance(header_len + len);
+            let payload = &self.read_buf[header_len..header_len + len];
+            let len = if header.rsv & COMPRESSED != 0 {
+                inflate_prefix(payload, &mut prefix)
+            } else {
+                let shown = len.min(PREFIX);
+                prefix[..shown].copy_from_slice(&payload[..shown]);
+                len
+            };
+            self.read_buf
+                .advance(header_len + header.payload_len as usize);
             if header.opcode == OpCode::Ping {
                 self.send(OpCode::Pong, &[])?;
                 continue;
@@ -269,9 +339,15 @@ impl Client {
             if end > filled {
                 break;
             }
+            let payload = &scratch.buf[at + header_len..end];
             match header.opcode {
                 OpCode::Ping => pings += 1,
-                opcode => on_frame(opcode, &scratch.buf[at + header_len..end]),
+                opcode if header.rsv & COMPRESSED != 0 => {
+                    let mut prefix = [0u8; PREFIX];
+                    let shown = inflate_prefix(payload, &mut prefix);
+                    on_frame(opcode, &prefix[..shown]);
+                }
+                opcode => on_frame(opcode, payload),
             }
             at = end;
         }

@@ -52,6 +52,7 @@ use crate::{
 
 fn main() -> ExitCode {
     let options = Options::parse();
+    herald_bench::client::offer_deflate(options.deflate);
     let result = match (&options.vs, options.embedded) {
         (Some(_), true) => Err(io::Error::other(
             "--vs starts its servers as processes; leave out --embedded",

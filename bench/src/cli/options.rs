@@ -24,6 +24,15 @@ pub(crate) struct Options {
     /// always goes to `--addr`.
     #[arg(long, global = true, value_delimiter = ',')]
     pub(crate) also: Vec<SocketAddr>,
+    /// Offer permessage-deflate on every connection; compressed frames are
+    /// inflated only as far as the sequence number.
+    #[arg(long, global = true)]
+    pub(crate) deflate: bool,
+    /// Fan-out payloads that read like market data (rows of symbols and
+    /// prices: JSON that compresses about as real JSON does) instead of
+    /// one repeated letter.
+    #[arg(long, global = true)]
+    pub(crate) quotes: bool,
     /// The server's process id, to report its CPU time and memory.
     #[arg(long, global = true)]
     pub(crate) server_pid: Option<u32>,

@@ -36,6 +36,10 @@ struct Options {
     /// Serve Phoenix V2 channels instead of plain WebSocket pub/sub.
     #[arg(long)]
     phoenix: bool,
+    /// Offer permessage-deflate to the clients that ask (level 6, frames of
+    /// 256 bytes or more).
+    #[arg(long)]
+    compression: bool,
 }
 
 fn main() -> std::io::Result<()> {
@@ -45,6 +49,9 @@ fn main() -> std::io::Result<()> {
         .pin_cores(!options.no_pin);
     if let Some(loops) = options.loops {
         builder = builder.loops(loops);
+    }
+    if options.compression {
+        builder = builder.compression(herald::Compression::new());
     }
     let running = servers::start(builder, options.phoenix)?;
     let kind = if options.phoenix {

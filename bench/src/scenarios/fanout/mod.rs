@@ -137,7 +137,9 @@ fn print_report(
         )
         .figure("client_threads", threads, "")
         .figure("pacing", pacing, "")
-        .figure("payload", payload, "B")
+        .figure("payload", payload, "B");
+    note_frame_bytes(&mut report, options, plan);
+    report
         .figure(
             "deliveries",
             run.deliveries as f64 / elapsed.as_secs_f64(),
@@ -189,6 +191,32 @@ fn print_report(
         Some(_) => Headline::P99(run.delivery_latency.value_at_quantile(0.99)),
         None => Headline::Throughput(run.deliveries as f64 / elapsed.as_secs_f64()),
     }))
+}
+
+/// What one message weighs on the wire: its text, and with `--deflate`
+/// what it compresses to (herald's compressor at its default level, no
+/// context takeover: the bytes every compressed subscriber gets).
+fn note_frame_bytes(report: &mut Report, options: &Options, plan: &FanoutPlan) {
+    let filler = shared::filler(
+        plan.payload
+            .saturating_sub(if plan.phoenix { 40 } else { 16 }),
+        options.quotes,
+    );
+    let message = super::messages::fanout_message(plan.phoenix, 0, &filler);
+    report.figure("message_bytes", message.len(), "B");
+    if options.deflate {
+        let mut deflater = herald::wire::Deflater::new(herald::Compression::new().get_level());
+        let frame = deflater.frame(herald::wire::OpCode::Text, message.as_bytes());
+        report.note(
+            "message_bytes_deflated",
+            frame.len(),
+            "B",
+            format!(
+                "{:.1}x smaller, frame header included",
+                message.len() as f64 / frame.len() as f64
+            ),
+        );
+    }
 }
 
 /// Notes whether a run on a schedule kept up: what is still in flight at
