@@ -64,35 +64,47 @@ pub fn offer_deflate(offer: bool) {
 /// Huffman tables costs microseconds).
 const REMEMBERED: usize = 4096;
 
+/// A thread's inflater for compressed frames' first bytes, and the first
+/// bytes of the payloads it inflated lately (by hash).
+struct PrefixInflater {
+    decompress: Decompress,
+    remembered: HashMap<u64, ([u8; PREFIX], usize)>,
+}
+
 thread_local! {
-    /// This thread's inflater for compressed frames' first bytes, and the
-    /// first bytes of the payloads it inflated lately.
-    static INFLATER: RefCell<(Decompress, HashMap<u64, ([u8; PREFIX], usize)>)> =
-        RefCell::new((Decompress::new(false), HashMap::new()));
+    static INFLATER: RefCell<PrefixInflater> = RefCell::new(PrefixInflater {
+        decompress: Decompress::new(false),
+        remembered: HashMap::new(),
+    });
 }
 
 /// The first bytes of a compressed message's payload, inflated into `out`
 /// (no context takeover: each message on its own); how many.
 fn inflate_prefix(compressed: &[u8], out: &mut [u8; PREFIX]) -> usize {
     let key = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(compressed);
-    INFLATER.with_borrow_mut(|(inflater, remembered)| {
-        if let Some((prefix, len)) = remembered.get(&key) {
-            *out = *prefix;
-            return *len;
-        }
-        inflater.reset(false);
-        // The removed `00 00 ff ff` tail only ends the stream: the first
-        // bytes come out without it.
-        let len = match inflater.decompress(compressed, out, FlushDecompress::None) {
-            Ok(_) => inflater.total_out() as usize,
-            Err(_) => 0,
-        };
-        if remembered.len() >= REMEMBERED {
-            remembered.clear();
-        }
-        remembered.insert(key, (*out, len));
-        len
-    })
+    INFLATER.with_borrow_mut(
+        |PrefixInflater {
+             decompress: inflater,
+             remembered,
+         }| {
+            if let Some((prefix, len)) = remembered.get(&key) {
+                *out = *prefix;
+                return *len;
+            }
+            inflater.reset(false);
+            // The removed `00 00 ff ff` tail only ends the stream: the first
+            // bytes come out without it.
+            let len = match inflater.decompress(compressed, out, FlushDecompress::None) {
+                Ok(_) => inflater.total_out() as usize,
+                Err(_) => 0,
+            };
+            if remembered.len() >= REMEMBERED {
+                remembered.clear();
+            }
+            remembered.insert(key, (*out, len));
+            len
+        },
+    )
 }
 
 /// RSV1 in a parsed header: the frame is compressed.
