@@ -159,6 +159,8 @@ counters! {
     messages_received: Counter "messages_received_total",
     /// Client messages past the connection's message rate, not handled.
     messages_rate_limited: Counter "messages_rate_limited_total",
+    /// Compressed client messages inflated (permessage-deflate).
+    messages_inflated: Counter "messages_inflated_total",
     /// Broadcasts a loop delivered to its subscribers (one per loop reached).
     publishes_handled: Counter "broadcasts_handled_total",
     /// Messages queued for subscribers by broadcasts (one per message and

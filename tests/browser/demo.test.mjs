@@ -27,7 +27,9 @@ let apiBase;
 function startHerald(port, apiPort) {
   const child = spawn(
     heraldBin,
-    ["--listen", `127.0.0.1:${port}`, "--api-listen", `127.0.0.1:${apiPort}`, "--loops", "2", "--no-pin"],
+    // With permessage-deflate, which Chromium negotiates on every socket.
+    ["--listen", `127.0.0.1:${port}`, "--api-listen", `127.0.0.1:${apiPort}`, "--loops", "2", "--no-pin",
+      "--compression"],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   const exited = once(child, "exit");
@@ -90,9 +92,17 @@ test("two pages chat through the demo page", async () => {
   await say(bob.page, "hi alice");
   await alice.page.getByText("bob: hi alice").waitFor(WAIT);
 
+  // Chromium offers permessage-deflate; herald answers without context
+  // takeover, and a long broadcast reaches both pages compressed.
+  const extensions = await alice.page.evaluate(() => new Promise((resolve) => {
+    const ws = new WebSocket(`ws://${location.host}/socket/websocket?vsn=2.0.0`);
+    ws.onopen = () => { resolve(ws.extensions); ws.close(); };
+  }));
+  assert.equal(extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+  const body = "from the backend, " + "and a long story ".repeat(30);
   const response = await fetch(apiBase + "/api/broadcast", {
     method: "POST",
-    body: JSON.stringify({ topic: "room:lobby", event: "new_msg", payload: { user: "api", body: "from the backend" } }),
+    body: JSON.stringify({ topic: "room:lobby", event: "new_msg", payload: { user: "api", body } }),
   });
   assert.equal(response.status, 200);
   await alice.page.getByText("api: from the backend").waitFor(WAIT);

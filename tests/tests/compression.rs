@@ -213,6 +213,8 @@ fn a_broadcast_reaches_compressing_and_plain_subscribers_and_replies_are_compres
     zipped.send(&json!(["1", "3", "room:1", "said", {"body": "x".repeat(300)}]).to_string());
     assert_eq!(plain.recv().1[3], "said");
     assert_eq!(zipped.recv().1[3], "said");
+    // The join, the echo and the message came compressed.
+    assert_eq!(engine.handle().server().stats().messages_inflated, 3);
     engine.shutdown();
 }
 

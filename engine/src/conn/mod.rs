@@ -563,6 +563,7 @@ impl Connection {
         }
         let limit = env.config.decoder.message_limit();
         let inflated = env.inflater.borrow_mut().inflate(&payload, limit)?;
+        bump(&env.stats.messages_inflated, 1);
         match opcode {
             OpCode::Text => Utf8Bytes::try_from_bytes(inflated)
                 .map(Message::Text)

@@ -522,6 +522,9 @@ pub(crate) struct Cli {
     /// Turn the HTTP API off.
     #[arg(long, env = "HERALD_NO_API")]
     pub(crate) no_api: bool,
+    /// Turn permessage-deflate on (server.compression).
+    #[arg(long, env = "HERALD_COMPRESSION")]
+    pub(crate) compression: bool,
     /// HMAC secret for HS256 connect tokens; set, tokens are required.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub(crate) jwt_secret: Option<String>,
@@ -586,6 +589,7 @@ impl Config {
         set(&mut server.loops, cli.loops);
         set(&mut server.max_connections, cli.max_connections);
         set(&mut server.allowed_origins, cli.allowed_origins.clone());
+        server.compression |= cli.compression;
         server.pin_cores &= !cli.no_pin;
         server.demo &= !cli.no_demo;
         set(&mut self.api.listen, cli.api_listen);
