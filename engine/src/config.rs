@@ -173,6 +173,10 @@ pub struct ServerConfig {
     /// compressed client message) for bandwidth, which pays for JSON and
     /// not for small or already compressed payloads.
     pub(crate) compression: Option<Compression>,
+    /// TLS (`wss://`), set with
+    /// [`ServerBuilder::tls`](crate::ServerBuilder::tls). Default: none
+    /// (cleartext, or TLS terminated by a proxy in front).
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// How herald compresses, when permessage-deflate is on
@@ -270,6 +274,7 @@ impl Default for ServerConfig {
             connect_rate: None,
             message_rate: None,
             compression: None,
+            tls: None,
             mailbox_capacity: 65_536,
             read_chunk: 16 * 1024,
         }

@@ -159,6 +159,7 @@ pub use handshake::{HEALTH_PATH, HandshakeError, Request};
 pub use metrics::{Metric, MetricKind, ServerStats, TURN_BUCKETS_MICROS, TurnTimes};
 pub use reactor::{
     Accept, Conn, ConnHandle, Handler, Reject, Server, ServerBuilder, ServerHandle, StartError,
+    TlsConfig, TlsError,
 };
 
 #[cfg(any(test, fuzzing))]

@@ -59,6 +59,7 @@ mod mailbox;
 mod names;
 mod server;
 mod sys;
+mod tls;
 mod worker;
 
 use std::{io, sync::Arc, thread::JoinHandle};
@@ -72,6 +73,8 @@ pub use handler::{Accept, Conn, Handler, Reject};
 pub use mailbox::ConnHandle;
 pub(crate) use mailbox::{AppMessage, Command, Mailbox};
 pub use server::{Server, ServerBuilder, ServerHandle, StartError};
+pub(crate) use tls::TlsSession;
+pub use tls::{TlsConfig, TlsError};
 
 use crate::{
     broadcast::Broadcast,

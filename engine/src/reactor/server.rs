@@ -14,8 +14,8 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    Command, Mailbox, Relay, Service, compress::compress_broadcast, listener, mailbox::AppMessage,
-    route_publish, worker::Worker,
+    Command, Mailbox, Relay, Service, TlsConfig, compress::compress_broadcast, listener,
+    mailbox::AppMessage, route_publish, worker::Worker,
 };
 use crate::{
     admission::RateLimit,
@@ -172,6 +172,14 @@ impl ServerBuilder {
     /// off (see [`Compression`]).
     pub fn compression(mut self, compression: Compression) -> Self {
         self.config.compression = Some(compression);
+        self
+    }
+
+    /// Serves TLS (`wss://`, and `https://` for the health check and
+    /// static files) with `tls`'s certificate, in the event loops. Default:
+    /// cleartext.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.config.tls = Some(tls.config);
         self
     }
 

@@ -47,6 +47,7 @@ impl<S: Service> Worker<S> {
         }
         self.ctx.names.remove(id);
         let _ = self.poll.registry().deregister(&mut slot.socket);
+        self.sessions.set(key, None);
         if let Some(buf) = slot.read_buf.take() {
             self.recycle(buf);
         }

@@ -66,7 +66,19 @@ impl<S: Service> Worker<S> {
                     .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
                 (self.ctx.config.read_chunk, buf)
             };
-            match recv_into(&slot.socket, buf, chunk) {
+            let received = match self.sessions.get_mut(key) {
+                Some(tls) => {
+                    let received = tls.recv_into(&slot.socket, buf, chunk);
+                    // The TLS handshake (or a key update) may have records
+                    // to send.
+                    if tls.wants_write() {
+                        slot.conn.outbox().mark_dirty(key, &mut self.ctx.dirty);
+                    }
+                    received
+                }
+                None => recv_into(&slot.socket, buf, chunk),
+            };
+            match received {
                 Ok(0) => return self.remove(key),
                 Ok(received) => {
                     slot.conn.received(now);

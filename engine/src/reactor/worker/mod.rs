@@ -30,7 +30,7 @@ use slab::Slab;
 use thin_vec::ThinVec;
 
 use super::{
-    Command, LoopContext, Mailbox, Relay, Service, compress,
+    Command, LoopContext, Mailbox, Relay, Service, TlsSession, compress,
     mailbox::{AppMessage, Inbox},
     names::Names,
 };
@@ -103,6 +103,43 @@ struct Slot<S> {
 const SLOT_BUDGET: usize = if cfg!(debug_assertions) { 192 } else { 176 };
 const _: () = assert!(size_of::<Slot<()>>() <= SLOT_BUDGET);
 
+/// The TLS sessions of a loop's connections, by slab key.
+#[derive(Debug, Default)]
+struct Sessions(Vec<Option<TlsSession>>);
+
+impl Sessions {
+    /// Sets (or, with `None`, clears) connection `key`'s session.
+    fn set(&mut self, key: usize, session: Option<TlsSession>) {
+        if session.is_none() && key >= self.0.len() {
+            return;
+        }
+        if key >= self.0.len() {
+            self.0.resize_with(key + 1, || None);
+        }
+        self.0[key] = session;
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut TlsSession> {
+        self.0.get_mut(key)?.as_mut()
+    }
+
+    /// Whether connection `key` has TLS records waiting for its socket.
+    fn wants_write(&self, key: usize) -> bool {
+        self.0
+            .get(key)
+            .and_then(Option::as_ref)
+            .is_some_and(TlsSession::wants_write)
+    }
+
+    /// Gives the memory of the sessions of connections gone back.
+    fn shrink(&mut self) {
+        while self.0.last().is_some_and(Option::is_none) {
+            self.0.pop();
+        }
+        self.0.shrink_to_fit();
+    }
+}
+
 /// What a connection needs from the loop's context.
 fn env(ctx: &LoopContext) -> Env<'_> {
     Env {
@@ -122,6 +159,9 @@ pub(crate) struct Worker<S: Service> {
     expired: Vec<Expiry>,
     /// Connections whose read budget ran out: read again next turn.
     read_again: Vec<ConnId>,
+    /// The connections' TLS sessions, by slab key, when the server serves
+    /// TLS (kept beside the slots: a cleartext server pays nothing for it).
+    sessions: Sessions,
     /// Read buffers not lent to a connection, boxed as the slots hold them
     /// (moving one in or out moves a pointer).
     #[allow(clippy::vec_box)]
@@ -190,6 +230,7 @@ impl<S: Service> Worker<S> {
             wheel: TimerWheel::new(WHEEL_SLOTS, 0),
             expired: Vec::new(),
             read_again: Vec::new(),
+            sessions: Sessions::default(),
             pool: Vec::new(),
             rx,
             ctx: LoopContext {
@@ -372,11 +413,24 @@ impl<S: Service> Worker<S> {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        let tls = match &self.ctx.config.tls {
+            Some(config) => match TlsSession::new(config) {
+                Ok(session) => Some(session),
+                Err(err) => {
+                    tracing::warn!(%err, "could not start a TLS session");
+                    let _ = self.poll.registry().deregister(&mut socket);
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            None => None,
+        };
         let mut conn = Connection::accepted(peer, over_limit, now, env(&self.ctx));
         if let Err(refusal) = admitted {
             bump(&self.ctx.stats.connections_rate_limited, 1);
             conn.refuse(&refusal.into(), now, env(&self.ctx));
         }
+        self.sessions.set(key, tls);
         entry.insert(Slot {
             socket,
             generation,
@@ -489,7 +543,8 @@ impl<S: Service> Worker<S> {
         let key = id.key();
         match self.conns.get_mut(key) {
             Some(slot) if slot.generation == id.generation() => {
-                if writable && slot.conn.outbox().has_queued() {
+                let tls_waiting = self.sessions.wants_write(key);
+                if writable && (slot.conn.outbox().has_queued() || tls_waiting) {
                     slot.conn.outbox().mark_dirty(key, &mut self.ctx.dirty);
                 }
             }
@@ -559,6 +614,7 @@ impl<S: Service> Worker<S> {
         self.pool.clear();
         self.pool.shrink_to_fit();
         self.conns.shrink_to_fit();
+        self.sessions.shrink();
         for list in [&mut self.ctx.dirty, &mut self.flushing] {
             list.shrink_to_fit();
         }
@@ -607,7 +663,20 @@ impl<S: Service> Worker<S> {
             };
             slot.conn.outbox().dirty = false;
             let was_behind = slot.conn.outbox().is_behind();
-            let (result, written) = slot.conn.flush(&mut slot.socket);
+            let (result, written) = match self.sessions.get_mut(key) {
+                Some(tls) => {
+                    let (result, written) = slot.conn.flush(&mut tls.writer(&slot.socket));
+                    // Records still in the session count as not written: the
+                    // connection waits for its socket as if blocked.
+                    let result = match (result, tls.send(&slot.socket)) {
+                        (Ok(Flushed::All), Ok(false)) => Ok(Flushed::Blocked),
+                        (Ok(flushed), Ok(_)) => Ok(flushed),
+                        (Err(err), _) | (_, Err(err)) => Err(err),
+                    };
+                    (result, written)
+                }
+                None => slot.conn.flush(&mut slot.socket),
+            };
             bump(&self.ctx.stats.bytes_written, written as u64);
             match result {
                 Ok(Flushed::All) => self.after_flush(key),
@@ -711,6 +780,11 @@ impl<S: Service> Worker<S> {
         match slot.conn.after_flush() {
             AfterFlush::Keep => {}
             AfterFlush::ShutdownWrite => {
+                if let Some(tls) = self.sessions.get_mut(key) {
+                    // The TLS stream's end, then TCP's.
+                    tls.close_notify();
+                    let _ = tls.send(&slot.socket);
+                }
                 let _ = slot.socket.shutdown(Shutdown::Write);
             }
             AfterFlush::Remove => self.remove(key),

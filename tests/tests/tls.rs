@@ -1,0 +1,184 @@
+//! TLS in the event loops, with a rustls client: Phoenix channels over
+//! `wss://` (join, broadcast, push and reply), the health check over
+//! `https://`, and bytes that are not TLS closing only their connection.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    time::Duration,
+};
+
+use herald::{
+    Reject, Request, Server, TlsConfig,
+    channels::{Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket},
+    protocol::phoenix::Status,
+};
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
+};
+use serde_json::{Value, json, value::RawValue};
+use tungstenite::{Message, WebSocket};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Anyone;
+
+impl Socket for Anyone {
+    type Assigns = ();
+
+    fn connect(&self, _: &Request) -> Result<(), Reject> {
+        Ok(())
+    }
+}
+
+struct Room;
+
+impl Channel<()> for Room {
+    fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult {
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(&self, ctx: &mut ChannelContext<'_, '_, ()>, _: &str, payload: &RawValue) {
+        ctx.reply(Status::Ok, &Reply::raw(payload));
+    }
+}
+
+/// A self-signed certificate for `localhost`: the server's config and the
+/// client's trust in it.
+fn certificate() -> (TlsConfig, Arc<ClientConfig>) {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = CertificateDer::from(generated.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
+    let server = TlsConfig::from_der(vec![cert.clone()], key).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server, Arc::new(client))
+}
+
+fn start(tls: TlsConfig) -> Engine {
+    let builder = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .loops(2)
+        .pin_cores(false)
+        .shutdown_timeout(Duration::from_millis(300))
+        .tls(tls);
+    Channels::new()
+        .phoenix(
+            "/socket/websocket",
+            Endpoint::new(Anyone).channel("room:*", Room),
+        )
+        .start(builder)
+        .expect("engine starts")
+}
+
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+fn tls_stream(addr: SocketAddr, client: &Arc<ClientConfig>) -> TlsStream {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let session = ClientConnection::new(Arc::clone(client), name).unwrap();
+    StreamOwned::new(session, tcp)
+}
+
+fn wss(addr: SocketAddr, client: &Arc<ClientConfig>) -> WebSocket<TlsStream> {
+    let url = "wss://localhost/socket/websocket?vsn=2.0.0";
+    let (ws, response) = tungstenite::client(url, tls_stream(addr, client)).expect("wss handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+fn recv(ws: &mut WebSocket<TlsStream>) -> Value {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn send(ws: &mut WebSocket<TlsStream>, message: Value) {
+    ws.send(Message::text(message.to_string())).unwrap();
+}
+
+#[test]
+fn phoenix_channels_work_over_wss_and_the_health_check_over_https() {
+    let (tls, client) = certificate();
+    let engine = start(tls);
+    let addr = engine.local_addr();
+    let mut ada = wss(addr, &client);
+    let mut bob = wss(addr, &client);
+    for ws in [&mut ada, &mut bob] {
+        send(ws, json!(["1", "1", "room:1", "phx_join", {}]));
+        assert_eq!(recv(ws)[4]["status"], "ok");
+    }
+    // A broadcast larger than a TLS record, to both.
+    let body = "x".repeat(40_000);
+    engine
+        .handle()
+        .broadcast("room:1", "big", &json!({ "body": body }))
+        .unwrap();
+    for ws in [&mut ada, &mut bob] {
+        let message = recv(ws);
+        assert_eq!(message[3], "big");
+        assert_eq!(message[4]["body"].as_str().unwrap().len(), 40_000);
+    }
+    send(&mut ada, json!(["1", "2", "room:1", "echo", {"n": 7}]));
+    assert_eq!(
+        recv(&mut ada)[4],
+        json!({"status": "ok", "response": {"n": 7}})
+    );
+
+    let mut https = tls_stream(addr, &client);
+    https
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = https.read_to_end(&mut response);
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn bytes_that_are_not_tls_close_only_their_connection() {
+    let (tls, client) = certificate();
+    let engine = start(tls);
+    let addr = engine.local_addr();
+    let mut ada = wss(addr, &client);
+    send(&mut ada, json!(["1", "1", "room:2", "phx_join", {}]));
+    assert_eq!(recv(&mut ada)[4]["status"], "ok");
+
+    // Cleartext HTTP on the TLS port: an alert, then the end.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    plain
+        .write_all(b"GET /socket/websocket HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert_eq!(
+        answer.first(),
+        Some(&0x15),
+        "a TLS alert record: {answer:?}"
+    );
+
+    engine
+        .handle()
+        .broadcast("room:2", "still", &json!({}))
+        .unwrap();
+    assert_eq!(recv(&mut ada)[3], "still");
+    engine.shutdown();
+}
