@@ -63,6 +63,9 @@ pub(crate) struct ServerSection {
     pub(crate) connect_burst: u32,
     pub(crate) message_rate: u32,
     pub(crate) message_burst: u32,
+    /// TLS: the certificate chain and key, PEM files; both or neither.
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// permessage-deflate for the clients that offer it.
     pub(crate) compression: bool,
     pub(crate) compression_level: u32,
@@ -95,6 +98,8 @@ impl Default for ServerSection {
             connect_burst: 0,
             message_rate: 0,
             message_burst: 0,
+            tls_cert: None,
+            tls_key: None,
             compression: false,
             compression_level: 6,
             compression_min_bytes: 256,
@@ -525,6 +530,12 @@ pub(crate) struct Cli {
     /// Turn permessage-deflate on (server.compression).
     #[arg(long, env = "HERALD_COMPRESSION")]
     pub(crate) compression: bool,
+    /// Serve TLS with this certificate chain, PEM (server.tls_cert).
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The TLS private key, PEM (server.tls_key).
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// HMAC secret for HS256 connect tokens; set, tokens are required.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub(crate) jwt_secret: Option<String>,
@@ -590,6 +601,12 @@ impl Config {
         set(&mut server.max_connections, cli.max_connections);
         set(&mut server.allowed_origins, cli.allowed_origins.clone());
         server.compression |= cli.compression;
+        if cli.tls_cert.is_some() {
+            server.tls_cert.clone_from(&cli.tls_cert);
+        }
+        if cli.tls_key.is_some() {
+            server.tls_key.clone_from(&cli.tls_key);
+        }
         server.pin_cores &= !cli.no_pin;
         server.demo &= !cli.no_demo;
         set(&mut self.api.listen, cli.api_listen);
@@ -649,6 +666,9 @@ impl Config {
             .flatten()
         {
             check_url("hooks", url)?;
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return invalid("server: tls_cert and tls_key go together".into());
         }
         if self.webhooks.retries > MAX_WEBHOOK_RETRIES {
             return invalid(format!(

@@ -22,7 +22,7 @@ use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use herald::{
-    Server, SlowConsumerPolicy,
+    Server, SlowConsumerPolicy, TlsConfig,
     channels::{Channels, Engine},
     cluster::Cluster,
     wire::{CloseCode, DecoderConfig},
@@ -238,6 +238,10 @@ fn start_engine(config: &Config, cluster: &Cluster, backend: &Backend) -> std::i
     if let Some(compression) = server.compression() {
         builder = builder.compression(compression);
     }
+    if let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) {
+        let tls = TlsConfig::from_pem_files(cert, key).map_err(std::io::Error::other)?;
+        builder = builder.tls(tls);
+    }
     if server.demo {
         builder = builder
             .static_file("/", "text/html; charset=utf-8", DEMO_PAGE)
@@ -258,11 +262,17 @@ fn announce(config: &Config, engine: &Engine) {
         phoenix = %server.phoenix_path,
         amber = %server.amber_path,
         auth = config.auth.jwt_secret.is_some(),
+        tls = server.tls_cert.is_some(),
         broker = config.broker.broker().name(),
         "herald {} listening",
         env!("CARGO_PKG_VERSION"),
     );
+    let scheme = if server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if server.demo {
-        tracing::info!("demo chat: open http://{addr}/ in two browser tabs");
+        tracing::info!("demo chat: open {scheme}://{addr}/ in two browser tabs");
     }
 }
