@@ -40,7 +40,7 @@ for round in $(seq "$rounds"); do
   label=plain; flag=; [ $((round % 2)) -eq 0 ] && { label=deflate; flag=--deflate; }
   before=$(cpu_times)
   report=$(taskset -c 1 "$bench" --addr 127.0.0.1:$port --server-pid $pid --quotes $flag --json \
-    fanout --subscribers 10000 --payload 1024 --window 16 --seconds "$seconds")
+    fanout --subscribers 10000 --payload 1024 --window 16 --seconds "$seconds" | tail -n 1)
   after=$(cpu_times)
   python3 - "$label" "$report" "$(busy "$before" "$after")" <<'PY'
 import json, sys

@@ -18,6 +18,7 @@ use bytes::{Buf, BytesMut};
 use flate2::{Decompress, FlushDecompress};
 use herald::wire::{FrameHeader, OpCode, client_frame};
 use mio::{Events, Interest, Poll, Registry, Token, net::TcpStream};
+use rustls::ClientConnection;
 
 /// Where a client connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub enum Stage {
 pub struct Client {
     /// The socket.
     pub stream: TcpStream,
+    /// Its TLS session, with `--tls`.
+    tls: Option<Box<ClientConnection>>,
     /// Its stage.
     pub stage: Stage,
     read_buf: BytesMut,
@@ -133,6 +136,7 @@ impl Client {
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(Self {
             stream,
+            tls: crate::tls::session(),
             stage: Stage::Connecting,
             read_buf: BytesMut::with_capacity(4096),
             write_buf: BytesMut::new(),
@@ -155,6 +159,13 @@ impl Client {
 
     /// Writes what is queued until done or `WouldBlock`.
     pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            if !self.write_buf.is_empty() && self.stage != Stage::Connecting {
+                tls.writer().write_all(&self.write_buf)?;
+                self.write_buf.clear();
+            }
+            return send_tls(tls, &mut self.stream);
+        }
         while !self.write_buf.is_empty() {
             match self.stream.write(&self.write_buf) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -259,6 +270,9 @@ impl Client {
 
     fn read_available(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
+        if self.tls.is_some() {
+            return self.read_tls(&mut chunk);
+        }
         loop {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
@@ -279,6 +293,56 @@ impl Client {
             }
         }
     }
+}
+
+impl Client {
+    /// Reads and decrypts what arrived into the read buffer.
+    fn read_tls(&mut self, chunk: &mut [u8]) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        loop {
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    self.stage = Stage::Dead;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+            tls.process_new_packets()
+                .map_err(|err| io::Error::new(ErrorKind::InvalidData, err))?;
+            loop {
+                match tls.reader().read(chunk) {
+                    Ok(0) => {
+                        self.stage = Stage::Dead;
+                        return Ok(());
+                    }
+                    Ok(n) => self.read_buf.extend_from_slice(&chunk[..n]),
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        // The handshake (and the request queued behind it) may have
+        // records to send now.
+        send_tls(tls, &mut self.stream)
+    }
+}
+
+/// Sends a session's records until done or `WouldBlock`.
+fn send_tls(tls: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// A thread's read buffer, shared by all its receiving connections: a
@@ -320,7 +384,10 @@ impl Client {
         scratch: &mut Scratch,
         mut on_frame: impl FnMut(OpCode, &[u8]),
     ) -> io::Result<()> {
-        if self.stage != Stage::Open || self.read_buf.len() > Scratch::SIZE / 2 {
+        if self.stage != Stage::Open
+            || self.tls.is_some()
+            || self.read_buf.len() > Scratch::SIZE / 2
+        {
             return self.on_ready(path, |_, frame| {
                 on_frame(frame.opcode, &frame.prefix[..frame.len.min(PREFIX)]);
             });

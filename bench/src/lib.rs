@@ -11,6 +11,7 @@ pub mod http_publisher;
 pub mod proc_stats;
 pub mod progress;
 pub mod report;
+pub mod tls;
 pub mod tracker;
 
 use bytes::BytesMut;

@@ -53,6 +53,9 @@ use crate::{
 fn main() -> ExitCode {
     let options = Options::parse();
     herald_bench::client::offer_deflate(options.deflate);
+    if options.tls {
+        herald_bench::tls::enable();
+    }
     let result = match (&options.vs, options.embedded) {
         (Some(_), true) => Err(io::Error::other(
             "--vs starts its servers as processes; leave out --embedded",

@@ -28,6 +28,9 @@ pub(crate) struct Options {
     /// inflated only as far as the sequence number.
     #[arg(long, global = true)]
     pub(crate) deflate: bool,
+    /// Speak TLS on every connection (any certificate is accepted).
+    #[arg(long, global = true)]
+    pub(crate) tls: bool,
     /// Fan-out payloads that read like market data (rows of symbols and
     /// prices: JSON that compresses about as real JSON does) instead of
     /// one repeated letter.

@@ -40,6 +40,12 @@ struct Options {
     /// 256 bytes or more).
     #[arg(long)]
     compression: bool,
+    /// Serve TLS with this certificate chain (PEM), and --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::io::Result<()> {
@@ -52,6 +58,10 @@ fn main() -> std::io::Result<()> {
     }
     if options.compression {
         builder = builder.compression(herald::Compression::new());
+    }
+    if let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) {
+        let tls = herald::TlsConfig::from_pem_files(cert, key).map_err(std::io::Error::other)?;
+        builder = builder.tls(tls);
     }
     let running = servers::start(builder, options.phoenix)?;
     let kind = if options.phoenix {
