@@ -182,3 +182,36 @@ fn bytes_that_are_not_tls_close_only_their_connection() {
     assert_eq!(recv(&mut ada)[3], "still");
     engine.shutdown();
 }
+
+#[test]
+fn a_tls_handshake_that_never_finishes_is_dropped_at_the_handshake_timeout() {
+    let (tls, _) = certificate();
+    let builder = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .loops(1)
+        .pin_cores(false)
+        .handshake_timeout(Duration::from_millis(500))
+        .tls(tls);
+    let engine = Channels::new()
+        .phoenix(
+            "/socket/websocket",
+            Endpoint::new(Anyone).channel("room:*", Room),
+        )
+        .start(builder)
+        .expect("engine starts");
+    // The first bytes of a ClientHello, then silence.
+    let mut stalled = TcpStream::connect(engine.local_addr()).unwrap();
+    stalled.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "dropped after {waited:?}"
+    );
+    engine.shutdown();
+}
