@@ -240,6 +240,9 @@ pub(crate) fn compress_frame(
     let (header, len) = FrameHeader::parse(frame).ok().flatten()?;
     let payload = frame.get(len..)?;
     let data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
-    let whole = header.fin && header.rsv == 0 && data && header.mask.is_none();
+    // Exactly one whole frame (an application may hand `send_frame` other
+    // buffers: those go as they are).
+    let one = payload.len() as u64 == header.payload_len;
+    let whole = one && header.fin && header.rsv == 0 && data && header.mask.is_none();
     (whole && payload.len() >= min_size).then(|| deflater.frame(header.opcode, payload))
 }

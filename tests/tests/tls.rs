@@ -215,3 +215,53 @@ fn a_tls_handshake_that_never_finishes_is_dropped_at_the_handshake_timeout() {
     );
     engine.shutdown();
 }
+
+#[test]
+fn messages_in_one_burst_are_all_read_without_waiting_for_more_input() {
+    let (tls, client) = certificate();
+    let engine = start(tls);
+    let mut ada = wss(engine.local_addr(), &client);
+    send(&mut ada, json!(["1", "1", "room:3", "phx_join", {}]));
+    assert_eq!(recv(&mut ada)[4]["status"], "ok");
+    // Ten pushes in one write, a TLS record each: more than the session
+    // reads from the socket at once; then the client only listens.
+    let body = "y".repeat(3000);
+    for n in 2..12 {
+        let push = json!(["1", n.to_string(), "room:3", "echo", {"n": n, "body": body}]);
+        ada.write(Message::text(push.to_string())).unwrap();
+    }
+    ada.flush().unwrap();
+    for n in 2..12 {
+        assert_eq!(recv(&mut ada)[4]["response"]["n"], n);
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn a_client_refused_at_accept_reads_its_429_inside_tls() {
+    let (tls, client) = certificate();
+    let builder = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .loops(1)
+        .pin_cores(false)
+        .shutdown_timeout(Duration::from_millis(300))
+        .connect_rate_per_address(herald::RateLimit::new(1, 1))
+        .tls(tls);
+    let engine = Channels::new()
+        .phoenix(
+            "/socket/websocket",
+            Endpoint::new(Anyone).channel("room:*", Room),
+        )
+        .start(builder)
+        .expect("engine starts");
+    let _first = wss(engine.local_addr(), &client);
+    let mut second = tls_stream(engine.local_addr(), &client);
+    second
+        .write_all(b"GET /socket/websocket HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = second.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    engine.shutdown();
+}

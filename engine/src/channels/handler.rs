@@ -25,7 +25,7 @@ use crate::{
     broadcast::{Broadcast, Delivery},
     handshake::Request,
     protocol::{
-        WireProtocol, amber,
+        Encoding, WireProtocol, amber,
         phoenix::{self, OwnedRef, Ref, Status},
     },
     pubsub::{Sub, SubscriptionKind},
@@ -599,9 +599,13 @@ impl ChannelsHandler {
                 if self.intercepts(endpoint, route, broadcast) {
                     self.deliver_out(conn, broadcast);
                 } else if with_server {
-                    // The client's own delivery: the shared frame.
-                    let protocol = conn.state().protocol;
-                    if let Some(frame) = broadcast.frame(protocol) {
+                    // The client's own delivery: the shared frame (the
+                    // compressed one, made once, if the client takes it).
+                    let encoding = Encoding {
+                        protocol: conn.state().protocol,
+                        deflate: conn.takes_compressed(),
+                    };
+                    if let Some(frame) = broadcast.frame_for(encoding) {
                         let _ = conn.send_frame(frame.clone());
                     }
                 }

@@ -376,6 +376,12 @@ impl<S> Conn<'_, S> {
         result
     }
 
+    /// Whether this connection takes frames compressed (it negotiated
+    /// permessage-deflate, and the server compresses).
+    pub(crate) fn takes_compressed(&self) -> bool {
+        self.outbox.deflate && self.ctx.config.compression.is_some()
+    }
+
     /// Starts the close handshake with `code` and `reason` (at most 123
     /// bytes; longer reasons are cut at a character boundary). A code that
     /// may not be sent becomes 1000.
@@ -424,8 +430,9 @@ impl<S> Conn<'_, S> {
     /// already subscribed (its subscription is replaced).
     pub(crate) fn subscribe_as(&mut self, topic: &str, mut sub: Sub) -> bool {
         // A connection that negotiated permessage-deflate takes broadcasts
-        // compressed (once per broadcast, for all such subscribers).
-        sub.deflate = self.outbox.deflate && self.ctx.config.compression.is_some();
+        // compressed (once per broadcast, for all such subscribers); a
+        // server-side subscription takes no frame at all.
+        sub.deflate = self.takes_compressed() && sub.kind != SubscriptionKind::Server;
         if self.topics.iter().any(|t| &**t == topic) {
             self.ctx.topics.subscribe(topic, self.id, sub);
             return false;

@@ -108,13 +108,42 @@ impl TlsConfig {
 
 /// One connection's TLS session.
 #[derive(Debug)]
-pub(crate) struct TlsSession(Box<ServerConnection>);
+pub(crate) struct TlsSession {
+    session: Box<ServerConnection>,
+    /// The close_notify is queued and the FIN waits for it to be sent.
+    pending_fin: bool,
+}
 
 impl TlsSession {
     pub(crate) fn new(config: &Arc<rustls::ServerConfig>) -> io::Result<Self> {
         let mut session = ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
         session.set_buffer_limit(Some(BUFFERED));
-        Ok(Self(Box::new(session)))
+        Ok(Self {
+            session: Box::new(session),
+            pending_fin: false,
+        })
+    }
+
+    /// Whether the TLS handshake is still under way (plaintext written now
+    /// waits for it).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.session.is_handshaking()
+    }
+
+    /// Ends the TLS stream: queues close_notify and sends it. `true` if it
+    /// went out, so the FIN may follow now; otherwise the FIN waits
+    /// ([`take_pending_fin`](Self::take_pending_fin)).
+    pub(crate) fn end(&mut self, socket: &TcpStream) -> bool {
+        self.session.send_close_notify();
+        let sent = matches!(self.send(socket), Ok(true));
+        self.pending_fin = !sent;
+        sent
+    }
+
+    /// Whether a FIN was waiting for the session's last records (now
+    /// sent); clears it.
+    pub(crate) fn take_pending_fin(&mut self) -> bool {
+        std::mem::take(&mut self.pending_fin)
     }
 
     /// Reads from `socket` and decrypts, appending at most `max` bytes of
@@ -131,17 +160,17 @@ impl TlsSession {
         loop {
             let start = buf.len();
             buf.resize(start + max, 0);
-            let read = self.0.reader().read(&mut buf[start..]);
+            let read = self.session.reader().read(&mut buf[start..]);
             buf.truncate(start + *read.as_ref().unwrap_or(&0));
             match read {
                 Ok(read) => return Ok(read),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {}
                 Err(err) => return Err(err),
             }
-            if self.0.read_tls(&mut SocketIo(socket))? == 0 {
+            if self.session.read_tls(&mut SocketIo(socket))? == 0 {
                 return Ok(0);
             }
-            if let Err(err) = self.0.process_new_packets() {
+            if let Err(err) = self.session.process_new_packets() {
                 // Tell the peer why (an alert), then drop the connection.
                 let _ = self.send(socket);
                 return Err(io::Error::new(ErrorKind::InvalidData, err));
@@ -151,14 +180,14 @@ impl TlsSession {
 
     /// Whether encrypted records wait to be sent.
     pub(crate) fn wants_write(&self) -> bool {
-        self.0.wants_write()
+        self.session.wants_write()
     }
 
     /// Sends waiting records until none is left (`Ok(true)`) or the socket
     /// would block (`Ok(false)`).
     pub(crate) fn send(&mut self, socket: &TcpStream) -> io::Result<bool> {
-        while self.0.wants_write() {
-            match self.0.write_tls(&mut SocketIo(socket)) {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut SocketIo(socket)) {
                 Ok(_) => {}
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(false),
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
@@ -166,11 +195,6 @@ impl TlsSession {
             }
         }
         Ok(true)
-    }
-
-    /// Queues `close_notify` (the end of the stream, before the FIN).
-    pub(crate) fn close_notify(&mut self) {
-        self.0.send_close_notify();
     }
 
     /// A writer of plaintext into this session, sending records to
@@ -196,13 +220,13 @@ impl Write for TlsWriter<'_> {
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let offered: usize = bufs.iter().map(|buf| buf.len()).sum();
-        let mut taken = self.session.0.writer().write_vectored(bufs)?;
+        let mut taken = self.session.session.writer().write_vectored(bufs)?;
         if taken == 0 && offered > 0 {
             // The session is full: make room by sending, then try again.
             if !self.session.send(self.socket)? {
                 return Err(ErrorKind::WouldBlock.into());
             }
-            taken = self.session.0.writer().write_vectored(bufs)?;
+            taken = self.session.session.writer().write_vectored(bufs)?;
         }
         // Records go out now; those the socket does not take wait in the
         // session (within its limit) for the next writable event.

@@ -8,7 +8,8 @@
 //! so a broadcast is compressed once and the same bytes go to every
 //! subscriber that negotiated the extension, like any other shared frame;
 //! and a connection keeps no inflate state between messages, so an idle
-//! one holds none. Each loop keeps one [`Deflater`] and one [`Inflater`],
+//! one holds none. Each thread that compresses (a loop, an API thread, the
+//! cluster bus) keeps one [`Deflater`], and each loop one [`Inflater`],
 //! reset before every message.
 //!
 //! A compressed message is a raw DEFLATE stream flushed with a sync flush,
@@ -154,7 +155,8 @@ impl Inflater {
                         return Err(InflateError::TooLarge { limit });
                     }
                     // One byte past the limit tells "too large" from "just fits".
-                    let room = (limit + 1 - out.len()).min(INFLATE_STEP.max(out.len()));
+                    let room =
+                        (limit.saturating_add(1) - out.len()).min(INFLATE_STEP.max(out.len()));
                     out.reserve_exact(room);
                 }
                 let before_in = decompress.total_in();

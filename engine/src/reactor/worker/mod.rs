@@ -551,6 +551,14 @@ impl<S: Service> Worker<S> {
             _ => return,
         }
         if let Some(until) = readable {
+            // A TLS session reads at most a few KiB of records at a time
+            // and returns as soon as one decrypts: a short read says nothing
+            // of what is left in the socket, so it reads until WouldBlock.
+            let until = if self.sessions.get_mut(key).is_some() {
+                ReadUntil::WouldBlock
+            } else {
+                until
+            };
             self.read(key, until);
         }
     }
@@ -666,11 +674,22 @@ impl<S: Service> Worker<S> {
             let (result, written) = match self.sessions.get_mut(key) {
                 Some(tls) => {
                     let (result, written) = slot.conn.flush(&mut tls.writer(&slot.socket));
-                    // Records still in the session count as not written: the
-                    // connection waits for its socket as if blocked.
+                    // Records still in the session count as not written,
+                    // and so does what waits for the TLS handshake to end
+                    // (a refusal queued at accept): the connection waits for
+                    // its socket as if blocked. Once everything is out, a
+                    // FIN held back for it goes.
                     let result = match (result, tls.send(&slot.socket)) {
                         (Ok(Flushed::All), Ok(false)) => Ok(Flushed::Blocked),
-                        (Ok(flushed), Ok(_)) => Ok(flushed),
+                        (Ok(Flushed::All), Ok(true)) if tls.is_handshaking() => {
+                            Ok(Flushed::Blocked)
+                        }
+                        (Ok(flushed), Ok(sent)) => {
+                            if sent && tls.take_pending_fin() {
+                                let _ = slot.socket.shutdown(Shutdown::Write);
+                            }
+                            Ok(flushed)
+                        }
                         (Err(err), _) | (_, Err(err)) => Err(err),
                     };
                     (result, written)
@@ -780,14 +799,25 @@ impl<S: Service> Worker<S> {
         match slot.conn.after_flush() {
             AfterFlush::Keep => {}
             AfterFlush::ShutdownWrite => {
-                if let Some(tls) = self.sessions.get_mut(key) {
-                    // The TLS stream's end, then TCP's.
-                    tls.close_notify();
-                    let _ = tls.send(&slot.socket);
+                // The TLS stream's end, then TCP's: a FIN the socket cannot
+                // take after the close_notify yet waits for the next flush.
+                let shut = match self.sessions.get_mut(key) {
+                    Some(tls) => tls.end(&slot.socket),
+                    None => true,
+                };
+                if shut {
+                    let _ = slot.socket.shutdown(Shutdown::Write);
+                } else {
+                    slot.conn.outbox().mark_dirty(key, &mut self.ctx.dirty);
                 }
-                let _ = slot.socket.shutdown(Shutdown::Write);
             }
-            AfterFlush::Remove => self.remove(key),
+            AfterFlush::Remove => {
+                if let Some(tls) = self.sessions.get_mut(key) {
+                    // Best effort: the peer has closed already.
+                    let _ = tls.end(&slot.socket);
+                }
+                self.remove(key);
+            }
         }
     }
 }
