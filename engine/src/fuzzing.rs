@@ -259,9 +259,96 @@ pub fn inflate(data: &[u8]) {
     }
 }
 
+/// Feeds a script of compressed messages through a connection that
+/// negotiated permessage-deflate, as a client sends them (masked, RSV1 on
+/// the first frame, fragmented), and checks that: nothing panics, every
+/// message handed on is within the message limit (inflated), text is
+/// UTF-8, and a failure is a protocol error with its close code.
+///
+/// The script: a byte for the limit, then per message a flags byte (text
+/// or binary, compressed or not, fragments) and a length byte, then that
+/// many payload bytes (the compressed bytes as the fuzzer chooses them).
+pub fn inflate_frames(data: &[u8]) {
+    use std::cell::RefCell;
+
+    use crate::{
+        config::ServerConfig,
+        conn::{Connection, Env, Input},
+        metrics::LoopStats,
+        wire::{Inflater, RSV1},
+    };
+    let [limit, script @ ..] = data else {
+        return;
+    };
+    let mut script: &[u8] = script;
+    let limit = 16usize << (limit & 0x0f);
+    let config = ServerConfig {
+        decoder: DecoderConfig::default().max_message_size(limit),
+        ..ServerConfig::default()
+    };
+    let stats = LoopStats::default();
+    let inflater = RefCell::new(Inflater::new());
+    let env = Env {
+        config: &config,
+        stats: &stats,
+        inflater: &inflater,
+    };
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let mut conn = Connection::accepted(peer, false, 0, env);
+    conn.open(Bytes::new(), true, 0, env);
+    let mut wire = BytesMut::new();
+    while let [flags, len, rest @ ..] = script {
+        let flags = *flags;
+        let len = usize::from(*len).min(rest.len());
+        let (payload, next) = rest.split_at(len);
+        script = next;
+        let opcode = if flags & 1 == 0 {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        let start = wire.len();
+        encode_fragmented(&mut wire, opcode, payload, flags >> 2, [1, 2, 3, 4]);
+        if flags & 2 != 0 {
+            wire[start] |= RSV1 << 4;
+        }
+    }
+    while let Some(input) = conn.next_input(&mut wire, 0, env) {
+        match input {
+            Input::Text(text) => assert!(text.len() <= limit, "text past the limit"),
+            Input::Binary(data) => assert!(data.len() <= limit, "binary past the limit"),
+            Input::ProtocolError(err) => {
+                let code = u16::from(err.close_code());
+                assert!(
+                    [1002, 1007, 1009].contains(&code),
+                    "close code {code} for {err}"
+                );
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inflate_frames_oracle_holds_on_sample_inputs() {
+        inflate_frames(&[]);
+        inflate_frames(&[5, 0x02, 4, 0xf2, 0x48, 0xcd, 0xc9]);
+        let frame =
+            crate::wire::Deflater::new(6).frame(OpCode::Text, &b"hello hello hello".repeat(9));
+        let (_, header) = crate::wire::FrameHeader::parse(&frame).unwrap().unwrap();
+        let payload = &frame[header..];
+        let script = [&[6u8, 0x02 | 0x04, payload.len() as u8][..], payload].concat();
+        inflate_frames(&script);
+        let bomb = crate::wire::Deflater::new(9).frame(OpCode::Binary, &[0u8; 1 << 16]);
+        let (_, header) = crate::wire::FrameHeader::parse(&bomb).unwrap().unwrap();
+        let payload = &bomb[header..];
+        inflate_frames(&[&[1u8, 0x03, payload.len() as u8][..], payload].concat());
+    }
 
     #[test]
     fn inflate_oracle_holds_on_sample_inputs() {
