@@ -13,8 +13,8 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use crate::{
-    Compression,
     broadcast::{Broadcast, compress_frame},
+    config::Compression,
     pubsub::TopicRegistry,
     wire::Deflater,
 };

@@ -28,6 +28,10 @@ pub const RSV1: u8 = 0b100;
 /// The tail a sync flush ends with, which the sender removes.
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
+/// The largest output buffer a [`Deflater`] keeps between messages (a
+/// larger one, for an unusually large message, is given back).
+const KEPT_OUTPUT: usize = 1 << 20;
+
 /// Bytes the output grows by at a time while inflating.
 const INFLATE_STEP: usize = 16 * 1024;
 
@@ -109,6 +113,9 @@ impl Deflater {
         let mut frame = BytesMut::with_capacity(header.as_bytes().len() + compressed.len());
         frame.put_slice(header.as_bytes());
         frame.put_slice(compressed);
+        if self.out.capacity() > KEPT_OUTPUT {
+            self.out = Vec::new();
+        }
         frame.freeze()
     }
 }
