@@ -215,6 +215,25 @@ fn a_broadcast_reaches_compressing_and_plain_subscribers_and_replies_are_compres
     assert_eq!(zipped.recv().1[3], "said");
     // The join, the echo and the message came compressed.
     assert_eq!(engine.handle().server().stats().messages_inflated, 3);
+
+    // A message of exactly the limit (64 KiB) sent as stored blocks is a
+    // little larger on the wire than its text: still accepted.
+    let mut push = json!(["1", "4", "room:1", "echo", {"b": ""}]).to_string();
+    let filler: String = (0..64 * 1024 - push.len())
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    push = json!(["1", "4", "room:1", "echo", {"b": filler}]).to_string();
+    assert_eq!(push.len(), 64 * 1024);
+    let stored = Deflater::new(0).frame(OpCode::Text, push.as_bytes());
+    let (_, len) = FrameHeader::parse(&stored).unwrap().unwrap();
+    assert!(
+        stored.len() - len > 64 * 1024,
+        "stored blocks add to the size"
+    );
+    zipped.send_raw(true, &stored[len..]);
+    let (_, reply) = zipped.recv();
+    assert_eq!(reply[1], "4");
+    assert_eq!(reply[4]["status"], "ok");
     engine.shutdown();
 }
 

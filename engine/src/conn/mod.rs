@@ -507,7 +507,15 @@ impl Connection {
                 return None;
             }
             let decoder = if self.deflates() {
-                env.config.decoder.accept_rsv_bits(RSV1)
+                // The limits hold for the inflated message (see `inflate`);
+                // on the wire, a compressed message may be a little larger
+                // than its text (stored blocks of incompressible data).
+                let limits = env.config.decoder;
+                let room = |limit: usize| limit.saturating_add(limit / 64 + 1024);
+                limits
+                    .accept_rsv_bits(RSV1)
+                    .max_frame_size(room(limits.frame_limit()))
+                    .max_message_size(room(limits.message_limit()))
             } else {
                 env.config.decoder
             };

@@ -32,7 +32,7 @@ pub enum ProtocolError {
     UnmaskedFrame,
     /// RSV1-3 bits set that no negotiated extension defines (section 5.2).
     /// Close code 1002.
-    #[error("reserved bits {bits:#05b} set without a negotiated extension")]
+    #[error("reserved bits {bits:#05b} set where no negotiated extension allows them")]
     ReservedBits {
         /// The three RSV bits as read, RSV1 being the most significant.
         bits: u8,

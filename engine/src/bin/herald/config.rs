@@ -325,6 +325,9 @@ impl HooksSection {
                 .iter()
                 .map(|key| ("authorization".to_owned(), format!("Bearer {key}")))
                 .collect(),
+            // A decision that waited past the timeout for a thread is late
+            // already: it fails (on_failure) without calling the backend.
+            queue_timeout: Some(Duration::from_millis(self.timeout_ms.max(1))),
         }
     }
 }
@@ -363,6 +366,8 @@ impl WebhooksSection {
             queue: self.queue.max(1),
             timeout: Duration::from_millis(self.timeout_ms.max(1)),
             headers: Vec::new(),
+            // An event waits its turn: order matters more than age.
+            queue_timeout: None,
         }
     }
 }

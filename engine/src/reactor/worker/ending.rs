@@ -46,6 +46,11 @@ impl<S: Service> Worker<S> {
             self.ctx.topics.unsubscribe(&topic, id);
         }
         self.ctx.names.remove(id);
+        if let Some(tls) = self.sessions.get_mut(key) {
+            // The TLS stream's end, best effort (a peer that sent its own
+            // close_notify, or closed the connection, gets one back).
+            let _ = tls.end(&slot.socket);
+        }
         let _ = self.poll.registry().deregister(&mut slot.socket);
         self.sessions.set(key, None);
         if let Some(buf) = slot.read_buf.take() {

@@ -811,13 +811,8 @@ impl<S: Service> Worker<S> {
                     slot.conn.outbox().mark_dirty(key, &mut self.ctx.dirty);
                 }
             }
-            AfterFlush::Remove => {
-                if let Some(tls) = self.sessions.get_mut(key) {
-                    // Best effort: the peer has closed already.
-                    let _ = tls.end(&slot.socket);
-                }
-                self.remove(key);
-            }
+            // Removing a TLS connection ends its TLS stream first.
+            AfterFlush::Remove => self.remove(key),
         }
     }
 }

@@ -41,6 +41,8 @@ pub(crate) enum CallError {
 pub(crate) type OnAnswer = Box<dyn FnOnce(Result<Vec<u8>, CallError>) + Send>;
 
 struct Call {
+    /// When it was queued: a call that waited past the timeout is not made.
+    queued_at: Instant,
     url: Arc<str>,
     body: Vec<u8>,
     /// A header of this call only (a signature).
@@ -91,6 +93,9 @@ pub(crate) struct PoolConfig {
     pub(crate) timeout: Duration,
     /// Headers sent with every call (an `Authorization` for the backend).
     pub(crate) headers: Vec<(String, String)>,
+    /// The longest a call may wait for a free thread before it fails
+    /// without being made (`None`: it waits its turn).
+    pub(crate) queue_timeout: Option<Duration>,
 }
 
 impl CallPool {
@@ -118,6 +123,7 @@ impl CallPool {
             .map(|i| {
                 let worker = Worker {
                     agent: agent.clone(),
+                    queue_timeout: config.queue_timeout,
                     calls: rx.clone(),
                     stats: Arc::clone(&stats),
                     headers: Arc::clone(&headers),
@@ -153,6 +159,7 @@ impl CallPool {
             return on_answer(Err(CallError::Busy));
         };
         let call = Call {
+            queued_at: Instant::now(),
             url: Arc::clone(url),
             body,
             header,
@@ -191,6 +198,7 @@ impl Drop for CallPool {
 
 struct Worker {
     agent: ureq::Agent,
+    queue_timeout: Option<Duration>,
     calls: Receiver<Call>,
     stats: Arc<[CallStats]>,
     headers: Arc<[(String, String)]>,
@@ -199,6 +207,15 @@ struct Worker {
 impl Worker {
     fn run(self) {
         while let Ok(call) = self.calls.recv() {
+            if self
+                .queue_timeout
+                .is_some_and(|limit| call.queued_at.elapsed() >= limit)
+            {
+                let waited =
+                    CallError::Transport("waited past the timeout for a free thread".into());
+                (call.on_answer)(Err(waited));
+                continue;
+            }
             let started = Instant::now();
             let answer = self.post(&call.url, &call.body, call.header.as_ref());
             self.stats[call.kind].record(started.elapsed());
