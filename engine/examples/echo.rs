@@ -31,6 +31,10 @@ struct Options {
     /// Do not pin loops to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask, as
+    /// Autobahn's 12.* and 13.* cases do.
+    #[arg(long)]
+    compression: bool,
 }
 
 struct Echo;
@@ -67,6 +71,9 @@ fn main() -> std::io::Result<()> {
         .max_queued_bytes(options.max_message_size.saturating_mul(4).max(4 << 20));
     if let Some(loops) = options.loops {
         builder = builder.loops(loops);
+    }
+    if options.compression {
+        builder = builder.compression(herald::Compression::new());
     }
     let server = builder.start(Echo)?;
     println!(

@@ -348,6 +348,11 @@ mod tests {
         let (_, header) = crate::wire::FrameHeader::parse(&bomb).unwrap().unwrap();
         let payload = &bomb[header..];
         inflate_frames(&[&[1u8, 0x03, payload.len() as u8][..], payload].concat());
+        // Found by the fuzzer: an uncompressed message past the limit on a
+        // connection whose wire limits have room for compression.
+        inflate_frames(include_bytes!(
+            "../../fuzz/seeds/inflate_frames/uncompressed-past-the-limit"
+        ));
     }
 
     #[test]

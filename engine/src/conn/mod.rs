@@ -552,8 +552,22 @@ impl Connection {
 
     /// A compressed message (RSV1, with permessage-deflate negotiated)
     /// inflated, within the message limit, text validated as UTF-8; other
-    /// messages as they are.
+    /// messages as they are, within the same limit.
     fn inflate(&self, message: Message, env: Env<'_>) -> Result<Message, ProtocolError> {
+        let limit = env.config.decoder.message_limit();
+        let plain_len = match &message {
+            Message::Text(text) => text.len(),
+            Message::Binary(data) => data.len(),
+            _ => 0,
+        };
+        // The decoder gave a compressing connection room on the wire (see
+        // `next_input`); an uncompressed message keeps the exact limit.
+        if self.deflates() && plain_len > limit {
+            return Err(ProtocolError::MessageTooLarge {
+                len: plain_len as u64,
+                max: limit,
+            });
+        }
         let Message::Encoded {
             opcode,
             rsv: RSV1,
@@ -569,7 +583,6 @@ impl Connection {
                 payload,
             });
         }
-        let limit = env.config.decoder.message_limit();
         let inflated = env.inflater.borrow_mut().inflate(&payload, limit)?;
         bump(&env.stats.messages_inflated, 1);
         match opcode {
