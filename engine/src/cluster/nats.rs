@@ -153,9 +153,14 @@ impl NatsBus<'_> {
                     // goodbye) still goes out, briefly.
                     receiver.take_queued(&mut batch);
                     if !batch.is_empty() {
+                        // Written is not enough: closing a connection with
+                        // unread messages from the broker resets it, and
+                        // the server may drop what it had not read yet. A
+                        // round trip makes sure it has handled the goodbye.
                         let last = async {
                             self.publish(&mut batch).await;
                             let _ = self.client.flush().await;
+                            self.server_round_trip().await;
                         };
                         let _ = tokio::time::timeout(LAST_PUBLISH, last).await;
                     }
