@@ -15,6 +15,7 @@
 # cores' busy fraction. Build first:
 #   cargo build --release -p herald --bin herald -p herald-bench
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 rounds=${1:-4}
 seconds=${2:-10}
 subscribers=${3:-1000}
@@ -38,14 +39,9 @@ TOML
 taskset -c 0 "$herald" --config "$config" --listen 127.0.0.1:$port --no-api --no-demo \
   --loops 1 --no-pin >/dev/null 2>&1 &
 pid=$!
-for _ in $(seq 50); do
-  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port $port
 sleep 2 # the probes above spent some of the burst allowance
 
-cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
-busy() { paste <(echo "$1") <(echo "$2") | awk '{ printf "%.0f%% ", 100*($3-$1)/($4-$2) }'; }
 
 for round in $(seq "$rounds"); do
   label=quiet

@@ -18,6 +18,7 @@
 # Build first:
 #   cargo build --release -p herald --example fanout -p herald-bench
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 rounds=${1:-4}
 seconds=${2:-10}
 bench=${HERALD_BENCH:-target/release/herald-bench}
@@ -25,12 +26,10 @@ fanout=${FANOUT:-target/release/examples/fanout}
 port=9460
 ulimit -n 20000
 
-cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
-busy() { paste <(echo "$1") <(echo "$2") | awk '{ printf "%.0f%% ", 100*($3-$1)/($4-$2) }'; }
 start_server() {
   taskset -c 0 "$fanout" --port $port --loops 1 --compression >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  wait_for_port $port
 }
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 

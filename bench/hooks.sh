@@ -24,6 +24,7 @@
 # both cores' busy fraction. Build first:
 #   cargo build --release -p herald --bin herald -p herald-bench
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 rounds=${1:-4}
 seconds=${2:-10}
 bench=${HERALD_BENCH:-target/release/herald-bench}
@@ -51,16 +52,14 @@ TOML
 start_backend() {
   taskset -c 1 "$backend_bin" --listen 127.0.0.1:$backend_port --delay-ms "$1" 2>/dev/null &
   backend=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$backend_port) 2>/dev/null && break; sleep 0.1; done
+  wait_for_port $backend_port
 }
 start_backend 1
 taskset -c 0 "$herald" --config "$config" --listen 127.0.0.1:$port --api-listen 127.0.0.1:$api \
   --no-demo --loops 1 --no-pin >/dev/null 2>&1 &
 pid=$!
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_for_port $port
 
-cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
-busy() { paste <(echo "$1") <(echo "$2") | awk '{ printf "%.0f%% ", 100*($3-$1)/($4-$2) }'; }
 path='/socket/websocket?vsn=2.0.0'
 
 for clients in 4 64; do

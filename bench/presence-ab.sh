@@ -18,6 +18,7 @@
 # load generator takes in before its window). Build first:
 #   cargo build --release -p herald --bin herald -p herald-bench
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 rounds=${1:-4}
 seconds=${2:-8}
 subscribers=${3:-2000}
@@ -37,8 +38,6 @@ presence = $presence
 TOML
 done
 
-cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
-busy() { paste <(echo "$1") <(echo "$2") | awk '{ printf "%.0f%% ", 100*($3-$1)/($4-$2) }'; }
 
 for round in $(seq "$rounds"); do
   presence=true
@@ -46,10 +45,7 @@ for round in $(seq "$rounds"); do
   taskset -c 0 "$herald" --config "$dir/$presence.toml" --listen 127.0.0.1:$port --no-api \
     --no-demo --loops 1 --no-pin --log-level warn >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 50); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_for_port $port
   before=$(cpu_times)
   report=$(taskset -c 1 "$bench" --addr 127.0.0.1:$port --path /socket/websocket --server-pid $pid \
     --json fanout --phoenix --subscribers "$subscribers" --window "$window" --seconds "$seconds")

@@ -17,6 +17,7 @@
 # Build first:
 #   cargo build --release -p herald --example fanout -p herald-bench
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 rounds=${1:-4}
 seconds=${2:-10}
 bench=${HERALD_BENCH:-target/release/herald-bench}
@@ -25,14 +26,12 @@ certs=tests/fixtures/tls
 port=9480
 ulimit -n 20000
 
-cpu_times() { awk '/^cpu[01] /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
-busy() { paste <(echo "$1") <(echo "$2") | awk '{ printf "%.0f%% ", 100*($3-$1)/($4-$2) }'; }
 start_server() {
   local tls_args=()
   [ "$1" = tls ] && tls_args=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
   taskset -c 0 "$fanout" --port $port --loops 1 "${tls_args[@]}" >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  wait_for_port $port
 }
 stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; sleep 1; }
 trap 'kill "$pid" 2>/dev/null || true' EXIT

@@ -352,3 +352,74 @@ pub mod phoenix {
         }
     }
 }
+
+/// A channels engine for tests that need only a room: any client may
+/// connect, `room:*` may be joined, an `echo` push is answered with its own
+/// payload and any other push is rebroadcast.
+pub mod echo_room {
+    use std::time::Duration;
+
+    use herald::{
+        Reject, Request, Server, ServerBuilder,
+        channels::{
+            Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket,
+        },
+        protocol::phoenix::Status,
+    };
+    use serde_json::value::RawValue;
+
+    /// Where the engine serves Phoenix V2.
+    pub const PATH: &str = "/socket/websocket";
+
+    /// Lets every client in.
+    #[derive(Debug)]
+    pub struct Anyone;
+
+    impl Socket for Anyone {
+        type Assigns = ();
+
+        fn connect(&self, _: &Request) -> Result<(), Reject> {
+            Ok(())
+        }
+    }
+
+    /// `room:*`: `echo` replies with its payload, other events rebroadcast.
+    #[derive(Debug)]
+    pub struct EchoRoom;
+
+    impl Channel<()> for EchoRoom {
+        fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult {
+            Ok(Reply::empty())
+        }
+
+        fn handle_message(
+            &self,
+            ctx: &mut ChannelContext<'_, '_, ()>,
+            event: &str,
+            payload: &RawValue,
+        ) {
+            match event {
+                "echo" => ctx.reply(Status::Ok, &Reply::raw(payload)),
+                _ => ctx.rebroadcast(event, payload),
+            }
+        }
+    }
+
+    /// A server on a free loopback port, two loops, unpinned, with a short
+    /// shutdown (test clients seldom answer its close frames).
+    pub fn builder() -> ServerBuilder {
+        Server::builder()
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .loops(2)
+            .pin_cores(false)
+            .shutdown_timeout(Duration::from_millis(300))
+    }
+
+    /// The echo room, started on `builder`.
+    pub fn start(builder: ServerBuilder) -> Engine {
+        Channels::new()
+            .phoenix(PATH, Endpoint::new(Anyone).channel("room:*", EchoRoom))
+            .start(builder)
+            .expect("engine starts")
+    }
+}

@@ -11,59 +11,23 @@ use std::{
 };
 
 use herald::{
-    Compression, Reject, Request, Server,
-    channels::{Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket},
-    protocol::phoenix::Status,
+    Compression,
+    channels::Engine,
     wire::{Deflater, FrameHeader, Inflater, OpCode, RSV1, client_frame},
 };
-use herald_tests::server::{raw, read_head, read_server_frame_whole, read_until_close, status_of};
-use serde_json::{Value, json, value::RawValue};
+use herald_tests::{
+    echo_room::{self, PATH},
+    server::{raw, read_head, read_server_frame_whole, read_until_close, status_of},
+};
+use serde_json::{Value, json};
 
-const PATH: &str = "/socket/websocket";
 const MASK: [u8; 4] = [7, 1, 9, 3];
 
-struct Anyone;
-
-impl Socket for Anyone {
-    type Assigns = ();
-
-    fn connect(&self, _: &Request) -> Result<(), Reject> {
-        Ok(())
-    }
-}
-
-struct Echo;
-
-impl Channel<()> for Echo {
-    fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult {
-        Ok(Reply::empty())
-    }
-
-    fn handle_message(
-        &self,
-        ctx: &mut ChannelContext<'_, '_, ()>,
-        event: &str,
-        payload: &RawValue,
-    ) {
-        match event {
-            "echo" => ctx.reply(Status::Ok, &Reply::raw(payload)),
-            _ => ctx.rebroadcast(event, payload),
-        }
-    }
-}
-
 fn start() -> Engine {
-    let builder = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .loops(2)
-        .pin_cores(false)
-        .shutdown_timeout(std::time::Duration::from_millis(300))
+    let builder = echo_room::builder()
         .compression(Compression::new().min_size(128))
         .decoder(herald::wire::DecoderConfig::default().max_message_size(64 * 1024));
-    Channels::new()
-        .phoenix(PATH, Endpoint::new(Anyone).channel("room:*", Echo))
-        .start(builder)
-        .expect("engine starts")
+    echo_room::start(builder)
 }
 
 /// A client speaking frames by hand; compresses what it sends when it

@@ -9,41 +9,16 @@ use std::{
     time::Duration,
 };
 
-use herald::{
-    Reject, Request, Server, TlsConfig,
-    channels::{Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket},
-    protocol::phoenix::Status,
-};
+use herald::{TlsConfig, channels::Engine};
+use herald_tests::echo_room;
 use rustls::{
     ClientConfig, ClientConnection, RootCertStore, StreamOwned,
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
 };
-use serde_json::{Value, json, value::RawValue};
+use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Anyone;
-
-impl Socket for Anyone {
-    type Assigns = ();
-
-    fn connect(&self, _: &Request) -> Result<(), Reject> {
-        Ok(())
-    }
-}
-
-struct Room;
-
-impl Channel<()> for Room {
-    fn handle_joined(&self, _: &mut ChannelContext<'_, '_, ()>, _: &RawValue) -> JoinResult {
-        Ok(Reply::empty())
-    }
-
-    fn handle_message(&self, ctx: &mut ChannelContext<'_, '_, ()>, _: &str, payload: &RawValue) {
-        ctx.reply(Status::Ok, &Reply::raw(payload));
-    }
-}
 
 /// A self-signed certificate for `localhost`: the server's config and the
 /// client's trust in it.
@@ -64,19 +39,7 @@ fn certificate() -> (TlsConfig, Arc<ClientConfig>) {
 }
 
 fn start(tls: TlsConfig) -> Engine {
-    let builder = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .loops(2)
-        .pin_cores(false)
-        .shutdown_timeout(Duration::from_millis(300))
-        .tls(tls);
-    Channels::new()
-        .phoenix(
-            "/socket/websocket",
-            Endpoint::new(Anyone).channel("room:*", Room),
-        )
-        .start(builder)
-        .expect("engine starts")
+    echo_room::start(echo_room::builder().tls(tls))
 }
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
@@ -186,19 +149,11 @@ fn bytes_that_are_not_tls_close_only_their_connection() {
 #[test]
 fn a_tls_handshake_that_never_finishes_is_dropped_at_the_handshake_timeout() {
     let (tls, _) = certificate();
-    let builder = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
+    let builder = echo_room::builder()
         .loops(1)
-        .pin_cores(false)
         .handshake_timeout(Duration::from_millis(500))
         .tls(tls);
-    let engine = Channels::new()
-        .phoenix(
-            "/socket/websocket",
-            Endpoint::new(Anyone).channel("room:*", Room),
-        )
-        .start(builder)
-        .expect("engine starts");
+    let engine = echo_room::start(builder);
     // The first bytes of a ClientHello, then silence.
     let mut stalled = TcpStream::connect(engine.local_addr()).unwrap();
     stalled.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
@@ -240,20 +195,11 @@ fn messages_in_one_burst_are_all_read_without_waiting_for_more_input() {
 #[test]
 fn a_client_refused_at_accept_reads_its_429_inside_tls() {
     let (tls, client) = certificate();
-    let builder = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
+    let builder = echo_room::builder()
         .loops(1)
-        .pin_cores(false)
-        .shutdown_timeout(Duration::from_millis(300))
         .connect_rate_per_address(herald::RateLimit::new(1, 1))
         .tls(tls);
-    let engine = Channels::new()
-        .phoenix(
-            "/socket/websocket",
-            Endpoint::new(Anyone).channel("room:*", Room),
-        )
-        .start(builder)
-        .expect("engine starts");
+    let engine = echo_room::start(builder);
     let _first = wss(engine.local_addr(), &client);
     let mut second = tls_stream(engine.local_addr(), &client);
     second
