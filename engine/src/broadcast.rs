@@ -52,6 +52,8 @@ pub struct Broadcast {
     /// The connection that must not receive it (`broadcast_from`): its
     /// loop and its id there.
     exclude: Option<(usize, ConnId)>,
+    /// Its offset in the topic's stream, for a topic with history.
+    offset: Option<u64>,
 }
 
 /// How a broadcast reaches one subscription (see
@@ -82,7 +84,31 @@ impl Broadcast {
             deflated: Frames::default(),
             binary: false,
             exclude: None,
+            offset: None,
         }
+    }
+
+    /// A channel broadcast of a topic with history: the Phoenix frame
+    /// carries `offset` (see [`phoenix::broadcast_at`]); Amber's has no
+    /// place for it.
+    pub(crate) fn channel_at(
+        topic: &str,
+        event: &str,
+        payload: Box<RawValue>,
+        entry: &TopicEntry,
+        offset: u64,
+    ) -> Self {
+        let mut frames = Frames::default();
+        if entry.has_protocol(WireProtocol::PhoenixV2) {
+            frames[WireProtocol::PhoenixV2.index()] =
+                Some(phoenix::broadcast_at(topic, event, &payload, offset));
+        }
+        if entry.has_protocol(WireProtocol::Amber) {
+            frames[WireProtocol::Amber.index()] = Some(amber::message(topic, event, &payload));
+        }
+        let mut broadcast = Self::with_message(topic, event, payload, frames);
+        broadcast.offset = Some(offset);
+        broadcast
     }
 
     /// A channel broadcast of `event` with `payload`, encoded once for each
@@ -135,6 +161,7 @@ impl Broadcast {
             deflated: Frames::default(),
             binary: false,
             exclude: None,
+            offset: None,
         }
     }
 
@@ -153,6 +180,11 @@ impl Broadcast {
     /// Whether the connection `conn` of loop `loop_index` is excluded.
     pub(crate) fn excludes(&self, loop_index: usize, conn: ConnId) -> bool {
         self.exclude == Some((loop_index, conn))
+    }
+
+    /// Its offset in the topic's stream, for a topic with history.
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
     }
 
     /// The topic.
@@ -225,6 +257,7 @@ impl Broadcast {
             deflated: copy(&self.deflated),
             binary: self.binary,
             exclude: self.exclude,
+            offset: self.offset,
         }
     }
 }

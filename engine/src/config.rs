@@ -312,6 +312,9 @@ pub enum ConfigError {
         /// The longest value accepted.
         max: Duration,
     },
+    /// Two settings that cannot go together; the error says which.
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 /// The shortest timeout or interval: one timer tick.

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use super::{
     JoinLater, Reply,
     handler::{ChannelConn, resubscribe},
+    history::{Histories, History, Publish},
     presence::{PRESENCE_STATE, PresenceError, PresenceTracker},
     timers::Timers,
 };
@@ -54,6 +55,7 @@ pub struct ChannelContext<'c, 'a, A> {
     pub(crate) joining: bool,
     pub(crate) presence: &'c PresenceTracker,
     pub(crate) timers: &'c Timers,
+    pub(crate) history: &'c Histories,
 }
 
 /// An application message for one channel of a connection (what
@@ -257,6 +259,10 @@ impl<A> ChannelContext<'_, '_, A> {
 
     fn send_broadcast(&mut self, event: &str, payload: Box<RawValue>, include_self: bool) {
         let topic = Arc::clone(&self.join.topic);
+        if let Some(rule) = self.history.rule_for(&topic) {
+            let exclude = (!include_self).then(|| self.conn.exclusion());
+            return self.publish_with_history(&topic, rule, event, payload, exclude);
+        }
         let Some(entry) = self.conn.topic(&topic) else {
             return;
         };
@@ -365,11 +371,35 @@ impl<A> ChannelContext<'_, '_, A> {
         let Some(payload) = to_payload(payload) else {
             return;
         };
+        if let Some(rule) = self.history.rule_for(topic) {
+            return self.publish_with_history(topic, rule, event, payload, None);
+        }
         let Some(entry) = self.conn.topic(topic) else {
             return;
         };
         let broadcast = Broadcast::channel(topic, event, payload, &entry);
         self.conn.broadcast(broadcast, true);
+    }
+
+    /// Publishes through the history store, for a topic that keeps
+    /// history: the publication takes its offset there and reaches the
+    /// loops in offset order.
+    fn publish_with_history(
+        &self,
+        topic: &str,
+        rule: History,
+        event: &str,
+        payload: Box<RawValue>,
+        exclude: Option<(usize, crate::pubsub::ConnId)>,
+    ) {
+        let publish = Publish {
+            topic,
+            rule,
+            event,
+            payload,
+            exclude,
+        };
+        self.history.publish(publish);
     }
 
     /// Tracks this connection's presence on this channel's topic under

@@ -22,12 +22,14 @@ use super::{
     context::{ChannelInfo, JoinInfo, Removal},
     deferred::{ConnectAnswer, Via},
     handler::{ChannelConn, ChannelsHandler},
+    history::{Histories, History, HistoryRules, HistoryStore, Publish},
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
     timers::Timers,
 };
 use crate::{
     broadcast::Broadcast,
+    config::ConfigError,
     handshake::Request,
     protocol::{MessageError, WireProtocol, phoenix::Ref},
     pubsub::TopicEntry,
@@ -147,6 +149,7 @@ pub(crate) struct CallSite<'c> {
     pub(crate) msg_ref: Option<Ref<'c>>,
     pub(crate) presence: &'c PresenceTracker,
     pub(crate) timers: &'c Timers,
+    pub(crate) history: &'c Histories,
 }
 
 impl<S: Socket> ErasedEndpoint for Endpoint<S> {
@@ -211,6 +214,7 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
             joining: matches!(call, Call::Join(_) | Call::JoinAnswer(_)),
             presence: site.presence,
             timers: site.timers,
+            history: site.history,
         };
         match call {
             Call::Join(payload) => return Some(channel.handle_joined(&mut ctx, payload)),
@@ -227,6 +231,9 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
         None
     }
 }
+
+/// The most topics the default, in-process history store keeps.
+const DEFAULT_HISTORY_TOPICS: usize = 100_000;
 
 /// An endpoint mounted on a path.
 pub(crate) struct Mount {
@@ -245,6 +252,8 @@ pub struct Channels {
     presence_down_after: Duration,
     census_every: Duration,
     on_topic_event: Option<Arc<TopicEventFn>>,
+    history: HistoryRules,
+    history_store: HistoryStore,
 }
 
 impl std::fmt::Debug for Channels {
@@ -274,7 +283,39 @@ impl Channels {
             presence_down_after: Duration::from_secs(30),
             census_every: CENSUS_EVERY,
             on_topic_event: None,
+            history: HistoryRules::default(),
+            history_store: HistoryStore::memory(DEFAULT_HISTORY_TOPICS),
         }
+    }
+
+    /// Keeps history for the topics matching `pattern` (exact, or a prefix
+    /// ending in `*`; the first matching rule wins): each publication gets
+    /// an offset, and a Phoenix client that joins again with its last
+    /// position gets what it missed (see [`History`] and the README's
+    /// "History and recovery"). Off by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::channels::{Channels, History};
+    ///
+    /// let channels = Channels::new()
+    ///     .history("chat_room:*", History::new().size(200).ttl(Duration::from_secs(600)));
+    /// # let _ = channels;
+    /// ```
+    pub fn history(mut self, pattern: &str, rule: History) -> Self {
+        self.history.push(pattern, rule);
+        self
+    }
+
+    /// Where history is kept: by default in this process
+    /// ([`HistoryStore::memory`], 100,000 topics at most), which serves a
+    /// single node only; a cluster takes
+    /// [`Cluster::history_store`](crate::cluster::Cluster::history_store).
+    pub fn history_store(mut self, store: HistoryStore) -> Self {
+        self.history_store = store;
+        self
     }
 
     /// Serves `endpoint` at `path` with the Phoenix Channels V2 protocol
@@ -344,10 +385,21 @@ impl Channels {
     /// Starts the engine on a server configured by `builder` (address,
     /// loops, limits); the endpoints' paths are added to it.
     pub fn start(self, builder: ServerBuilder) -> Result<Engine, StartError> {
+        if builder.has_relay() && !self.history.is_empty() && !self.history_store.backend.shared()
+        {
+            return Err(StartError::Config(ConfigError::Conflict(
+                "history on a cluster needs the cluster's store: Channels::history_store(cluster.history_store())",
+            )));
+        }
         let builder = self.mounts.iter().fold(builder, |builder, mount| {
             builder.endpoint(mount.path.clone())
         });
         let counters = Arc::new(ChannelCounters::default());
+        let history = Histories {
+            rules: self.history,
+            store: self.history_store,
+            counters: Arc::clone(&counters),
+        };
         let incarnation = RandomState::new().hash_one(0u8);
         let presence = Arc::new(PresenceTracker::new(incarnation));
         if let Some(listener) = &self.on_topic_event {
@@ -360,8 +412,10 @@ impl Channels {
             counters: Arc::clone(&counters),
             presence: Arc::clone(&presence),
             timers: Arc::clone(&timers),
+            history: history.clone(),
         };
         let server = builder.start_service(handler)?;
+        history.store.backend.attach(server.handle());
         let relay = server.handle().relay().cloned();
         let node = relay.as_ref().map_or(incarnation, |relay| relay.node_id());
         let census = Arc::new(Census::new(node, self.presence_down_after));
@@ -370,6 +424,7 @@ impl Channels {
             counters,
             presence,
             census,
+            history,
         };
         if let Some(relay) = &relay {
             let listener = self.on_topic_event.clone();
@@ -465,6 +520,7 @@ fn spawn_census(
                     continue;
                 }
                 next = now + every;
+                handle.history.store.backend.sweep();
                 let server = &handle.server;
                 let local = LocalRound {
                     topics: server.topic_counts(),
@@ -594,6 +650,7 @@ pub struct EngineHandle {
     counters: Arc<ChannelCounters>,
     presence: Arc<PresenceTracker>,
     census: Arc<Census>,
+    history: Histories,
 }
 
 impl EngineHandle {
@@ -606,6 +663,10 @@ impl EngineHandle {
         event: &str,
         payload: &T,
     ) -> Result<usize, serde_json::Error> {
+        if let Some(rule) = self.history.rule_for(topic) {
+            let payload = serde_json::value::to_raw_value(payload)?;
+            return Ok(self.publish_with_history(topic, rule, event, payload));
+        }
         // Other nodes re-encode the message itself: no frame for them.
         let Some(entry) = self.encoding_entry(topic, TopicEntry::default()) else {
             return Ok(0);
@@ -613,6 +674,37 @@ impl EngineHandle {
         let payload = serde_json::value::to_raw_value(payload)?;
         let broadcast = Broadcast::channel(topic, event, payload, &entry);
         Ok(self.server.broadcast(broadcast))
+    }
+
+    /// Publishes through the history store: the publication takes its
+    /// offset there. Returns 1 if the store took it (its loops are not
+    /// counted: a remote store delivers when the broker brings it back).
+    fn publish_with_history(
+        &self,
+        topic: &str,
+        rule: History,
+        event: &str,
+        payload: Box<RawValue>,
+    ) -> usize {
+        let publish = Publish {
+            topic,
+            rule,
+            event,
+            payload,
+            exclude: None,
+        };
+        usize::from(self.history.publish(publish))
+    }
+
+    /// The history store, to read a topic's latest publications or remove
+    /// its history (see [`Channels::history`]).
+    pub fn history_store(&self) -> &HistoryStore {
+        &self.history.store
+    }
+
+    /// Whether `topic` keeps history.
+    pub fn keeps_history(&self, topic: &str) -> bool {
+        self.history.rule_for(topic).is_some()
     }
 
     /// Broadcasts binary `data` under `event` to every subscriber of

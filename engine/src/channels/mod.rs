@@ -77,6 +77,7 @@ mod context;
 mod deferred;
 mod engine;
 mod handler;
+pub(crate) mod history;
 mod presence;
 mod reply;
 mod stats;
@@ -87,6 +88,9 @@ pub use census::{CENSUS_EVERY, NodeSummary, TopicEvent};
 pub use context::{ChannelContext, ChannelHandle, ReplyHandle};
 pub use deferred::{ConnectAnswer, JoinLater};
 pub use engine::{Channels, Endpoint, Engine, EngineHandle};
+pub use history::{
+    History, HistoryError, HistoryStore, MAX_RECOVERED, Publication, StreamPosition,
+};
 pub use presence::{DIFF_WINDOW, PRESENCE_DIFF, PRESENCE_STATE, PresenceError};
 pub use reply::{JoinResult, LeaveReason, Reply};
 use std::any::Any;

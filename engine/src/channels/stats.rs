@@ -27,6 +27,23 @@ counters! {
     leaves: Counter "channel_leaves_total",
     /// Channel messages received from clients on joined topics.
     client_messages: Counter "channel_messages_total",
+    /// Publications appended to a topic's history (with an offset).
+    history_appends: Counter "history_appends_total",
+    /// Joins that asked to recover from an earlier position.
+    recoveries: Counter "history_recoveries_total",
+    /// Recoveries that delivered every missed publication.
+    recovered: Counter "history_recovered_total",
+    /// Recoveries refused: the stream's epoch changed (its storage was
+    /// lost, or it expired).
+    recovery_failed_epoch: Counter "history_recovery_failed_epoch_total",
+    /// Recoveries refused: more publications missed than one join
+    /// recovers.
+    recovery_failed_too_many: Counter "history_recovery_failed_too_many_total",
+    /// Recoveries refused: missed publications already dropped from the
+    /// history (its size or TTL), or an offset the stream never reached.
+    recovery_failed_gone: Counter "history_recovery_failed_gone_total",
+    /// Recoveries refused: the history store could not be read.
+    recovery_failed_unavailable: Counter "history_recovery_failed_unavailable_total",
 }
 
 /// Adds one to a shared counter.

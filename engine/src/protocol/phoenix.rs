@@ -325,6 +325,31 @@ pub fn broadcast(topic: &str, event: &str, payload: &RawValue) -> Bytes {
     encode_array("null", "null", topic, event, payload.get())
 }
 
+/// `[null, "@<offset>", topic, event, payload]`: a broadcast of a topic
+/// with history, carrying its offset in the stream in the ref slot (the
+/// phoenix client hands it to `channel.on` callbacks as their second
+/// argument). The `@` keeps it from ever equalling a client's own numeric
+/// refs (a heartbeat's, whose reply the client waits for).
+///
+/// # Examples
+///
+/// ```
+/// use herald::protocol::phoenix::broadcast_at;
+/// use serde_json::value::RawValue;
+///
+/// let payload = RawValue::from_string(r#"{"body":"hi"}"#.into())?;
+/// let frame = broadcast_at("room:1", "new_msg", &payload, 17);
+/// assert_eq!(&frame[2..], br#"[null,"@17","room:1","new_msg",{"body":"hi"}]"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn broadcast_at(topic: &str, event: &str, payload: &RawValue, offset: u64) -> Bytes {
+    let offset_ref = format!("\"{OFFSET_REF_PREFIX}{offset}\"");
+    encode_array("null", &offset_ref, topic, event, payload.get())
+}
+
+/// What starts the ref of a broadcast that carries its offset.
+pub const OFFSET_REF_PREFIX: char = '@';
+
 /// `[join_ref, null, topic, event, payload]`: a push to one client.
 pub fn push(join_ref: Ref<'_>, topic: &str, event: &str, payload: &RawValue) -> Bytes {
     encode_array(join_ref.as_json(), "null", topic, event, payload.get())

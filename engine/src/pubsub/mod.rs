@@ -90,6 +90,10 @@ pub(crate) enum SubscriptionKind {
         /// on the server side: then every broadcast is a callback, which
         /// delivers to each of them and to the client.
         with_server: bool,
+        /// Whether the join is recovering its topic's history: then every
+        /// broadcast is a callback, held or dropped until the client has
+        /// what it missed.
+        recovering: bool,
     },
     /// Channels' server-side subscriptions, without the client's join: a
     /// callback, never a frame.

@@ -481,6 +481,12 @@ impl<S> Conn<'_, S> {
         self.ctx.publishes.push(Arc::new(broadcast));
     }
 
+    /// This connection as a broadcast names the one it excludes: its
+    /// loop and its id there.
+    pub(crate) fn exclusion(&self) -> (usize, ConnId) {
+        (self.ctx.loop_index, self.id)
+    }
+
     /// What the shared index knows of `topic`: which protocols its
     /// subscribers speak, so that a broadcast is encoded only for those.
     pub(crate) fn topic(&self, topic: &str) -> Option<TopicEntry> {

@@ -244,6 +244,11 @@ impl ServerBuilder {
         self
     }
 
+    /// Whether a cluster bus is attached.
+    pub(crate) fn has_relay(&self) -> bool {
+        self.relay.is_some()
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &ServerConfig {
         &self.config

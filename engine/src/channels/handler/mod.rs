@@ -12,9 +12,15 @@ use std::{
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+mod recovery;
+
+pub(crate) use recovery::Recovering;
+use recovery::{Held, forget_recovery, is_recovering};
+
 use super::{
     LeaveReason, Reply,
     context::{ChannelInfo, JoinInfo, Removal, send_presence_state},
+    history::{Histories, RecoveryAnswer, StreamPosition, requested},
     deferred::{ConnectDecision, JoinAnswer, Via},
     engine::{Call, CallSite, Mount},
     presence::{PresenceTracker, Tracked},
@@ -73,6 +79,8 @@ pub(crate) struct ChannelConn {
     pub(crate) stopping: bool,
     /// Each channel's own assigns, by joined topic.
     pub(crate) channel_assigns: Vec<(Arc<str>, Box<dyn Any + Send>)>,
+    /// Joined topics recovering their history.
+    recovering: Vec<Recovering>,
 }
 
 /// A join waiting for its [`JoinLater`](super::JoinLater) answer.
@@ -81,6 +89,8 @@ struct PendingJoin {
     join: JoinInfo,
     msg_ref: Option<OwnedRef>,
     id: u64,
+    /// The position the client asked to recover from.
+    recover: Option<StreamPosition>,
 }
 
 impl ChannelConn {
@@ -103,6 +113,7 @@ impl ChannelConn {
 pub(crate) fn resubscribe(conn: &mut Conn<'_, ChannelConn>, topic: &str) {
     let state = conn.state();
     let with_server = state.infos.iter().any(|(info, _)| &**info == topic);
+    let recovering = is_recovering(state, topic);
     let endpoint = state.endpoint;
     let join = state
         .joined
@@ -115,6 +126,7 @@ pub(crate) fn resubscribe(conn: &mut Conn<'_, ChannelConn>, topic: &str) {
                 endpoint,
                 route,
                 with_server,
+                recovering,
             };
             conn.subscribe_as(
                 topic,
@@ -150,6 +162,7 @@ pub(crate) struct ChannelsHandler {
     pub(crate) counters: Arc<ChannelCounters>,
     pub(crate) presence: Arc<PresenceTracker>,
     pub(crate) timers: Arc<Timers>,
+    pub(crate) history: Histories,
 }
 
 /// How a channel callback ended.
@@ -192,6 +205,7 @@ impl ChannelsHandler {
                 msg_ref,
                 presence: &self.presence,
                 timers: &self.timers,
+                history: &self.history,
             };
             mount.endpoint.call(&mut *assigns, conn, site, call)
         }));
@@ -255,6 +269,7 @@ impl ChannelsHandler {
         let state = conn.state();
         state.joined.retain(|join| &*join.topic != topic);
         state.channel_assigns.retain(|(owner, _)| &**owner != topic);
+        forget_recovery(state, topic);
         state.tracked.retain(|tracked| {
             let ends = &*tracked.topic == topic;
             if ends {
@@ -409,8 +424,17 @@ impl ChannelsHandler {
             protocol,
             route,
         };
+        let recover = match self.history_rule(&join).map(|_| requested(payload)) {
+            Some(Err(invalid)) => {
+                count(&self.counters.joins_refused);
+                let refusal = Reply::reason(invalid);
+                return Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Error, &refusal);
+            }
+            Some(Ok(recover)) => recover,
+            None => None,
+        };
         let ran = self.run(conn, &join, None, Call::Join(payload));
-        self.conclude_join(conn, join, msg_ref, ran);
+        self.conclude_join(conn, join, msg_ref, ran, recover);
     }
 
     /// Joins, refuses, or (if the callback called `join_later`) waits.
@@ -420,13 +444,19 @@ impl ChannelsHandler {
         join: JoinInfo,
         msg_ref: Option<Ref<'_>>,
         ran: Ran,
+        recover: Option<StreamPosition>,
     ) {
         let topic = &*Arc::clone(&join.topic);
         if let Some(id) = conn.state().deferred_join.take() {
             self.discard_join(conn, topic);
             if !matches!(ran, Ran::Failed) {
                 let msg_ref = msg_ref.and_then(OwnedRef::keep);
-                let pending = PendingJoin { join, msg_ref, id };
+                let pending = PendingJoin {
+                    join,
+                    msg_ref,
+                    id,
+                    recover,
+                };
                 conn.state().pending_joins.push(pending);
                 return;
             }
@@ -436,6 +466,9 @@ impl ChannelsHandler {
             Ran::Joined(Ok(response)) => {
                 count(&self.counters.joins);
                 conn.state().joined.push(join.clone());
+                if let Some(rule) = self.history_rule(&join) {
+                    return self.start_recovery(conn, join, msg_ref, response, rule, recover);
+                }
                 resubscribe(conn, topic);
                 Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Ok, &response);
                 return self.after_join(conn, &join);
@@ -463,13 +496,18 @@ impl ChannelsHandler {
         else {
             return;
         };
-        let PendingJoin { join, msg_ref, .. } = pending.swap_remove(at);
+        let PendingJoin {
+            join,
+            msg_ref,
+            recover,
+            ..
+        } = pending.swap_remove(at);
         let msg_ref = msg_ref.as_ref().map(OwnedRef::get);
         let ran = match &answer.message {
             Some(message) => self.run(conn, &join, None, Call::JoinAnswer(&**message)),
             None => Ran::Joined(Err(Reply::reason("join not answered"))),
         };
-        self.conclude_join(conn, join, msg_ref, ran);
+        self.conclude_join(conn, join, msg_ref, ran, recover);
     }
 
     /// After an accepted join's reply: the `presence_state` its callback
@@ -592,26 +630,51 @@ impl ChannelsHandler {
                 endpoint,
                 route,
                 with_server,
+                recovering,
             } => {
                 if with_server {
                     self.deliver_to_server_subscribers(conn, broadcast);
                 }
+                if recovering && matches!(self.hold_or_skip(conn, broadcast), Held::Taken) {
+                    return;
+                }
                 if self.intercepts(endpoint, route, broadcast) {
                     self.deliver_out(conn, broadcast);
-                } else if with_server {
-                    // The client's own delivery: the shared frame (the
-                    // compressed one, made once, if the client takes it).
-                    let encoding = Encoding {
-                        protocol: conn.state().protocol,
-                        deflate: conn.takes_compressed(),
-                    };
-                    if let Some(frame) = broadcast.frame_for(encoding) {
-                        let _ = conn.send_frame(frame.clone());
-                    }
+                } else if with_server || recovering {
+                    Self::send_shared_frame(conn, broadcast);
                 }
             }
             SubscriptionKind::Server => self.deliver_to_server_subscribers(conn, broadcast),
             SubscriptionKind::Plain => {}
+        }
+    }
+
+    /// The client's own delivery of a broadcast it takes as a callback:
+    /// `handle_out` if its channel intercepts the event, else the shared
+    /// frame.
+    fn deliver_to_client(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        join: &JoinInfo,
+        broadcast: &Broadcast,
+    ) {
+        let endpoint = conn.state().endpoint;
+        if self.intercepts(endpoint, join.route, broadcast) {
+            self.deliver_out(conn, broadcast);
+        } else {
+            Self::send_shared_frame(conn, broadcast);
+        }
+    }
+
+    /// The shared frame (the compressed one, made once, if the client
+    /// takes it).
+    fn send_shared_frame(conn: &mut Conn<'_, ChannelConn>, broadcast: &Broadcast) {
+        let encoding = Encoding {
+            protocol: conn.state().protocol,
+            deflate: conn.takes_compressed(),
+        };
+        if let Some(frame) = broadcast.frame_for(encoding) {
+            let _ = conn.send_frame(frame.clone());
         }
     }
 
@@ -663,12 +726,15 @@ impl ChannelsHandler {
                 let PendingJoin { join, msg_ref, .. } = pending.swap_remove(at);
                 let msg_ref = msg_ref.as_ref().map(OwnedRef::get);
                 let refused = Ran::Joined(Err(Reply::reason("removed")));
-                self.conclude_join(conn, join, msg_ref, refused);
+                self.conclude_join(conn, join, msg_ref, refused, None);
             }
             return;
         }
         if let Some(answer) = message.downcast_ref::<JoinAnswer>() {
             return self.join_answered(conn, answer);
+        }
+        if let Some(answer) = message.downcast_ref::<RecoveryAnswer>() {
+            return self.recovery_answered(conn, answer);
         }
         let Some(info) = message.downcast_ref::<ChannelInfo>() else {
             return;
@@ -703,6 +769,7 @@ impl ChannelsHandler {
             presence_state_after_join: false,
             stopping: false,
             channel_assigns: Vec::new(),
+            recovering: Vec::new(),
         };
         let accept = Accept::new(state);
         if via.phoenix_subprotocol {
@@ -830,6 +897,7 @@ impl Service for ChannelsHandler {
         match kind {
             SubscriptionKind::Join {
                 with_server: false,
+                recovering: false,
                 endpoint,
                 route,
             } if !self.intercepts(endpoint, route, broadcast) => Delivery::Frame,

@@ -1,0 +1,274 @@
+//! A join of a topic with history: subscribe, read what the client
+//! missed, reply, then deliver the missed publications before any live
+//! one (see [`history`](crate::channels::history) for the contract).
+//!
+//! Between the subscription and the store's answer, the client's live
+//! broadcasts of the topic are held; after it, those the history already
+//! had (offset at or below the read's top) are dropped, until the first
+//! newer one: then the subscription goes back to taking shared frames
+//! without a callback.
+
+use std::sync::Arc;
+
+use super::{ChannelConn, ChannelsHandler, resubscribe};
+use crate::{
+    broadcast::Broadcast,
+    channels::{
+        Reply,
+        context::JoinInfo,
+        history::{
+            History, NotRecovered, Recovery, RecoveryAnswer, RecoveryRead, RecoveryReply,
+            StreamPosition, reply_with_history,
+        },
+        stats::count,
+    },
+    protocol::phoenix::{self, OwnedRef, Ref, Status},
+    reactor::Conn,
+};
+
+/// The most live broadcasts held for one recovering join; past it the
+/// join is refused (the client joins again) rather than lose one.
+const MAX_HELD: usize = 4096;
+
+/// The refusal of a join whose held broadcasts overflowed.
+const HELD_OVERFLOW: &str = "too many publications during recovery; join again";
+
+/// A joined topic whose history read is under way or just answered.
+#[derive(Debug)]
+pub(crate) struct Recovering {
+    topic: Arc<str>,
+    id: u64,
+    /// Until the store answers: the reply the client is owed.
+    owed: Option<OwedReply>,
+    /// Live broadcasts received before the answer.
+    held: Vec<Broadcast>,
+    overflowed: bool,
+    /// After the answer: the top offset the read saw.
+    top: u64,
+}
+
+#[derive(Debug)]
+struct OwedReply {
+    join: JoinInfo,
+    msg_ref: Option<OwnedRef>,
+    response: Reply,
+    /// Whether the client asked to recover.
+    asked: bool,
+}
+
+/// How a live broadcast to a recovering subscription goes.
+pub(super) enum Held {
+    /// Kept until the answer, or dropped as already recovered.
+    Taken,
+    /// To the client, now.
+    Deliver,
+}
+
+impl ChannelsHandler {
+    /// The history rule of an accepted join, if it recovers (Phoenix only:
+    /// Amber has no replies to carry a position).
+    pub(super) fn history_rule(&self, join: &JoinInfo) -> Option<History> {
+        (join.protocol == crate::protocol::WireProtocol::PhoenixV2)
+            .then(|| self.history.rule_for(&join.topic))
+            .flatten()
+    }
+
+    /// Subscribes an accepted join of a topic with history and reads what
+    /// it missed; replies when the store answers.
+    pub(super) fn start_recovery(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        join: JoinInfo,
+        msg_ref: Option<Ref<'_>>,
+        response: Reply,
+        rule: History,
+        since: Option<StreamPosition>,
+    ) {
+        let asked = since.is_some();
+        if asked {
+            count(&self.counters.recoveries);
+        }
+        let topic = Arc::clone(&join.topic);
+        let state = conn.state();
+        state.next_join_id += 1;
+        let id = state.next_join_id;
+        state.recovering.retain(|entry| entry.topic != topic);
+        state.recovering.push(Recovering {
+            topic: Arc::clone(&topic),
+            id,
+            owed: Some(OwedReply {
+                join,
+                msg_ref: msg_ref.and_then(OwnedRef::keep),
+                response,
+                asked,
+            }),
+            held: Vec::new(),
+            overflowed: false,
+            top: 0,
+        });
+        // Subscribed before the read: nothing published after it is missed.
+        resubscribe(conn, &topic);
+        let read = RecoveryRead {
+            topic: Arc::clone(&topic),
+            rule,
+            since,
+            reply: RecoveryReply {
+                conn: conn.handle(),
+                topic: Arc::clone(&topic),
+                id,
+            },
+        };
+        if let Some(recovery) = self.history.store.backend.recover(read) {
+            self.finish_recovery(conn, &topic, id, recovery);
+        }
+    }
+
+    /// A store's answer that came through the mailbox.
+    pub(super) fn recovery_answered(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        answer: &RecoveryAnswer,
+    ) {
+        let recovery = answer
+            .recovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(recovery) = recovery {
+            self.finish_recovery(conn, &answer.topic, answer.id, recovery);
+        }
+    }
+
+    /// Replies to the join, then sends the missed publications and the
+    /// live ones held meanwhile.
+    fn finish_recovery(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        topic: &Arc<str>,
+        id: u64,
+        recovery: Recovery,
+    ) {
+        let state = conn.state();
+        let Some(at) = state
+            .recovering
+            .iter()
+            .position(|entry| entry.topic == *topic && entry.id == id)
+        else {
+            return; // left, rejoined or closed meanwhile
+        };
+        let entry = &mut state.recovering[at];
+        let Some(owed) = entry.owed.take() else {
+            return;
+        };
+        let held = std::mem::take(&mut entry.held);
+        if entry.overflowed {
+            state.recovering.swap_remove(at);
+            return self.refuse_recovering(conn, owed);
+        }
+        let top = recovery.top.as_ref().map(|top| top.offset);
+        entry.top = top.unwrap_or(0);
+        if top.is_none() {
+            // Nothing to compare live offsets with: all of them go.
+            state.recovering.swap_remove(at);
+            resubscribe(conn, topic);
+        }
+        let (publications, failed) = match recovery.outcome {
+            Ok(publications) => (publications, None),
+            Err(reason) => (Vec::new(), Some(reason)),
+        };
+        if owed.asked {
+            self.count_recovery(failed);
+        }
+        let response = reply_with_history(
+            owed.response.as_raw(),
+            recovery.top.as_ref(),
+            failed.filter(|_| owed.asked),
+            owed.asked,
+        )
+        .map_or(owed.response, |merged| Reply::raw(&merged));
+        let msg_ref = owed.msg_ref.as_ref().map(OwnedRef::get);
+        Self::phoenix_reply(conn, owed.join.join_ref(), msg_ref, topic, Status::Ok, &response);
+        self.after_join(conn, &owed.join);
+        for publication in publications {
+            let frame =
+                phoenix::broadcast_at(topic, &publication.event, &publication.payload, publication.offset);
+            let _ = conn.send_frame(frame);
+        }
+        for broadcast in held {
+            if let Held::Deliver = self.hold_or_skip(conn, &broadcast) {
+                self.deliver_to_client(conn, &owed.join, &broadcast);
+            }
+        }
+    }
+
+    /// A join refused because its held broadcasts overflowed.
+    fn refuse_recovering(&self, conn: &mut Conn<'_, ChannelConn>, owed: OwedReply) {
+        count(&self.counters.recovery_failed_unavailable);
+        let topic = Arc::clone(&owed.join.topic);
+        self.discard_join(conn, &topic);
+        let msg_ref = owed.msg_ref.as_ref().map(OwnedRef::get);
+        let refusal = Reply::reason(HELD_OVERFLOW);
+        Self::phoenix_reply(conn, owed.join.join_ref(), msg_ref, &topic, Status::Error, &refusal);
+        self.forget(conn, &topic);
+    }
+
+    fn count_recovery(&self, failed: Option<NotRecovered>) {
+        let counters = &self.counters;
+        count(match failed {
+            None => &counters.recovered,
+            Some(NotRecovered::Epoch) => &counters.recovery_failed_epoch,
+            Some(NotRecovered::TooMany) => &counters.recovery_failed_too_many,
+            Some(NotRecovered::Gone) => &counters.recovery_failed_gone,
+            Some(NotRecovered::Unavailable) => &counters.recovery_failed_unavailable,
+        });
+    }
+
+    /// What becomes of a live broadcast to a subscription of a joined
+    /// topic: held while the store has not answered, dropped if the
+    /// history had it, delivered otherwise (and the first newer one ends
+    /// the recovery).
+    pub(super) fn hold_or_skip(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        broadcast: &Broadcast,
+    ) -> Held {
+        let state = conn.state();
+        let Some(at) = state
+            .recovering
+            .iter()
+            .position(|entry| *entry.topic == *broadcast.topic())
+        else {
+            return Held::Deliver;
+        };
+        let entry = &mut state.recovering[at];
+        if entry.owed.is_some() {
+            if entry.held.len() < MAX_HELD {
+                entry.held.push(broadcast.clone());
+            } else {
+                entry.overflowed = true;
+            }
+            return Held::Taken;
+        }
+        match broadcast.offset() {
+            Some(offset) if offset <= entry.top => Held::Taken,
+            Some(_) => {
+                let topic = Arc::clone(&entry.topic);
+                state.recovering.swap_remove(at);
+                resubscribe(conn, &topic);
+                Held::Deliver
+            }
+            None => Held::Deliver,
+        }
+    }
+}
+
+/// Whether `topic` is recovering on this connection: its subscription
+/// then takes broadcasts as callbacks.
+pub(super) fn is_recovering(state: &ChannelConn, topic: &str) -> bool {
+    state.recovering.iter().any(|entry| &*entry.topic == topic)
+}
+
+/// Forgets a topic's recovery (its channel ended).
+pub(super) fn forget_recovery(state: &mut ChannelConn, topic: &str) {
+    state.recovering.retain(|entry| &*entry.topic != topic);
+}

@@ -1,0 +1,268 @@
+//! Streams kept in this process, for a single node.
+//!
+//! Streams live in shards, each behind its own mutex. A publication takes
+//! its offset and is delivered to the loops under the shard's lock, so that
+//! every loop receives a topic's publications in offset order, whichever
+//! threads published them. Memory is bounded three ways: each stream keeps
+//! at most its rule's size, publications older than the TTL are dropped,
+//! and the shard forgets the stream published to least recently when it
+//! holds its share of `max_topics` (a stream's epoch and offset outlive
+//! its publications by [`META_TTL`], so an idle topic's clients still
+//! recover "nothing missed").
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{
+    History, HistoryBackend, HistoryError, Publication, Publish, Recovery, RecoveryRead,
+    StreamPosition,
+};
+use crate::{broadcast::Broadcast, reactor::ServerHandle};
+
+/// How many shards the streams are spread over.
+const SHARDS: usize = 16;
+
+/// How long a stream's epoch and offset are kept after its last
+/// publication.
+pub(crate) const META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One topic's stream.
+#[derive(Debug)]
+struct Stream {
+    epoch: Arc<str>,
+    top: u64,
+    kept: VecDeque<(Instant, Publication)>,
+    last_publish: Instant,
+}
+
+impl Stream {
+    /// Drops what the rule no longer keeps at `now`.
+    fn trim(&mut self, rule: History, now: Instant) {
+        while self.kept.len() > rule.max_size() {
+            self.kept.pop_front();
+        }
+        while self
+            .kept
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= rule.max_age())
+        {
+            self.kept.pop_front();
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            epoch: self.epoch.to_string(),
+            offset: self.top,
+        }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.kept.front().map(|(_, publication)| publication.offset)
+    }
+
+    /// The kept publications after `offset`, oldest first.
+    fn after(&self, offset: u64) -> Vec<Publication> {
+        self.kept
+            .iter()
+            .filter(|(_, publication)| publication.offset > offset)
+            .map(|(_, publication)| publication.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    streams: HashMap<Box<str>, Stream>,
+    /// Each stream's rule, as last published or read with.
+    rules: HashMap<Box<str>, History>,
+}
+
+/// The in-process store.
+#[derive(Debug)]
+pub(crate) struct MemoryHistory {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    per_shard: usize,
+    server: OnceLock<ServerHandle>,
+    /// Makes each new epoch distinct.
+    epochs: AtomicU64,
+}
+
+impl MemoryHistory {
+    pub(crate) fn new(max_topics: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            per_shard: max_topics.div_ceil(SHARDS).max(1),
+            server: OnceLock::new(),
+            epochs: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(topic) as usize) % SHARDS;
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A name no earlier stream of this process had, unlikely to be one
+    /// of another process's.
+    fn new_epoch(&self) -> Arc<str> {
+        let count = self.epochs.fetch_add(1, Ordering::Relaxed);
+        let mixed = self.hasher.hash_one((count, std::process::id()));
+        Arc::from(format!("{:08x}", mixed as u32))
+    }
+
+    /// The stream of `topic` in `shard`, created (evicting the least
+    /// recently published one if the shard is full) if it has none.
+    fn stream<'s>(
+        &self,
+        shard: &'s mut Shard,
+        topic: &str,
+        rule: History,
+        now: Instant,
+    ) -> &'s mut Stream {
+        if !shard.streams.contains_key(topic) {
+            if shard.streams.len() >= self.per_shard {
+                evict_least_recent(shard);
+            }
+            let stream = Stream {
+                epoch: self.new_epoch(),
+                top: 0,
+                kept: VecDeque::new(),
+                last_publish: now,
+            };
+            shard.streams.insert(Box::from(topic), stream);
+        }
+        if shard.rules.get(topic) != Some(&rule) {
+            shard.rules.insert(Box::from(topic), rule);
+        }
+        let stream = shard.streams.get_mut(topic).expect("inserted above");
+        stream.trim(rule, now);
+        stream
+    }
+}
+
+fn evict_least_recent(shard: &mut Shard) {
+    let oldest = shard
+        .streams
+        .iter()
+        .min_by_key(|(_, stream)| stream.last_publish)
+        .map(|(topic, _)| topic.clone());
+    if let Some(topic) = oldest {
+        shard.streams.remove(&topic);
+        shard.rules.remove(&topic);
+    }
+}
+
+impl HistoryBackend for MemoryHistory {
+    fn publish(&self, publish: Publish<'_>) -> Result<(), HistoryError> {
+        let now = Instant::now();
+        let mut shard = self.shard(publish.topic);
+        let stream = self.stream(&mut shard, publish.topic, publish.rule, now);
+        stream.top += 1;
+        stream.last_publish = now;
+        let offset = stream.top;
+        let publication = Publication {
+            offset,
+            event: publish.event.to_owned(),
+            payload: publish.payload,
+        };
+        // Delivered under the lock: every loop gets this topic's
+        // publications in offset order.
+        if let Some(server) = self.server.get()
+            && let Some(entry) = server.topic(publish.topic)
+        {
+            let mut broadcast = Broadcast::channel_at(
+                publish.topic,
+                &publication.event,
+                publication.payload.clone(),
+                &entry,
+                offset,
+            );
+            if let Some((loop_index, conn)) = publish.exclude {
+                broadcast = broadcast.excluding(loop_index, conn);
+            }
+            server.broadcast_local(broadcast);
+        }
+        stream.kept.push_back((now, publication));
+        stream.trim(publish.rule, now);
+        Ok(())
+    }
+
+    fn recover(&self, read: RecoveryRead) -> Option<Recovery> {
+        let now = Instant::now();
+        let mut shard = self.shard(&read.topic);
+        let stream = self.stream(&mut shard, &read.topic, read.rule, now);
+        Some(Recovery::decide(
+            read.since.as_ref(),
+            stream.position(),
+            stream.oldest(),
+            |since| stream.after(since),
+        ))
+    }
+
+    fn latest(
+        &self,
+        topic: &str,
+        limit: usize,
+    ) -> Result<(Option<StreamPosition>, Vec<Publication>), HistoryError> {
+        let now = Instant::now();
+        let mut shard = self.shard(topic);
+        let rule = shard.rules.get(topic).copied();
+        let Some(stream) = shard.streams.get_mut(topic) else {
+            return Ok((None, Vec::new()));
+        };
+        if let Some(rule) = rule {
+            stream.trim(rule, now);
+        }
+        let skip = stream.kept.len().saturating_sub(limit);
+        let latest = stream
+            .kept
+            .iter()
+            .skip(skip)
+            .map(|(_, publication)| publication.clone())
+            .collect();
+        Ok((Some(stream.position()), latest))
+    }
+
+    fn remove(&self, topic: &str) -> Result<bool, HistoryError> {
+        let mut shard = self.shard(topic);
+        shard.rules.remove(topic);
+        Ok(shard.streams.remove(topic).is_some())
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Shard { streams, rules } = &mut *shard;
+            streams.retain(|topic, stream| {
+                if let Some(&rule) = rules.get(topic) {
+                    stream.trim(rule, now);
+                }
+                now.duration_since(stream.last_publish) < META_TTL
+            });
+            rules.retain(|topic, _| streams.contains_key(topic));
+            if streams.capacity() > 2 * streams.len() + 64 {
+                streams.shrink_to_fit();
+                rules.shrink_to_fit();
+            }
+        }
+    }
+
+    fn attach(&self, server: ServerHandle) {
+        let _ = self.server.set(server);
+    }
+}
