@@ -21,7 +21,9 @@ use std::{
 
 use herald::{
     Reject, Request, Server,
-    channels::{Channel, ChannelContext, Channels, Endpoint, Engine, JoinResult, Reply, Socket},
+    channels::{
+        Channel, ChannelContext, Channels, Endpoint, Engine, History, JoinResult, Reply, Socket,
+    },
     cluster::{Broker, Cluster, ClusterStats},
 };
 use herald_tests::{phoenix::Client, server::wait_until};
@@ -244,16 +246,37 @@ fn node_with(broker: &BrokerProcess, down_after: Duration) -> Node {
                 include_sender: false,
             },
         )
-        .channel("lobby:*", Lobby);
+        .channel("lobby:*", Lobby)
+        .channel(
+            "hist:*",
+            Room {
+                include_sender: true,
+            },
+        )
+        .channel(
+            "histq:*",
+            Room {
+                include_sender: false,
+            },
+        );
     let cluster = Cluster::new(broker.broker());
     let builder = Server::builder()
         .bind("127.0.0.1:0".parse().unwrap())
         .loops(1)
         .pin_cores(false);
-    let engine = Channels::new()
+    let mut channels = Channels::new()
         .phoenix(PATH, endpoint)
         .presence_down_after(down_after)
-        .census_every(CENSUS_EVERY)
+        .census_every(CENSUS_EVERY);
+    // NATS keeps no history (see `Cluster::history_store`).
+    if let Some(store) = cluster.history_store() {
+        let rule = History::new().size(1000).ttl(Duration::from_secs(60));
+        channels = channels
+            .history("hist:*", rule)
+            .history("histq:*", rule)
+            .history_store(store);
+    }
+    let engine = channels
         .start(cluster.attach(builder))
         .expect("start a node");
     Node { engine, cluster }
@@ -793,3 +816,174 @@ per_broker!(
     a_node_that_stops_cleanly_leaves_at_once,
     presences_converge_after_a_broker_restart,
 );
+
+// ---- History on Redis ----------------------------------------------------------
+
+/// The next broadcast carrying an offset: `(offset, payload)`.
+fn next_with_offset(client: &mut Client) -> (u64, Value) {
+    loop {
+        let message = client.recv();
+        let offset = message[1].as_str().and_then(|r| r.strip_prefix('@'));
+        if let (true, Some(offset)) = (message[0].is_null(), offset) {
+            return (offset.parse().expect("an offset"), message[4].clone());
+        }
+    }
+}
+
+/// Joins `topic` with `payload`; returns the join ref and the reply's
+/// `history` summary.
+fn join_with(engine: &Engine, topic: &str, payload: Value) -> (Client, String, Value) {
+    let mut client = Client::connect(engine.local_addr(), PATH, "").expect("connect");
+    let (join_ref, reply) = client.join(topic, payload);
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let summary = reply["response"]["history"].clone();
+    (client, join_ref, summary)
+}
+
+fn publish_n(engine: &Engine, topic: &str, from: u64, to: u64) {
+    for n in from..=to {
+        engine
+            .handle()
+            .broadcast(topic, "msg", &json!({ "n": n }))
+            .unwrap();
+    }
+}
+
+mod redis_history {
+    use super::*;
+
+    /// A client on node A drops; node B publishes 50; the client joins A
+    /// again with its position and gets exactly those, in order, then live
+    /// ones. B's own subscriber gets every publication, in offset order,
+    /// through Redis.
+    #[test]
+    fn a_rejoin_recovers_what_another_node_published() {
+        let broker = BrokerProcess::start(Kind::Redis);
+        let (a, b) = (node(&broker), node(&broker));
+        let (mut first, _, summary) = join_with(&a, "hist:1", json!({}));
+        let epoch = summary["epoch"].as_str().expect("an epoch").to_owned();
+        let (mut on_b, _, _) = join_with(&b, "hist:1", json!({}));
+        wait_subscribed(&[&a, &b], 1);
+        publish_n(&b, "hist:1", 1, 3);
+        for expected in 1..=3 {
+            assert_eq!(next_with_offset(&mut first), (expected, json!({ "n": expected })));
+        }
+        drop(first);
+        publish_n(&b, "hist:1", 4, 53);
+        let recover = json!({ "recover": { "epoch": epoch, "offset": 3 } });
+        let (mut again, _, summary) = join_with(&a, "hist:1", recover);
+        assert_eq!(summary["recovered"], true, "{summary}");
+        assert_eq!(summary["epoch"], epoch.as_str());
+        // What the read saw; publications after it arrive live, in order.
+        let top = summary["offset"].as_u64().unwrap();
+        assert!(top >= 3, "{summary}");
+        publish_n(&b, "hist:1", 54, 54);
+        for expected in 4..=54 {
+            assert_eq!(next_with_offset(&mut again), (expected, json!({ "n": expected })));
+        }
+        let missing: Vec<Value> = again.sync();
+        assert!(missing.is_empty(), "duplicates: {missing:?}");
+        for expected in 1..=54 {
+            assert_eq!(next_with_offset(&mut on_b).0, expected);
+        }
+        let (position, latest) = a.handle().history_store().latest("hist:1", 3).unwrap();
+        assert_eq!(position.unwrap().offset, 54);
+        assert_eq!(latest.iter().map(|p| p.offset).collect::<Vec<_>>(), [52, 53, 54]);
+    }
+
+    /// `broadcast_from` through the history script still skips the
+    /// sender, which gets its own publication neither locally nor back
+    /// from Redis.
+    #[test]
+    fn broadcast_from_with_history_skips_the_sender() {
+        let broker = BrokerProcess::start(Kind::Redis);
+        let (a, b) = (node(&broker), node(&broker));
+        let (mut sender, join_ref, _) = join_with(&a, "histq:1", json!({}));
+        let (mut remote, remote_ref, _) = join_with(&b, "histq:1", json!({}));
+        wait_subscribed(&[&a, &b], 1);
+        sender.push(&join_ref, "histq:1", "msg", json!({ "from": "a" }));
+        assert_eq!(next_with_offset(&mut remote), (1, json!({ "from": "a" })));
+        remote.push(&remote_ref, "histq:1", "msg", json!({ "from": "b" }));
+        assert_eq!(next_with_offset(&mut sender), (2, json!({ "from": "b" })));
+    }
+
+    /// Redis restarted without its data: the stream has a new epoch, and a
+    /// client behind is told it cannot recover.
+    #[test]
+    fn redis_losing_its_data_means_a_new_epoch_and_no_recovery() {
+        let mut broker = BrokerProcess::start(Kind::Redis);
+        let a = node(&broker);
+        let (mut first, _, summary) = join_with(&a, "hist:2", json!({}));
+        let epoch = summary["epoch"].as_str().unwrap().to_owned();
+        wait_subscribed(&[&a], 1);
+        publish_n(&a, "hist:2", 1, 5);
+        for expected in 1..=5 {
+            assert_eq!(next_with_offset(&mut first).0, expected);
+        }
+        drop(first);
+        broker.stop();
+        broker.spawn();
+        assert!(
+            wait_until(WAIT, || stats(&a).connected == 1 && stats(&a).reconnects >= 1),
+            "{:?}",
+            stats(&a)
+        );
+        let recover = json!({ "recover": { "epoch": epoch, "offset": 5 } });
+        let (_, _, summary) = join_with(&a, "hist:2", recover);
+        assert_eq!(summary["recovered"], false, "{summary}");
+        assert_eq!(summary["reason"], "epoch", "{summary}");
+        assert_ne!(summary["epoch"], epoch.as_str());
+        assert_eq!(summary["offset"], 0);
+        assert_eq!(a.handle().channel_stats().recovery_failed_epoch, 1);
+    }
+
+    /// Node B publishes without pause while clients join node A with a
+    /// position a little behind: each gets every later offset exactly once.
+    #[test]
+    fn publishes_racing_recoveries_across_nodes_arrive_exactly_once() {
+        let broker = BrokerProcess::start(Kind::Redis);
+        let (a, b) = (node(&broker), node(&broker));
+        let (mut seed, _, summary) = join_with(&a, "hist:race", json!({}));
+        let (_keep_b, _, _) = join_with(&b, "hist:race", json!({}));
+        let epoch = summary["epoch"].as_str().unwrap().to_owned();
+        wait_subscribed(&[&a, &b], 1);
+        publish_n(&b, "hist:race", 1, 20);
+        assert_eq!(next_with_offset(&mut seed).0, 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (handle, stop) = (b.handle(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..4 {
+                        handle.broadcast("hist:race", "msg", &json!({})).unwrap();
+                    }
+                    sent += 4;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                sent
+            })
+        };
+        let mut joiners = Vec::new();
+        for _ in 0..10 {
+            let (position, _) = a.handle().history_store().latest("hist:race", 0).unwrap();
+            let since = position.unwrap().offset.saturating_sub(30);
+            let recover = json!({ "recover": { "epoch": epoch, "offset": since } });
+            let (joiner, _, summary) = join_with(&a, "hist:race", recover);
+            assert_eq!(summary["recovered"], true, "{summary}");
+            joiners.push((joiner, since));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let top = 20 + publisher.join().unwrap();
+        let store = a.handle().history_store().clone();
+        let all_stored = || store.latest("hist:race", 0).unwrap().0.unwrap().offset == top;
+        assert!(wait_until(WAIT, all_stored), "publications lost");
+        for (mut joiner, since) in joiners {
+            for expected in since + 1..=top {
+                assert_eq!(next_with_offset(&mut joiner).0, expected, "since {since}");
+            }
+            let extra = joiner.sync();
+            assert!(extra.is_empty(), "duplicates: {extra:?}");
+        }
+    }
+}

@@ -22,7 +22,7 @@ use super::{
     context::{ChannelInfo, JoinInfo, Removal},
     deferred::{ConnectAnswer, Via},
     handler::{ChannelConn, ChannelsHandler},
-    history::{Histories, History, HistoryRules, HistoryStore, Publish},
+    history::{DEFAULT_HISTORY_TOPICS, Histories, History, HistoryRules, HistoryStore, Publish},
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
     timers::Timers,
@@ -232,8 +232,6 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
     }
 }
 
-/// The most topics the default, in-process history store keeps.
-const DEFAULT_HISTORY_TOPICS: usize = 100_000;
 
 /// An endpoint mounted on a path.
 pub(crate) struct Mount {

@@ -36,6 +36,8 @@
 //! most once: a message published while a node is cut off never reaches it.
 
 mod envelope;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod history;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
@@ -48,9 +50,11 @@ use std::sync::Arc;
 pub use envelope::{Content, Envelope, EnvelopeError, NodeId, VERSION};
 
 use crate::{
+    channels::{HistoryStore, history::DEFAULT_HISTORY_TOPICS},
     metrics::counters,
     reactor::{Relay, ServerBuilder},
 };
+
 
 /// This node's link to the others: attach it to a server's builder, keep it
 /// to read the bus's counters. `Clone + Send + Sync`.
@@ -88,6 +92,8 @@ pub struct Cluster {
     /// The bus, as the server sees it; none for a single node.
     relay: Option<Arc<dyn Relay>>,
     counters: Option<Arc<BusCounters>>,
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    bus: Option<Arc<runtime::Bus>>,
 }
 
 impl Cluster {
@@ -99,15 +105,19 @@ impl Cluster {
                 broker,
                 relay: None,
                 counters: None,
+                #[cfg(any(feature = "redis", feature = "nats"))]
+                bus: None,
             },
             #[cfg(any(feature = "redis", feature = "nats"))]
             #[allow(unreachable_patterns)]
             _ => {
-                let bus = runtime::Bus::new(broker.clone());
+                let bus = Arc::new(runtime::Bus::new(broker.clone()));
+                let relay: Arc<dyn Relay> = bus.clone();
                 Self {
                     broker,
                     counters: Some(bus.counters()),
-                    relay: Some(Arc::new(bus)),
+                    relay: Some(relay),
+                    bus: Some(bus),
                 }
             }
         }
@@ -120,6 +130,32 @@ impl Cluster {
         match &self.relay {
             Some(relay) => builder.relay(Arc::clone(relay)),
             None => builder,
+        }
+    }
+
+    /// The history store every node of this cluster shares, for
+    /// [`Channels::history_store`](crate::channels::Channels::history_store):
+    /// in this process for [`Broker::Memory`] (a single node), Redis
+    /// streams for [`Broker::Redis`] (offsets assigned by one Lua script
+    /// per publication, see the README's "History and recovery").
+    ///
+    /// `None` for NATS: core NATS stores nothing, and JetStream's sequence
+    /// numbers are per stream, not dense per subject, so they cannot be a
+    /// topic's offsets without a second store whose order would not be
+    /// the one the subscribers receive.
+    pub fn history_store(&self) -> Option<HistoryStore> {
+        match &self.broker {
+            Broker::Memory => Some(HistoryStore::memory(DEFAULT_HISTORY_TOPICS)),
+            #[cfg(feature = "redis")]
+            Broker::Redis { url } => {
+                let bus = Arc::clone(self.bus.as_ref()?);
+                let backend = history::RedisHistory::new(bus, url);
+                Some(HistoryStore {
+                    backend: Arc::new(backend),
+                })
+            }
+            #[cfg(feature = "nats")]
+            Broker::Nats { .. } => None,
         }
     }
 

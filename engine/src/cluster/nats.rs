@@ -271,6 +271,8 @@ impl NatsBus<'_> {
         for (subject, envelope) in batch.drain(..) {
             let subject = match subject {
                 Subject::Topic(topic) => topic_subject(&topic),
+                // No history store on NATS (see `Cluster::history_store`).
+                Subject::History(target) => topic_subject(&target.topic),
                 Subject::Control => CONTROL_SUBJECT.to_owned(),
             };
             match self.client.publish(subject, envelope).await {

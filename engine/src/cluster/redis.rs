@@ -8,18 +8,26 @@
 //! Redis forgets a connection's subscriptions when it drops, so on every
 //! (re)connection the bus subscribes again to every topic in the registry.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use redis::{AsyncCommands as _, aio::PubSubSink};
 
 use super::{
     BusCounters,
+    history::{META_TTL_MS, PUBLISH_SCRIPT, READ_SCRIPT, meta_key, recovery_from, stream_key},
     runtime::{
-        Backoff, BusReceiver, Inbound, LAST_PUBLISH, Outgoing, Subject, stopped, wait_dropping,
+        Backoff, BusReceiver, HistoryTarget, Inbound, LAST_PUBLISH, Outgoing, Subject, stopped,
+        wait_dropping,
     },
 };
-use crate::metrics::{add, set};
+use crate::{
+    channels::{
+        MAX_RECOVERED,
+        history::{Recovery, RecoveryRead},
+    },
+    metrics::{add, set},
+};
 
 /// The prefix of herald's Redis channels of topics.
 const CHANNEL_PREFIX: &str = "herald:";
@@ -41,7 +49,7 @@ enum Ended {
 
 /// Runs the bus until the server stops.
 pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound) {
-    let counters = std::sync::Arc::clone(&inbound.counters);
+    let counters = Arc::clone(&inbound.counters);
     let client = match redis::Client::open(url.as_str()) {
         Ok(client) => client,
         Err(err) => {
@@ -86,12 +94,23 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
         set(&counters.connected, 1);
         tracing::info!(%url, failed_attempts, "cluster bus connected to Redis");
         failed_attempts = 0;
+        let scripts = match Scripts::load(&mut publisher.clone()).await {
+            Ok(scripts) => scripts,
+            Err(err) => {
+                tracing::warn!(%url, %err, "cannot load the history scripts into Redis; retrying");
+                if !wait_dropping(&mut receiver, &counters, backoff.next_delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
         let mut session = Session {
             sink,
             publisher,
             subscribed: HashSet::new(),
             inbound: &inbound,
             counters: &counters,
+            scripts,
         };
         let ended = session.serve(&mut receiver, stream).await;
         set(&counters.connected, 0);
@@ -117,6 +136,29 @@ async fn connect(client: &redis::Client) -> redis::RedisResult<Connection> {
     Ok((sink, stream, publisher))
 }
 
+/// The SHA1s of the history scripts, loaded once per connection.
+#[derive(Debug, Clone)]
+struct Scripts {
+    publish: Arc<str>,
+    read: Arc<str>,
+}
+
+impl Scripts {
+    async fn load(connection: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<Self> {
+        let load = |script: &'static str| {
+            let mut command = redis::cmd("SCRIPT");
+            command.arg("LOAD").arg(script);
+            command
+        };
+        let publish: String = load(PUBLISH_SCRIPT).query_async(connection).await?;
+        let read: String = load(READ_SCRIPT).query_async(connection).await?;
+        Ok(Self {
+            publish: Arc::from(publish),
+            read: Arc::from(read),
+        })
+    }
+}
+
 /// One connection's life.
 struct Session<'a> {
     sink: PubSubSink,
@@ -124,6 +166,7 @@ struct Session<'a> {
     subscribed: HashSet<Box<str>>,
     inbound: &'a Inbound,
     counters: &'a BusCounters,
+    scripts: Scripts,
 }
 
 impl Session<'_> {
@@ -161,6 +204,17 @@ impl Session<'_> {
                         return Ended::Lost(err.to_string());
                     }
                 }
+                Some(read) = receiver.history_reads.recv() => {
+                    // Subscribed on the broker before the read: what is
+                    // published after it reaches the joining client.
+                    while let Ok(topic) = receiver.interest.try_recv() {
+                        if let Err(err) = self.settle(&topic).await {
+                            read.reply.send(Recovery::unavailable());
+                            return Ended::Lost(err.to_string());
+                        }
+                    }
+                    tokio::spawn(read_history(self.publisher.clone(), Arc::clone(&self.scripts.read), self.inbound.new_epoch(), read));
+                }
                 message = stream.next() => match message {
                     Some(message) => self.inbound.deliver(message.get_payload_bytes()),
                     None => return Ended::Lost("subscription stream ended".into()),
@@ -197,17 +251,26 @@ impl Session<'_> {
     /// batch counts as dropped.
     async fn publish(&mut self, batch: &mut Vec<Outgoing>) -> redis::RedisResult<()> {
         let count = batch.len() as u64;
-        let result = if batch.len() == 1 {
-            let (subject, envelope) = &batch[0];
-            self.publisher
-                .publish::<_, _, ()>(channel(subject), envelope.as_ref())
-                .await
-        } else {
-            let mut pipe = redis::pipe();
-            for (subject, envelope) in batch.iter() {
-                pipe.publish(channel(subject), envelope.as_ref()).ignore();
+        let result = match batch.as_slice() {
+            [(subject @ (Subject::Topic(_) | Subject::Control), envelope)] => {
+                self.publisher
+                    .publish::<_, _, ()>(channel(subject), envelope.as_ref())
+                    .await
             }
-            pipe.query_async::<()>(&mut self.publisher).await
+            _ => {
+                let mut pipe = redis::pipe();
+                for (subject, envelope) in batch.iter() {
+                    match subject {
+                        Subject::History(target) => {
+                            self.append_history(&mut pipe, target, envelope);
+                        }
+                        _ => {
+                            pipe.publish(channel(subject), envelope.as_ref()).ignore();
+                        }
+                    }
+                }
+                pipe.query_async::<()>(&mut self.publisher).await
+            }
         };
         batch.clear();
         match result {
@@ -224,6 +287,60 @@ impl Session<'_> {
     }
 }
 
+impl Session<'_> {
+    /// Queues the publish script for one publication with history.
+    fn append_history(&self, pipe: &mut redis::Pipeline, target: &HistoryTarget, envelope: &[u8]) {
+        pipe.cmd("EVALSHA")
+            .arg(&*self.scripts.publish)
+            .arg(2)
+            .arg(stream_key(&target.topic))
+            .arg(meta_key(&target.topic))
+            .arg(topic_channel(&target.topic))
+            .arg(target.size)
+            .arg(target.ttl_ms)
+            .arg(META_TTL_MS)
+            .arg(&target.new_epoch)
+            .arg(&target.exclude)
+            .arg(envelope)
+            .ignore();
+    }
+}
+
+/// Runs the read script for one join and sends the answer to its loop.
+async fn read_history(
+    mut connection: redis::aio::MultiplexedConnection,
+    script: Arc<str>,
+    new_epoch: String,
+    read: RecoveryRead,
+) {
+    let since = read.since.as_ref().map_or(-1, |since| {
+        i64::try_from(since.offset).unwrap_or(i64::MAX)
+    });
+    let mut command = redis::cmd("EVALSHA");
+    command
+        .arg(&*script)
+        .arg(2)
+        .arg(stream_key(&read.topic))
+        .arg(meta_key(&read.topic))
+        .arg(since)
+        .arg(MAX_RECOVERED)
+        .arg(new_epoch)
+        .arg(META_TTL_MS);
+    let answer = tokio::time::timeout(READ_TIMEOUT, command.query_async::<redis::Value>(&mut connection)).await;
+    let recovery = match answer {
+        Ok(Ok(value)) => recovery_from(&value, read.since.as_ref()),
+        Ok(Err(err)) => {
+            tracing::warn!(%err, topic = &*read.topic, "history read failed");
+            Recovery::unavailable()
+        }
+        Err(_) => Recovery::unavailable(),
+    };
+    read.reply.send(recovery);
+}
+
+/// How long a join's history read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The Redis channel of a topic.
 fn topic_channel(topic: &str) -> String {
     format!("{CHANNEL_PREFIX}{topic}")
@@ -233,6 +350,7 @@ fn topic_channel(topic: &str) -> String {
 fn channel(subject: &Subject) -> String {
     match subject {
         Subject::Topic(topic) => topic_channel(topic),
+        Subject::History(target) => topic_channel(&target.topic),
         Subject::Control => CONTROL_CHANNEL.to_owned(),
     }
 }

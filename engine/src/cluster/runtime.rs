@@ -23,9 +23,11 @@ use tokio::sync::{mpsc, watch};
 use super::{
     Broker, BusCounters, Content, Envelope, NodeId,
     envelope::{encode_channel, encode_disconnect, encode_frames, encode_sync},
+    history::{Epochs, HISTORY_MARK, decode_published, encode_exclusion},
 };
 use crate::{
     broadcast::Broadcast,
+    channels::history::{Publish, Recovery, RecoveryRead},
     metrics::add,
     protocol::WireProtocol,
     reactor::{Relay, ServerHandle, SyncHandler},
@@ -42,6 +44,21 @@ pub(crate) enum Subject {
     Topic(Arc<str>),
     /// The control channel every node listens to (disconnects by name).
     Control,
+    /// A topic with history: the broker assigns the offset, stores the
+    /// publication and publishes it (Redis only).
+    History(Arc<HistoryTarget>),
+}
+
+/// Where a publication with history goes, and how it is kept.
+#[derive(Debug)]
+pub(crate) struct HistoryTarget {
+    pub(crate) topic: Arc<str>,
+    pub(crate) size: usize,
+    pub(crate) ttl_ms: u64,
+    /// The excluded connection, as the script carries it.
+    pub(crate) exclude: String,
+    /// The epoch a stream without one takes.
+    pub(crate) new_epoch: String,
 }
 
 /// One envelope to publish, and where.
@@ -60,6 +77,9 @@ pub(crate) struct Bus {
     receiver: Mutex<Option<BusReceiver>>,
     /// Where the channels layer takes other nodes' sync messages.
     sync_handler: Arc<OnceLock<SyncHandler>>,
+    /// Joins' history reads, for the bus thread.
+    history_reads: mpsc::UnboundedSender<RecoveryRead>,
+    epochs: Arc<Epochs>,
 }
 
 /// What the bus thread receives from the [`Bus`].
@@ -68,6 +88,7 @@ pub(crate) struct BusReceiver {
     pub(crate) publishes: mpsc::Receiver<Outgoing>,
     pub(crate) interest: mpsc::UnboundedReceiver<Box<str>>,
     pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) history_reads: mpsc::UnboundedReceiver<RecoveryRead>,
 }
 
 /// Resolves once the server is shutting down.
@@ -107,14 +128,19 @@ impl Bus {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (reads_tx, reads_rx) = mpsc::unbounded_channel();
         let receiver = BusReceiver {
             publishes: publish_rx,
             interest: interest_rx,
             stop: stop_rx,
+            history_reads: reads_rx,
         };
+        let node = new_node_id();
         Self {
             broker,
-            node: new_node_id(),
+            node,
+            history_reads: reads_tx,
+            epochs: Arc::new(Epochs::new(node)),
             publishes: publish_tx,
             interest: interest_tx,
             stop: stop_tx,
@@ -127,6 +153,28 @@ impl Bus {
     /// The bus's counters, shared with its thread.
     pub(crate) fn counters(&self) -> Arc<BusCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// Hands a publication with history to the bus thread (the broker
+    /// assigns its offset and publishes it to every node, this one too).
+    pub(crate) fn publish_history(&self, publish: Publish<'_>) {
+        let envelope = encode_channel(self.node, publish.topic, publish.event, &publish.payload);
+        let target = HistoryTarget {
+            topic: Arc::from(publish.topic),
+            size: publish.rule.max_size(),
+            ttl_ms: u64::try_from(publish.rule.max_age().as_millis()).unwrap_or(u64::MAX),
+            exclude: encode_exclusion(publish.exclude),
+            new_epoch: self.epochs.fresh(),
+        };
+        self.hand_over(Subject::History(Arc::new(target)), envelope);
+    }
+
+    /// Hands a join's history read to the bus thread; a stopped bus
+    /// answers at once that the store is unavailable.
+    pub(crate) fn read_history(&self, read: RecoveryRead) {
+        if let Err(mpsc::error::SendError(read)) = self.history_reads.send(read) {
+            read.reply.send(Recovery::unavailable());
+        }
     }
 
     /// Hands an envelope to the bus thread, or counts it dropped.
@@ -186,6 +234,7 @@ impl Relay for Bus {
             server,
             counters: Arc::clone(&self.counters),
             sync_handler: Arc::clone(&self.sync_handler),
+            epochs: Arc::clone(&self.epochs),
         };
         spawn(self.broker.clone(), receiver, inbound)
     }
@@ -227,9 +276,15 @@ pub(crate) struct Inbound {
     server: ServerHandle,
     pub(crate) counters: Arc<BusCounters>,
     sync_handler: Arc<OnceLock<SyncHandler>>,
+    epochs: Arc<Epochs>,
 }
 
 impl Inbound {
+    /// A fresh epoch for a stream that has none.
+    pub(crate) fn new_epoch(&self) -> String {
+        self.epochs.fresh()
+    }
+
     /// The topics with subscribers on this node.
     pub(crate) fn local_topics(&self) -> Vec<String> {
         self.server.topics()
@@ -242,6 +297,9 @@ impl Inbound {
 
     /// Delivers one envelope's message to this node's subscribers.
     pub(crate) fn deliver(&self, bytes: &[u8]) {
+        if bytes.first() == Some(&HISTORY_MARK) {
+            return self.deliver_with_offset(bytes);
+        }
         let envelope = match Envelope::decode(bytes) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -284,6 +342,36 @@ impl Inbound {
                 Broadcast::encoded(&topic, by_protocol)
             }
         };
+        self.server.broadcast_local(broadcast);
+    }
+}
+
+impl Inbound {
+    /// A publication with history, as the broker published it: delivered
+    /// here whichever node published it (the publisher did not deliver it
+    /// itself), in the order the broker assigned offsets.
+    fn deliver_with_offset(&self, bytes: &[u8]) {
+        let decoded = decode_published(bytes)
+            .and_then(|published| Some((Envelope::decode(published.envelope).ok()?, published)));
+        let Some((envelope, published)) = decoded else {
+            add(&self.counters.decode_errors, 1);
+            return;
+        };
+        add(&self.counters.received, 1);
+        let Content::Channel { event, payload } = envelope.content else {
+            add(&self.counters.decode_errors, 1);
+            return;
+        };
+        let topic = envelope.topic;
+        let Some(entry) = self.server.topic(&topic) else {
+            return;
+        };
+        let mut broadcast = Broadcast::channel_at(&topic, &event, payload, &entry, published.offset);
+        if envelope.origin == self.node
+            && let Some((loop_index, conn)) = published.exclude
+        {
+            broadcast = broadcast.excluding(loop_index, conn);
+        }
         self.server.broadcast_local(broadcast);
     }
 }
@@ -360,6 +448,9 @@ pub(crate) async fn wait_dropping(
             }
             Some(_) = receiver.publishes.recv() => {
                 add(&counters.publishes_dropped, 1);
+            }
+            Some(read) = receiver.history_reads.recv() => {
+                read.reply.send(Recovery::unavailable());
             }
         }
     }

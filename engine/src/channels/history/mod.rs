@@ -53,6 +53,9 @@ use crate::{
 /// `recovered: false` (Centrifugo's default too).
 pub const MAX_RECOVERED: usize = 300;
 
+/// The most topics an in-process history store keeps by default.
+pub(crate) const DEFAULT_HISTORY_TOPICS: usize = 100_000;
+
 /// The longest epoch a client may send back.
 const MAX_EPOCH_LEN: usize = 64;
 
