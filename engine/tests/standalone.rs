@@ -53,10 +53,12 @@ fn api_broadcasts_reach_phoenix_clients_and_topics_count_them() {
         "{body}"
     );
     // (Presence messages of the default rule come and go meanwhile.)
+    // The default `room:*` rule keeps history: the ref is the offset
+    // (after the join's `user_joined` notice).
     let message = client.recv_event("new_msg");
     assert_eq!(
         message,
-        json!([null, null, "room:lobby", "new_msg", {"body": "one"}])
+        json!([null, "@2", "room:lobby", "new_msg", {"body": "one"}])
     );
 
     let batch = json!({"broadcasts": [
@@ -84,7 +86,8 @@ fn every_operation_the_openapi_description_lists_answers_as_documented() {
     for (path, operations) in spec["paths"].as_object().expect("paths") {
         for (method, operation) in operations.as_object().expect("operations") {
             let mut url = path.clone();
-            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let path_parameters = operation["parameters"].as_array().into_iter().flatten();
+            for parameter in path_parameters.filter(|p| p["in"] == "path") {
                 let name = parameter["name"].as_str().unwrap();
                 let example = parameter["example"].as_str().expect("a parameter example");
                 url = url.replace(&format!("{{{name}}}"), example);
@@ -118,7 +121,7 @@ fn every_operation_the_openapi_description_lists_answers_as_documented() {
         }
     }
     // Every route of `bin/herald/api.rs`'s table.
-    assert_eq!(called, 11, "documented operations");
+    assert_eq!(called, 13, "documented operations");
     // The batch's example took the member off room:1 (a socket without a
     // token has no id, so nothing of it is closed): the batch ran.
     let (status, body) = herald.api(
@@ -242,7 +245,8 @@ fn tokens_are_checked_at_connect_and_join_and_name_the_socket() {
     );
     let mut client = herald.phoenix(&format!("token={good}"));
     let (_, reply) = client.join("room:a", json!({}));
-    assert_eq!(reply, json!({"status": "ok", "response": {"user": "ada"}}));
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(reply["response"]["user"], "ada");
     let (_, reply) = client.join("feed:x", json!({}));
     assert_eq!(
         reply,
@@ -368,7 +372,7 @@ fn presence_notices_and_metrics_follow_joins() {
     let mut alice = herald.phoenix("");
     let mut bob = herald.phoenix("");
     let (alice_ref, reply) = alice.join("room:1", json!({"name": "alice"}));
-    assert_eq!(reply["response"], json!({"user": "alice"}));
+    assert_eq!(reply["response"]["user"], "alice");
     // Phoenix Presence: the state after the join reply, then alice's own
     // join in a diff.
     let state = alice.recv();
@@ -382,7 +386,7 @@ fn presence_notices_and_metrics_follow_joins() {
     join(&mut bob, "room:1");
     assert_eq!(
         alice.recv_event("user_joined"),
-        json!([null, null, "room:1", "user_joined", {"user": "tester"}])
+        json!([null, "@2", "room:1", "user_joined", {"user": "tester"}])
     );
     let mut diff = alice.recv_event("presence_diff");
     while diff[4]["joins"].get("tester").is_none() {
@@ -446,4 +450,53 @@ fn a_bad_configuration_exits_with_status_2_and_says_why() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("needs a key"), "{stderr}");
+}
+
+#[test]
+fn history_is_read_and_removed_through_the_api_and_retried_publishes_are_made_once() {
+    let herald = Herald::start(&["--api-key", "k4"]);
+    let auth = "Authorization: Bearer k4";
+    let mut client = herald.phoenix("");
+    // The default `room:*` rule keeps history: the join says where the
+    // stream is.
+    let join_ref = client.next_ref();
+    client.send(Some(&join_ref), Some(&join_ref), "room:h", "phx_join", json!({}));
+    let (reply, _) = client.reply_to(&join_ref);
+    // Its own `user_joined` notice is the stream's first publication.
+    assert_eq!(reply["response"]["history"]["offset"], 1, "{reply}");
+
+    let publish = json!({"topic": "room:h", "event": "new_msg", "payload": {"n": 1}}).to_string();
+    let key = "Idempotency-Key: order-42";
+    for duplicate in [false, true] {
+        let (status, body) = herald.api("POST", "/api/broadcast", &[auth, key], &publish);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json_of(&body)["duplicate"].as_bool().unwrap_or(false), duplicate, "{body}");
+    }
+    let message = client.recv_event("new_msg");
+    assert_eq!((message[1].as_str(), &message[4]), (Some("@2"), &json!({"n": 1})));
+    assert!(client.sync().is_empty(), "the retry was not published again");
+
+    let (status, body) = herald.api("GET", "/api/history/room:h?limit=5", &[auth], "");
+    assert_eq!(status, 200, "{body}");
+    let history = json_of(&body);
+    assert_eq!(history["offset"], 2);
+    let latest = &history["publications"][1];
+    assert_eq!(latest, &json!({"offset": 2, "event": "new_msg", "payload": {"n": 1}}));
+    let (status, body) = herald.api("DELETE", "/api/history/room:h", &[auth], "");
+    assert_eq!((status, json_of(&body)["removed"].clone()), (200, json!(true)), "{body}");
+    let (_, body) = herald.api("GET", "/api/history/room:h", &[auth], "");
+    assert_eq!(json_of(&body)["epoch"], Value::Null, "{body}");
+
+    // Topics without history, bad limits and bad keys are refused.
+    let (status, _) = herald.api("GET", "/api/history/news", &[auth], "");
+    assert_eq!(status, 404);
+    let (status, _) = herald.api("GET", "/api/history/room:h?limit=1001", &[auth], "");
+    assert_eq!(status, 400);
+    let long_key = format!("Idempotency-Key: {}", "k".repeat(129));
+    let (status, _) = herald.api("POST", "/api/broadcast", &[auth, &long_key], &publish);
+    assert_eq!(status, 400);
+    let (status, body) = herald.api("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("herald_api_duplicates_total 1"), "{body}");
+    assert!(body.contains("herald_history_appends_total 2"), "{body}");
 }

@@ -323,6 +323,18 @@ impl HistoryBackend for RedisHistory {
         Ok(removed > 0)
     }
 
+    fn claim(&self, key: &str, ttl: Duration) -> Result<bool, HistoryError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("herald:publish-key:{key}"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let (claimed,): (Option<String>,) = self.query(&pipe)?;
+        Ok(claimed.is_some())
+    }
+
     fn shared(&self) -> bool {
         true
     }

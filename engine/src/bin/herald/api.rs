@@ -26,6 +26,7 @@ use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
     thread::JoinHandle,
+    time::Duration,
 };
 
 use herald::{channels::EngineHandle, cluster::Cluster};
@@ -63,6 +64,10 @@ pub(crate) enum ApiError {
     BadRequest(String),
     #[error("the server is busy delivering earlier broadcasts; retry in a second")]
     Busy,
+    #[error("this topic keeps no history (see the channel rules' history_size)")]
+    NoHistory,
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -73,7 +78,8 @@ impl ApiError {
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge(_) => 413,
             Self::BadRequest(_) => 400,
-            Self::Busy => 503,
+            Self::Busy | Self::StoreUnavailable(_) => 503,
+            Self::NoHistory => 404,
         }
     }
 
@@ -261,6 +267,13 @@ impl Api {
             expect_method(&method, &Method::Get)?;
             return self.presence(topic);
         }
+        if let Some(topic) = path.strip_prefix("/api/history/") {
+            return match method {
+                Method::Get => self.history(topic, query_param(&url, "limit")),
+                Method::Delete => self.remove_history(topic),
+                _ => Err(ApiError::MethodNotAllowed),
+            };
+        }
         match path {
             "/api/topics" => {
                 expect_method(&method, &Method::Get)?;
@@ -281,13 +294,15 @@ impl Api {
             }
             "/api/batch" => {
                 expect_method(&method, &Method::Post)?;
+                let key = idempotency_key(request)?;
                 let body = self.read_body(request)?;
-                self.batch(&body)
+                self.batch(&body, key.as_deref())
             }
             "/api/broadcast" => {
                 expect_method(&method, &Method::Post)?;
+                let key = idempotency_key(request)?;
                 let body = self.read_body(request)?;
-                self.broadcast(&body)
+                self.broadcast(&body, key.as_deref())
             }
             "/api/disconnect" => {
                 expect_method(&method, &Method::Post)?;
@@ -330,7 +345,69 @@ impl Api {
         Ok(body)
     }
 
-    fn broadcast(&self, body: &[u8]) -> Result<Reply, ApiError> {
+    /// Claims a request's idempotency key: `false` if a request with the
+    /// same key was carried out within [`IDEMPOTENCY_TTL`].
+    fn first_with_key(&self, key: Option<&str>) -> Result<bool, ApiError> {
+        let Some(key) = key else {
+            return Ok(true);
+        };
+        let claimed = self
+            .engine
+            .history_store()
+            .claim_publish_key(key, IDEMPOTENCY_TTL)
+            .map_err(|err| ApiError::StoreUnavailable(err.to_string()))?;
+        if !claimed {
+            self.counters.duplicates.fetch_add(1, Relaxed);
+        }
+        Ok(claimed)
+    }
+
+    /// `GET /api/history/<topic>?limit=N`: the stream's position and its
+    /// latest publications (100 by default, 1,000 at most), oldest first.
+    fn history(&self, encoded: &str, limit: Option<String>) -> Result<Reply, ApiError> {
+        let topic = decode_topic(encoded)?;
+        if !self.engine.keeps_history(&topic) {
+            return Err(ApiError::NoHistory);
+        }
+        let limit = match limit {
+            None => DEFAULT_HISTORY_LIMIT,
+            Some(limit) => limit
+                .parse::<usize>()
+                .ok()
+                .filter(|&limit| limit <= MAX_HISTORY_LIMIT)
+                .ok_or_else(|| {
+                    ApiError::bad(format!("limit: an integer from 0 to {MAX_HISTORY_LIMIT}"))
+                })?,
+        };
+        let (position, publications) = self
+            .engine
+            .history_store()
+            .latest(&topic, limit)
+            .map_err(|err| ApiError::StoreUnavailable(err.to_string()))?;
+        Ok(Reply::json(&json!({
+            "topic": topic,
+            "epoch": position.as_ref().map(|position| &position.epoch),
+            "offset": position.as_ref().map_or(0, |position| position.offset),
+            "publications": publications,
+        })))
+    }
+
+    /// `DELETE /api/history/<topic>`: the history and its epoch go;
+    /// clients behind get `recovered: false`.
+    fn remove_history(&self, encoded: &str) -> Result<Reply, ApiError> {
+        let topic = decode_topic(encoded)?;
+        if !self.engine.keeps_history(&topic) {
+            return Err(ApiError::NoHistory);
+        }
+        let removed = self
+            .engine
+            .history_store()
+            .remove(&topic)
+            .map_err(|err| ApiError::StoreUnavailable(err.to_string()))?;
+        Ok(Reply::json(&json!({ "topic": topic, "removed": removed })))
+    }
+
+    fn broadcast(&self, body: &[u8], key: Option<&str>) -> Result<Reply, ApiError> {
         let body: BroadcastBody<'_> = serde_json::from_slice(body)
             .map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))?;
         let items = match body {
@@ -369,6 +446,11 @@ impl Api {
         if self.engine.server().backlog() >= BUSY_BACKLOG {
             return Err(ApiError::Busy);
         }
+        if !self.first_with_key(key)? {
+            return Ok(Reply::json(
+                &json!({ "ok": true, "broadcasts": items.len(), "duplicate": true }),
+            ));
+        }
         for item in &items {
             self.engine
                 .broadcast(&item.topic, &item.event, item.payload)
@@ -404,7 +486,7 @@ impl Api {
 
     /// Several commands of any kind, checked first (one bad command refuses
     /// the whole batch), then carried out in order.
-    fn batch(&self, body: &[u8]) -> Result<Reply, ApiError> {
+    fn batch(&self, body: &[u8], key: Option<&str>) -> Result<Reply, ApiError> {
         let body: BatchBody<'_> = serde_json::from_slice(body)
             .map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))?;
         if body.commands.len() > MAX_BATCH {
@@ -424,6 +506,11 @@ impl Api {
         }
         if self.engine.server().backlog() >= BUSY_BACKLOG {
             return Err(ApiError::Busy);
+        }
+        if !self.first_with_key(key)? {
+            return Ok(Reply::json(
+                &json!({ "ok": true, "commands": body.commands.len(), "duplicate": true }),
+            ));
         }
         for command in &body.commands {
             match command {
@@ -523,6 +610,50 @@ impl Api {
         self.engine.disconnect(&body.socket_id);
         Ok(Reply::json(&json!({ "ok": true })))
     }
+}
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(300);
+
+/// The longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// What `GET /api/history/<topic>` returns without `limit`, and at most.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+const MAX_HISTORY_LIMIT: usize = 1_000;
+
+/// The request's `Idempotency-Key` header, checked.
+fn idempotency_key(request: &tiny_http::Request) -> Result<Option<String>, ApiError> {
+    let Some(header) = request
+        .headers()
+        .iter()
+        .find(|header| header.field.equiv("Idempotency-Key"))
+    else {
+        return Ok(None);
+    };
+    let key = header.value.as_str();
+    let valid = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key.bytes().all(|byte| byte.is_ascii_graphic());
+    if !valid {
+        return Err(ApiError::bad(format!(
+            "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The value of query parameter `name` in `url`, percent-decoded.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 fn expect_method(method: &Method, expected: &Method) -> Result<(), ApiError> {

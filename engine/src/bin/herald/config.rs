@@ -8,7 +8,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use herald::{Conflation, RateLimit};
+use herald::{Conflation, RateLimit, channels::History};
 use serde::Deserialize;
 
 use crate::hooks::{OnFailure, PoolConfig, PublishMode};
@@ -433,9 +433,29 @@ pub(crate) struct ChannelRule {
     /// returns one (`original`), or only what it returns (`returned`).
     #[serde(default)]
     pub(crate) message_hook_publish: PublishMode,
+    /// Keep this many publications per topic for recovery after a
+    /// reconnect (0: no history).
+    #[serde(default)]
+    pub(crate) history_size: usize,
+    /// How long a topic's history is kept after its last publication.
+    #[serde(default = "default_history_ttl_ms")]
+    pub(crate) history_ttl_ms: u64,
+}
+
+fn default_history_ttl_ms() -> u64 {
+    300_000
 }
 
 impl ChannelRule {
+    /// The history this rule keeps, if any.
+    pub(crate) fn history(&self) -> Option<History> {
+        (self.history_size > 0).then(|| {
+            History::new()
+                .size(self.history_size)
+                .ttl(Duration::from_millis(self.history_ttl_ms))
+        })
+    }
+
     /// The conflation this rule asks for, if any.
     pub(crate) fn conflation(&self) -> Option<Conflation> {
         match (&self.conflate_key, self.conflate) {
@@ -466,6 +486,13 @@ impl Config {
         if !self.channels.is_empty() {
             return self.channels.clone();
         }
+        // Rooms keep their last 100 messages for 5 minutes, on a broker
+        // that can keep history (NATS cannot).
+        let room_history = if self.broker.kind == BrokerKind::Nats {
+            0
+        } else {
+            DEFAULT_ROOM_HISTORY
+        };
         vec![
             ChannelRule {
                 pattern: "room:*".into(),
@@ -477,6 +504,8 @@ impl Config {
                 join_hook: None,
                 message_hook: None,
                 message_hook_publish: PublishMode::Original,
+                history_size: room_history,
+                history_ttl_ms: default_history_ttl_ms(),
             },
             ChannelRule {
                 pattern: "*".into(),
@@ -488,6 +517,8 @@ impl Config {
                 join_hook: None,
                 message_hook: None,
                 message_hook_publish: PublishMode::Original,
+                history_size: 0,
+                history_ttl_ms: default_history_ttl_ms(),
             },
         ]
     }
@@ -665,6 +696,21 @@ impl Config {
             for url in [&rule.join_hook, &rule.message_hook].into_iter().flatten() {
                 check_url("channels", url)?;
             }
+            if rule.history_size > 0 && self.broker.kind == BrokerKind::Nats {
+                return invalid(format!(
+                    "channels: {:?} keeps history, which needs broker memory or redis \
+                     (NATS stores nothing; see the README's \"History and recovery\")",
+                    rule.pattern
+                ));
+            }
+            if rule.history_size > MAX_HISTORY_SIZE {
+                return invalid(format!(
+                    "channels: history_size is at most {MAX_HISTORY_SIZE}"
+                ));
+            }
+            if rule.history_size > 0 && rule.history_ttl_ms == 0 {
+                return invalid("channels: history_ttl_ms must be positive".into());
+            }
         }
         for url in [&self.hooks.connect_url, &self.webhooks.url]
             .into_iter()
@@ -683,6 +729,12 @@ impl Config {
         Ok(())
     }
 }
+
+/// The most publications a rule keeps per topic.
+const MAX_HISTORY_SIZE: usize = 10_000;
+
+/// What the default `room:*` rule keeps.
+const DEFAULT_ROOM_HISTORY: usize = 100;
 
 /// The most retries of a webhook delivery: the tenth waits 51 s.
 const MAX_WEBHOOK_RETRIES: u32 = 10;

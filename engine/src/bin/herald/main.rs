@@ -190,6 +190,14 @@ fn start_engine(config: &Config, cluster: &Cluster, backend: &Backend) -> std::i
         let webhooks = Arc::clone(webhooks);
         channels = channels.on_topic_event(move |event| webhooks.send(event));
     }
+    for rule in &rules {
+        if let Some(history) = rule.history() {
+            channels = channels.history(&rule.pattern, history);
+        }
+    }
+    if let Some(store) = cluster.history_store() {
+        channels = channels.history_store(store);
+    }
     if !server.phoenix_path.is_empty() {
         channels = channels.phoenix(&server.phoenix_path, endpoint());
     }

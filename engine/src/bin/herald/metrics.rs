@@ -26,11 +26,13 @@ pub(crate) struct ApiCounters {
     pub(crate) broadcasts: AtomicU64,
     /// Requests answered with a 4xx status.
     pub(crate) bad_requests: AtomicU64,
+    /// Requests not carried out again: their idempotency key was claimed.
+    pub(crate) duplicates: AtomicU64,
 }
 
 impl ApiCounters {
     /// The API's counters as metrics, each with its help text.
-    fn metrics(&self) -> [Metric; 2] {
+    fn metrics(&self) -> [Metric; 3] {
         [
             Metric::new(
                 "api_broadcasts_total",
@@ -43,6 +45,12 @@ impl ApiCounters {
                 "HTTP API requests answered with a 4xx status.",
                 MetricKind::Counter,
                 self.bad_requests.load(Relaxed),
+            ),
+            Metric::new(
+                "api_duplicates_total",
+                "Requests not carried out again: their Idempotency-Key was already used.",
+                MetricKind::Counter,
+                self.duplicates.load(Relaxed),
             ),
         ]
     }

@@ -85,6 +85,50 @@ struct Shard {
     rules: HashMap<Box<str>, History>,
 }
 
+/// The most publish keys kept at once; past it the oldest claims go.
+const MAX_PUBLISH_KEYS: usize = 100_000;
+
+/// Claimed publish keys and when each claim ends, oldest first.
+#[derive(Debug, Default)]
+struct PublishKeys {
+    until: HashMap<Box<str>, Instant>,
+    order: VecDeque<(Instant, Box<str>)>,
+}
+
+impl PublishKeys {
+    fn claim(&mut self, key: &str, ttl: Duration, now: Instant) -> bool {
+        self.expire(now);
+        if self.until.get(key).is_some_and(|&until| until > now) {
+            return false;
+        }
+        while self.until.len() >= MAX_PUBLISH_KEYS {
+            let Some((_, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            self.until.remove(&oldest);
+        }
+        let until = now + ttl;
+        self.until.insert(Box::from(key), until);
+        self.order.push_back((until, Box::from(key)));
+        true
+    }
+
+    /// Forgets claims that ended (in claim order; a longer TTL given after
+    /// a shorter one waits its turn, which only keeps it longer).
+    fn expire(&mut self, now: Instant) {
+        while let Some((until, _)) = self.order.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((until, key)) = self.order.pop_front()
+                && self.until.get(&key) == Some(&until)
+            {
+                self.until.remove(&key);
+            }
+        }
+    }
+}
+
 /// The in-process store.
 #[derive(Debug)]
 pub(crate) struct MemoryHistory {
@@ -94,6 +138,7 @@ pub(crate) struct MemoryHistory {
     server: OnceLock<ServerHandle>,
     /// Makes each new epoch distinct.
     epochs: AtomicU64,
+    publish_keys: Mutex<PublishKeys>,
 }
 
 impl MemoryHistory {
@@ -104,6 +149,7 @@ impl MemoryHistory {
             per_shard: max_topics.div_ceil(SHARDS).max(1),
             server: OnceLock::new(),
             epochs: AtomicU64::new(0),
+            publish_keys: Mutex::default(),
         }
     }
 
@@ -241,8 +287,20 @@ impl HistoryBackend for MemoryHistory {
         Ok(shard.streams.remove(topic).is_some())
     }
 
+    fn claim(&self, key: &str, ttl: Duration) -> Result<bool, HistoryError> {
+        let mut keys = self
+            .publish_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(keys.claim(key, ttl, Instant::now()))
+    }
+
     fn sweep(&self) {
         let now = Instant::now();
+        self.publish_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .expire(now);
         for shard in self.shards.iter() {
             let mut shard = shard
                 .lock()

@@ -341,6 +341,11 @@ pub(crate) trait HistoryBackend: Send + Sync + fmt::Debug {
     /// whether there was one.
     fn remove(&self, topic: &str) -> Result<bool, HistoryError>;
 
+    /// Claims a publish key (an HTTP API request's `Idempotency-Key`)
+    /// for `ttl`: `true` the first time, `false` while it is claimed.
+    /// Blocks on a remote store.
+    fn claim(&self, key: &str, ttl: Duration) -> Result<bool, HistoryError>;
+
     /// Forgets what has expired (called every second or so).
     fn sweep(&self) {}
 
@@ -432,6 +437,14 @@ impl HistoryStore {
     /// `recovered: false`. Blocks on a remote store.
     pub fn remove(&self, topic: &str) -> Result<bool, HistoryError> {
         self.backend.remove(topic)
+    }
+
+    /// Claims `key` for `ttl`, so that a publish retried with the same key
+    /// is made once: `Ok(true)` the first time, `Ok(false)` while the key
+    /// is claimed. Shared by every node on Redis; per process in memory
+    /// (at most 100,000 keys). Blocks on a remote store.
+    pub fn claim_publish_key(&self, key: &str, ttl: Duration) -> Result<bool, HistoryError> {
+        self.backend.claim(key, ttl)
     }
 }
 
