@@ -400,7 +400,7 @@ fn presence_notices_and_metrics_follow_joins() {
     drop(bob);
     assert_eq!(
         alice.recv_event("user_left"),
-        json!([null, null, "room:1", "user_left", {"user": "tester"}])
+        json!([null, "@3", "room:1", "user_left", {"user": "tester"}])
     );
     let mut diff = alice.recv_event("presence_diff");
     while diff[4]["leaves"].get("tester").is_none() {
