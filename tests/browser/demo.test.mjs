@@ -1,7 +1,7 @@
 // Drives herald's demo chat page (served at `/` by the standalone server)
 // in two headless Chromium pages with the unmodified phoenix client: both
 // join, each sees the other's join notice and messages, a broadcast from
-// the HTTP API reaches both, a closed page shows up as a leave notice, and
+// the HTTP API reaches both, a dropped connection recovers what it missed, a closed page shows up as a leave notice, and
 // SIGTERM stops the server with exit code 0. A screenshot is saved to
 // tests/browser/artifacts/demo.png.
 //
@@ -108,11 +108,22 @@ test("two pages chat through the demo page", async () => {
   await alice.page.getByText("api: from the backend").waitFor(WAIT);
   await bob.page.getByText("api: from the backend").waitFor(WAIT);
 
+  // Bob's connection drops while alice writes; his channel joins again
+  // from its last offset (engine/assets/history.mjs) and gets the message.
+  await bob.page.evaluate(() => window.demo.socket.disconnect());
+  await bob.page.waitForFunction(() => !window.demo.socket.isConnected());
+  await say(alice.page, "while you were away");
+  await alice.page.getByText("alice: while you were away").waitFor(WAIT);
+  await bob.page.evaluate(() => window.demo.socket.connect());
+  await bob.page.getByText("Reconnected and caught up.").waitFor(WAIT);
+  await bob.page.getByText("alice: while you were away").waitFor(WAIT);
+
   mkdirSync(artifacts, { recursive: true });
   await alice.page.screenshot({ path: path.join(artifacts, "demo.png"), fullPage: true });
 
   await bob.context.close();
-  await alice.page.getByText("bob left").waitFor(WAIT);
+  // (The first "bob left" was the dropped connection.)
+  await alice.page.getByText("bob left").nth(1).waitFor(WAIT);
   await online(alice.page).getByText("alice", { exact: true }).waitFor(WAIT);
   await alice.context.close();
 });

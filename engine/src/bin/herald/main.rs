@@ -47,6 +47,10 @@ const DEMO_PAGE: &str = include_str!("../../../assets/demo.html");
 /// for the demo page.
 const PHOENIX_CLIENT: &str = include_str!("../../../assets/phoenix.mjs");
 
+/// The history helper the demo page uses (`engine/assets/history.mjs`):
+/// keeps a channel's position and recovers it on every rejoin.
+const HISTORY_HELPER: &str = include_str!("../../../assets/history.mjs");
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
@@ -257,6 +261,11 @@ fn start_engine(config: &Config, cluster: &Cluster, backend: &Backend) -> std::i
                 "/phoenix.mjs",
                 "text/javascript; charset=utf-8",
                 PHOENIX_CLIENT,
+            )
+            .static_file(
+                "/history.mjs",
+                "text/javascript; charset=utf-8",
+                HISTORY_HELPER,
             );
     }
     Ok(channels.start(cluster.attach(builder))?)
