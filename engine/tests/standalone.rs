@@ -460,7 +460,13 @@ fn history_is_read_and_removed_through_the_api_and_retried_publishes_are_made_on
     // The default `room:*` rule keeps history: the join says where the
     // stream is.
     let join_ref = client.next_ref();
-    client.send(Some(&join_ref), Some(&join_ref), "room:h", "phx_join", json!({}));
+    client.send(
+        Some(&join_ref),
+        Some(&join_ref),
+        "room:h",
+        "phx_join",
+        json!({}),
+    );
     let (reply, _) = client.reply_to(&join_ref);
     // Its own `user_joined` notice is the stream's first publication.
     assert_eq!(reply["response"]["history"]["offset"], 1, "{reply}");
@@ -470,20 +476,37 @@ fn history_is_read_and_removed_through_the_api_and_retried_publishes_are_made_on
     for duplicate in [false, true] {
         let (status, body) = herald.api("POST", "/api/broadcast", &[auth, key], &publish);
         assert_eq!(status, 200, "{body}");
-        assert_eq!(json_of(&body)["duplicate"].as_bool().unwrap_or(false), duplicate, "{body}");
+        assert_eq!(
+            json_of(&body)["duplicate"].as_bool().unwrap_or(false),
+            duplicate,
+            "{body}"
+        );
     }
     let message = client.recv_event("new_msg");
-    assert_eq!((message[1].as_str(), &message[4]), (Some("@2"), &json!({"n": 1})));
-    assert!(client.sync().is_empty(), "the retry was not published again");
+    assert_eq!(
+        (message[1].as_str(), &message[4]),
+        (Some("@2"), &json!({"n": 1}))
+    );
+    assert!(
+        client.sync().is_empty(),
+        "the retry was not published again"
+    );
 
     let (status, body) = herald.api("GET", "/api/history/room:h?limit=5", &[auth], "");
     assert_eq!(status, 200, "{body}");
     let history = json_of(&body);
     assert_eq!(history["offset"], 2);
     let latest = &history["publications"][1];
-    assert_eq!(latest, &json!({"offset": 2, "event": "new_msg", "payload": {"n": 1}}));
+    assert_eq!(
+        latest,
+        &json!({"offset": 2, "event": "new_msg", "payload": {"n": 1}})
+    );
     let (status, body) = herald.api("DELETE", "/api/history/room:h", &[auth], "");
-    assert_eq!((status, json_of(&body)["removed"].clone()), (200, json!(true)), "{body}");
+    assert_eq!(
+        (status, json_of(&body)["removed"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
     let (_, body) = herald.api("GET", "/api/history/room:h", &[auth], "");
     assert_eq!(json_of(&body)["epoch"], Value::Null, "{body}");
 

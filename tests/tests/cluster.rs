@@ -866,7 +866,10 @@ mod redis_history {
         wait_subscribed(&[&a, &b], 1);
         publish_n(&b, "hist:1", 1, 3);
         for expected in 1..=3 {
-            assert_eq!(next_with_offset(&mut first), (expected, json!({ "n": expected })));
+            assert_eq!(
+                next_with_offset(&mut first),
+                (expected, json!({ "n": expected }))
+            );
         }
         drop(first);
         publish_n(&b, "hist:1", 4, 53);
@@ -879,7 +882,10 @@ mod redis_history {
         assert!(top >= 3, "{summary}");
         publish_n(&b, "hist:1", 54, 54);
         for expected in 4..=54 {
-            assert_eq!(next_with_offset(&mut again), (expected, json!({ "n": expected })));
+            assert_eq!(
+                next_with_offset(&mut again),
+                (expected, json!({ "n": expected }))
+            );
         }
         let missing: Vec<Value> = again.sync();
         assert!(missing.is_empty(), "duplicates: {missing:?}");
@@ -888,7 +894,10 @@ mod redis_history {
         }
         let (position, latest) = a.handle().history_store().latest("hist:1", 3).unwrap();
         assert_eq!(position.unwrap().offset, 54);
-        assert_eq!(latest.iter().map(|p| p.offset).collect::<Vec<_>>(), [52, 53, 54]);
+        assert_eq!(
+            latest.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [52, 53, 54]
+        );
     }
 
     /// `broadcast_from` through the history script still skips the
@@ -924,7 +933,8 @@ mod redis_history {
         broker.stop();
         broker.spawn();
         assert!(
-            wait_until(WAIT, || stats(&a).connected == 1 && stats(&a).reconnects >= 1),
+            wait_until(WAIT, || stats(&a).connected == 1
+                && stats(&a).reconnects >= 1),
             "{:?}",
             stats(&a)
         );

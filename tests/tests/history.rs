@@ -21,7 +21,10 @@ use serde_json::{Value, json};
 fn start() -> Engine {
     Channels::new()
         .phoenix(PATH, Endpoint::new(Anyone).channel("room:*", EchoRoom))
-        .history("room:*", History::new().size(1000).ttl(Duration::from_secs(60)))
+        .history(
+            "room:*",
+            History::new().size(1000).ttl(Duration::from_secs(60)),
+        )
         .start(builder())
         .expect("engine starts")
 }
@@ -79,7 +82,13 @@ fn a_rejoin_gets_exactly_what_it_missed_in_order_then_live_ones() {
     let mut again = client(&engine);
     let join_ref = again.next_ref();
     let recover = json!({ "recover": { "epoch": epoch, "offset": last } });
-    again.send(Some(&join_ref), Some(&join_ref), "room:1", "phx_join", recover);
+    again.send(
+        Some(&join_ref),
+        Some(&join_ref),
+        "room:1",
+        "phx_join",
+        recover,
+    );
     let (reply, before) = again.reply_to(&join_ref);
     assert!(before.is_empty(), "nothing before the reply: {before:?}");
     let summary = history_of(&reply);
@@ -180,7 +189,10 @@ fn rebroadcasts_on_a_topic_with_history_carry_offsets() {
     while got.len() < 5 {
         got.extend(drain(&mut other));
     }
-    assert_eq!(got.iter().map(offset_of).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        got.iter().map(offset_of).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
     let (latest_position, latest) = engine.handle().history_store().latest("room:4", 2).unwrap();
     assert_eq!(latest_position.unwrap().offset, 5);
     assert_eq!(latest.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5]);
@@ -217,7 +229,11 @@ fn publishes_racing_recoveries_are_delivered_exactly_once() {
         .collect();
     let mut joiners = Vec::new();
     for _ in 0..16 {
-        let (position, _) = engine.handle().history_store().latest("room:race", 0).unwrap();
+        let (position, _) = engine
+            .handle()
+            .history_store()
+            .latest("room:race", 0)
+            .unwrap();
         let since = position.unwrap().offset.saturating_sub(50);
         let mut joiner = client(&engine);
         let recover = json!({ "recover": { "epoch": epoch, "offset": since } });
@@ -229,7 +245,11 @@ fn publishes_racing_recoveries_are_delivered_exactly_once() {
     for publisher in publishers {
         publisher.join().unwrap();
     }
-    let (top, _) = engine.handle().history_store().latest("room:race", 0).unwrap();
+    let (top, _) = engine
+        .handle()
+        .history_store()
+        .latest("room:race", 0)
+        .unwrap();
     let top = top.unwrap().offset;
     for (mut joiner, since) in joiners {
         let mut offsets = Vec::new();

@@ -232,7 +232,6 @@ impl<S: Socket> ErasedEndpoint for Endpoint<S> {
     }
 }
 
-
 /// An endpoint mounted on a path.
 pub(crate) struct Mount {
     pub(crate) path: String,
@@ -383,8 +382,7 @@ impl Channels {
     /// Starts the engine on a server configured by `builder` (address,
     /// loops, limits); the endpoints' paths are added to it.
     pub fn start(self, builder: ServerBuilder) -> Result<Engine, StartError> {
-        if builder.has_relay() && !self.history.is_empty() && !self.history_store.backend.shared()
-        {
+        if builder.has_relay() && !self.history.is_empty() && !self.history_store.backend.shared() {
             return Err(StartError::Config(ConfigError::Conflict(
                 "history on a cluster needs the cluster's store: Channels::history_store(cluster.history_store())",
             )));
@@ -393,11 +391,11 @@ impl Channels {
             builder.endpoint(mount.path.clone())
         });
         let counters = Arc::new(ChannelCounters::default());
-        let history = Histories {
+        let history = Arc::new(Histories {
             rules: self.history,
             store: self.history_store,
             counters: Arc::clone(&counters),
-        };
+        });
         let incarnation = RandomState::new().hash_one(0u8);
         let presence = Arc::new(PresenceTracker::new(incarnation));
         if let Some(listener) = &self.on_topic_event {
@@ -410,7 +408,7 @@ impl Channels {
             counters: Arc::clone(&counters),
             presence: Arc::clone(&presence),
             timers: Arc::clone(&timers),
-            history: history.clone(),
+            history: Arc::clone(&history),
         };
         let server = builder.start_service(handler)?;
         history.store.backend.attach(server.handle());
@@ -648,7 +646,7 @@ pub struct EngineHandle {
     counters: Arc<ChannelCounters>,
     presence: Arc<PresenceTracker>,
     census: Arc<Census>,
-    history: Histories,
+    history: Arc<Histories>,
 }
 
 impl EngineHandle {

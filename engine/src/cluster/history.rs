@@ -33,8 +33,7 @@ use std::{
 use super::{Content, Envelope, NodeId, runtime::Bus};
 use crate::{
     channels::history::{
-        HistoryBackend, HistoryError, Publication, Publish, Recovery, RecoveryRead,
-        StreamPosition,
+        HistoryBackend, HistoryError, Publication, Publish, Recovery, RecoveryRead, StreamPosition,
     },
     pubsub::ConnId,
 };
@@ -142,7 +141,10 @@ pub(crate) fn decode_published(bytes: &[u8]) -> Option<Published<'_>> {
         b"-" => None,
         text => {
             let (loop_index, conn) = std::str::from_utf8(text).ok()?.split_once('.')?;
-            Some((loop_index.parse().ok()?, ConnId::from_bits(conn.parse().ok()?)))
+            Some((
+                loop_index.parse().ok()?,
+                ConnId::from_bits(conn.parse().ok()?),
+            ))
         }
     };
     Some(Published {
@@ -201,7 +203,11 @@ fn publication_from(entry: &redis::Value) -> Option<Publication> {
     let [redis::Value::BulkString(id), redis::Value::Array(fields)] = parts.as_slice() else {
         return None;
     };
-    let offset = std::str::from_utf8(id).ok()?.strip_prefix("0-")?.parse().ok()?;
+    let offset = std::str::from_utf8(id)
+        .ok()?
+        .strip_prefix("0-")?
+        .parse()
+        .ok()?;
     let [_, redis::Value::BulkString(envelope)] = fields.as_slice() else {
         return None;
     };
@@ -246,7 +252,10 @@ impl RedisHistory {
 
     /// Runs `command` on the API's connection, opening it if needed; a
     /// failed command drops the connection.
-    fn query<T: redis::FromRedisValue>(&self, command: &redis::Pipeline) -> Result<T, HistoryError> {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Pipeline,
+    ) -> Result<T, HistoryError> {
         let unavailable = |err: redis::RedisError| HistoryError::Unavailable(err.to_string());
         let client = self
             .client
@@ -399,7 +408,11 @@ mod tests {
         let offsets: Vec<u64> = recovery.outcome.unwrap().iter().map(|p| p.offset).collect();
         assert_eq!(offsets, [4, 5]);
         // A gap (entry 4 trimmed away) is not a recovery.
-        let gap = Array(vec![BulkString(b"ep".to_vec()), Int(5), Array(vec![entry(5)])]);
+        let gap = Array(vec![
+            BulkString(b"ep".to_vec()),
+            Int(5),
+            Array(vec![entry(5)]),
+        ]);
         assert!(recovery_from(&gap, Some(&since)).outcome.is_err());
         // Garbage from the store: unavailable, never a panic.
         for garbage in [Int(1), Array(vec![]), Array(vec![Int(1), Int(2), Int(3)])] {

@@ -55,7 +55,6 @@ use crate::{
     reactor::{Relay, ServerBuilder},
 };
 
-
 /// This node's link to the others: attach it to a server's builder, keep it
 /// to read the bus's counters. `Clone + Send + Sync`.
 ///

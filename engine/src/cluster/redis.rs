@@ -313,9 +313,10 @@ async fn read_history(
     new_epoch: String,
     read: RecoveryRead,
 ) {
-    let since = read.since.as_ref().map_or(-1, |since| {
-        i64::try_from(since.offset).unwrap_or(i64::MAX)
-    });
+    let since = read
+        .since
+        .as_ref()
+        .map_or(-1, |since| i64::try_from(since.offset).unwrap_or(i64::MAX));
     let mut command = redis::cmd("EVALSHA");
     command
         .arg(&*script)
@@ -326,7 +327,11 @@ async fn read_history(
         .arg(MAX_RECOVERED)
         .arg(new_epoch)
         .arg(META_TTL_MS);
-    let answer = tokio::time::timeout(READ_TIMEOUT, command.query_async::<redis::Value>(&mut connection)).await;
+    let answer = tokio::time::timeout(
+        READ_TIMEOUT,
+        command.query_async::<redis::Value>(&mut connection),
+    )
+    .await;
     let recovery = match answer {
         Ok(Ok(value)) => recovery_from(&value, read.since.as_ref()),
         Ok(Err(err)) => {

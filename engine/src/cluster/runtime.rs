@@ -366,7 +366,8 @@ impl Inbound {
         let Some(entry) = self.server.topic(&topic) else {
             return;
         };
-        let mut broadcast = Broadcast::channel_at(&topic, &event, payload, &entry, published.offset);
+        let mut broadcast =
+            Broadcast::channel_at(&topic, &event, payload, &entry, published.offset);
         if envelope.origin == self.node
             && let Some((loop_index, conn)) = published.exclude
         {

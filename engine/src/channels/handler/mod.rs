@@ -20,9 +20,9 @@ use recovery::{Held, forget_recovery, is_recovering};
 use super::{
     LeaveReason, Reply,
     context::{ChannelInfo, JoinInfo, Removal, send_presence_state},
-    history::{Histories, RecoveryAnswer, StreamPosition, requested},
     deferred::{ConnectDecision, JoinAnswer, Via},
     engine::{Call, CallSite, Mount},
+    history::{Histories, RecoveryAnswer, StreamPosition, requested},
     presence::{PresenceTracker, Tracked},
     stats::{ChannelCounters, count},
     timers::Timers,
@@ -162,7 +162,7 @@ pub(crate) struct ChannelsHandler {
     pub(crate) counters: Arc<ChannelCounters>,
     pub(crate) presence: Arc<PresenceTracker>,
     pub(crate) timers: Arc<Timers>,
-    pub(crate) history: Histories,
+    pub(crate) history: Arc<Histories>,
 }
 
 /// How a channel callback ended.
@@ -428,7 +428,14 @@ impl ChannelsHandler {
             Some(Err(invalid)) => {
                 count(&self.counters.joins_refused);
                 let refusal = Reply::reason(invalid);
-                return Self::phoenix_reply(conn, join_ref, msg_ref, topic, Status::Error, &refusal);
+                return Self::phoenix_reply(
+                    conn,
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    Status::Error,
+                    &refusal,
+                );
             }
             Some(Ok(recover)) => recover,
             None => None,

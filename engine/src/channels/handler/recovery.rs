@@ -187,11 +187,22 @@ impl ChannelsHandler {
         )
         .map_or(owed.response, |merged| Reply::raw(&merged));
         let msg_ref = owed.msg_ref.as_ref().map(OwnedRef::get);
-        Self::phoenix_reply(conn, owed.join.join_ref(), msg_ref, topic, Status::Ok, &response);
+        Self::phoenix_reply(
+            conn,
+            owed.join.join_ref(),
+            msg_ref,
+            topic,
+            Status::Ok,
+            &response,
+        );
         self.after_join(conn, &owed.join);
         for publication in publications {
-            let frame =
-                phoenix::broadcast_at(topic, &publication.event, &publication.payload, publication.offset);
+            let frame = phoenix::broadcast_at(
+                topic,
+                &publication.event,
+                &publication.payload,
+                publication.offset,
+            );
             let _ = conn.send_frame(frame);
         }
         for broadcast in held {
@@ -208,7 +219,14 @@ impl ChannelsHandler {
         self.discard_join(conn, &topic);
         let msg_ref = owed.msg_ref.as_ref().map(OwnedRef::get);
         let refusal = Reply::reason(HELD_OVERFLOW);
-        Self::phoenix_reply(conn, owed.join.join_ref(), msg_ref, &topic, Status::Error, &refusal);
+        Self::phoenix_reply(
+            conn,
+            owed.join.join_ref(),
+            msg_ref,
+            &topic,
+            Status::Error,
+            &refusal,
+        );
         self.forget(conn, &topic);
     }
 
