@@ -46,6 +46,7 @@ use crate::{
         joins::{JoinsPlan, joins},
         memory::{self, ChurnRounds, Slowloris, Stuck},
         presence::{PresenceStorm, presence_storm},
+        recovery::{RecoveryStorm, recovery_storm},
         rooms::{RoomsPlan, rooms},
     },
 };
@@ -146,6 +147,23 @@ pub(crate) fn run(options: &Options) -> io::Result<Option<Headline>> {
                 clients,
                 spread: Duration::from_secs(seconds),
                 topic,
+            },
+        )
+        .map(|()| None),
+        Scenario::RecoveryStorm {
+            clients,
+            behind,
+            topic,
+            api,
+            api_key,
+        } => recovery_storm(
+            options,
+            &RecoveryStorm {
+                clients,
+                behind,
+                topic,
+                api,
+                api_key,
             },
         )
         .map(|()| None),

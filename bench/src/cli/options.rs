@@ -267,6 +267,28 @@ pub(crate) enum Scenario {
         #[arg(long, default_value = "room:presence-storm")]
         topic: String,
     },
+    /// Phoenix clients join a topic with history, all drop, messages are
+    /// published through the API, and all reconnect at once joining with
+    /// their last position: when the last one has recovered every missed
+    /// message, server CPU and peak RSS (against the standalone herald
+    /// with a history rule for the topic, --path /socket/websocket).
+    RecoveryStorm {
+        /// Clients reconnecting at once.
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        /// Messages each client misses.
+        #[arg(long, default_value_t = 20)]
+        behind: u64,
+        /// The topic (one the server keeps history for).
+        #[arg(long, default_value = "storm:recovery")]
+        topic: String,
+        /// The server's HTTP API address, to publish the missed messages.
+        #[arg(long)]
+        api: SocketAddr,
+        /// The API key, if the server has one.
+        #[arg(long)]
+        api_key: Option<String>,
+    },
     /// Server memory per idle connection.
     Idle {
         /// Idle connections to open.

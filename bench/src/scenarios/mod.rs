@@ -7,6 +7,7 @@ pub(crate) mod fanout;
 pub(crate) mod joins;
 pub(crate) mod memory;
 pub(crate) mod presence;
+pub(crate) mod recovery;
 pub(crate) mod rooms;
 
 mod connections;
