@@ -62,12 +62,17 @@ export function recoverableChannel(socket, topic, params = {}, { onRecovery } = 
 
   channel.joinPush.receive("ok", (response) => {
     const history = response && response.history;
-    if (!history || typeof history.epoch !== "string") return;
-    // Recovered: the missed messages follow and move the position on.
-    // Otherwise the stream starts again from where it is now.
-    const recovered = asked && history.recovered === true && position !== null
-      && position.epoch === history.epoch;
-    if (!recovered) position = { epoch: history.epoch, offset: history.offset };
+    if (!history) return;
+    if (typeof history.epoch !== "string") {
+      // The store did not answer: no position to keep; the next join
+      // starts afresh, and the app is told to refetch.
+      position = null;
+    } else if (!(asked && history.recovered === true && position !== null
+      && position.epoch === history.epoch)) {
+      // Not recovered: the stream starts again from where it is now.
+      // (Recovered: the missed messages follow and move the position on.)
+      position = { epoch: history.epoch, offset: history.offset };
+    }
     if (onRecovery) onRecovery(history, { asked });
   });
 

@@ -52,8 +52,9 @@ pub struct Broadcast {
     /// The connection that must not receive it (`broadcast_from`): its
     /// loop and its id there.
     exclude: Option<(usize, ConnId)>,
-    /// Its offset in the topic's stream, for a topic with history.
-    offset: Option<u64>,
+    /// Its place in the topic's stream (epoch, offset), for a topic with
+    /// history.
+    position: Option<(Arc<str>, u64)>,
 }
 
 /// How a broadcast reaches one subscription (see
@@ -84,19 +85,19 @@ impl Broadcast {
             deflated: Frames::default(),
             binary: false,
             exclude: None,
-            offset: None,
+            position: None,
         }
     }
 
-    /// A channel broadcast of a topic with history: the Phoenix frame
-    /// carries `offset` (see [`phoenix::broadcast_at`]); Amber's has no
-    /// place for it.
+    /// A channel broadcast of a topic with history, at `offset` of the
+    /// stream named `epoch`: the Phoenix frame carries the offset (see
+    /// [`phoenix::broadcast_at`]); Amber's has no place for it.
     pub(crate) fn channel_at(
         topic: &str,
         event: &str,
         payload: Box<RawValue>,
         entry: &TopicEntry,
-        offset: u64,
+        (epoch, offset): (Arc<str>, u64),
     ) -> Self {
         let mut frames = Frames::default();
         if entry.has_protocol(WireProtocol::PhoenixV2) {
@@ -107,7 +108,7 @@ impl Broadcast {
             frames[WireProtocol::Amber.index()] = Some(amber::message(topic, event, &payload));
         }
         let mut broadcast = Self::with_message(topic, event, payload, frames);
-        broadcast.offset = Some(offset);
+        broadcast.position = Some((epoch, offset));
         broadcast
     }
 
@@ -161,7 +162,7 @@ impl Broadcast {
             deflated: Frames::default(),
             binary: false,
             exclude: None,
-            offset: None,
+            position: None,
         }
     }
 
@@ -184,7 +185,12 @@ impl Broadcast {
 
     /// Its offset in the topic's stream, for a topic with history.
     pub fn offset(&self) -> Option<u64> {
-        self.offset
+        self.position.as_ref().map(|&(_, offset)| offset)
+    }
+
+    /// The epoch of the topic's stream, for a topic with history.
+    pub fn epoch(&self) -> Option<&str> {
+        self.position.as_ref().map(|(epoch, _)| &**epoch)
     }
 
     /// The topic.
@@ -257,7 +263,7 @@ impl Broadcast {
             deflated: copy(&self.deflated),
             binary: self.binary,
             exclude: self.exclude,
-            offset: self.offset,
+            position: self.position.clone(),
         }
     }
 }

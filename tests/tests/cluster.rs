@@ -188,6 +188,29 @@ impl Channel<Option<String>> for Room {
     }
 }
 
+/// `histp:*`: pushes `welcome` with the topic to each client it lets in.
+struct Greeter;
+
+impl Channel<Option<String>> for Greeter {
+    fn handle_joined(
+        &self,
+        ctx: &mut ChannelContext<'_, '_, Option<String>>,
+        _: &RawValue,
+    ) -> JoinResult {
+        let topic = ctx.topic().to_owned();
+        ctx.push("welcome", &json!({ "topic": topic }));
+        Ok(Reply::empty())
+    }
+
+    fn handle_message(
+        &self,
+        _: &mut ChannelContext<'_, '_, Option<String>>,
+        _: &str,
+        _: &RawValue,
+    ) {
+    }
+}
+
 /// `lobby:*`: tracks each member's presence under the join's `name`.
 struct Lobby;
 
@@ -258,7 +281,8 @@ fn node_with(broker: &BrokerProcess, down_after: Duration) -> Node {
             Room {
                 include_sender: false,
             },
-        );
+        )
+        .channel("histp:*", Greeter);
     let cluster = Cluster::new(broker.broker());
     let builder = Server::builder()
         .bind("127.0.0.1:0".parse().unwrap())
@@ -274,6 +298,7 @@ fn node_with(broker: &BrokerProcess, down_after: Duration) -> Node {
         channels = channels
             .history("hist:*", rule)
             .history("histq:*", rule)
+            .history("histp:*", rule)
             .history_store(store);
     }
     let engine = channels
@@ -849,8 +874,107 @@ fn publish_n(engine: &Engine, topic: &str, from: u64, to: u64) {
     }
 }
 
+/// Sends `PUBLISH channel message` to Redis at `addr`.
+fn redis_publish(addr: SocketAddr, channel: &str, message: &[u8]) {
+    let mut stream = TcpStream::connect(addr).expect("connect to redis");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut command = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
+        channel.len(),
+        message.len()
+    )
+    .into_bytes();
+    command.extend_from_slice(message);
+    command.extend_from_slice(b"\r\n");
+    stream.write_all(&command).unwrap();
+    let mut reply = [0; 64];
+    let n = stream.read(&mut reply).expect("read redis reply");
+    assert_eq!(reply.first(), Some(&b':'), "{:?}", &reply[..n]);
+}
+
 mod redis_history {
+    use herald::cluster::{Content, Envelope};
+
     use super::*;
+
+    /// Joins answered later (the Redis store) keep their own follow-ups:
+    /// each client's `welcome` push follows its own join's reply.
+    #[test]
+    fn joins_answered_later_keep_their_own_pushes() {
+        let broker = BrokerProcess::start(Kind::Redis);
+        let a = node(&broker);
+        let mut client = Client::connect(a.local_addr(), PATH, "").expect("connect");
+        let topics = ["histp:1", "histp:2", "histp:3"];
+        // All at once, as the phoenix client rejoins after a reconnect.
+        for (n, topic) in topics.iter().enumerate() {
+            let join_ref = (n + 1).to_string();
+            client.send(
+                Some(&join_ref),
+                Some(&join_ref),
+                topic,
+                "phx_join",
+                json!({}),
+            );
+        }
+        let mut replied = Vec::new();
+        let mut welcomed = Vec::new();
+        while welcomed.len() < topics.len() {
+            let message = client.recv();
+            let topic = message[2].as_str().unwrap().to_owned();
+            match message[3].as_str().unwrap() {
+                "phx_reply" => {
+                    assert_eq!(message[4]["status"], "ok", "{message}");
+                    replied.push(topic);
+                }
+                "welcome" => {
+                    assert!(
+                        replied.contains(&topic),
+                        "welcome before its reply: {message}"
+                    );
+                    assert_eq!(message[4]["topic"], topic.as_str(), "{message}");
+                    welcomed.push(topic);
+                }
+                _ => {}
+            }
+        }
+        welcomed.sort();
+        assert_eq!(welcomed, topics);
+    }
+
+    /// A publication that never reached the node (here: offset 2 is
+    /// skipped on the wire) errs the channel, and the client's rejoin
+    /// recovers from the history.
+    #[test]
+    fn a_gap_in_the_stream_errs_the_channel_so_the_client_recovers() {
+        let broker = BrokerProcess::start(Kind::Redis);
+        let a = node(&broker);
+        let (mut client, join_ref, summary) = join_with(&a, "hist:gap", json!({}));
+        let epoch = summary["epoch"].as_str().unwrap().to_owned();
+        wait_subscribed(&[&a], 1);
+        publish_n(&a, "hist:gap", 1, 1);
+        assert_eq!(next_with_offset(&mut client).0, 1);
+        // Offset 3 of the same stream, as if 2 had been lost on the way.
+        let envelope = Envelope {
+            origin: 42,
+            topic: "hist:gap".into(),
+            content: Content::Channel {
+                event: "msg".into(),
+                payload: RawValue::from_string(r#"{"n":3}"#.into()).unwrap(),
+            },
+        };
+        let mut published = vec![0xFE];
+        published.extend_from_slice(format!("3 {epoch} - ").as_bytes());
+        published.extend_from_slice(&envelope.encode().unwrap());
+        redis_publish(broker.addr(), "herald:hist:gap", &published);
+        let error = client.recv_event("phx_error");
+        assert_eq!(error[0], join_ref.as_str(), "{error}");
+        assert_eq!(a.handle().channel_stats().gap_resyncs, 1);
+        // The client joins again from offset 1: the store has nothing
+        // newer (offset 3 never went through it), so nothing is missed.
+        let recover = json!({ "recover": { "epoch": epoch, "offset": 1 } });
+        let (_, _, summary) = join_with(&a, "hist:gap", recover);
+        assert_eq!(summary["recovered"], true, "{summary}");
+    }
 
     /// A client on node A drops; node B publishes 50; the client joins A
     /// again with its position and gets exactly those, in order, then live

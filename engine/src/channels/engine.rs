@@ -302,7 +302,14 @@ impl Channels {
     /// # let _ = channels;
     /// ```
     pub fn history(mut self, pattern: &str, rule: History) -> Self {
-        self.history.push(pattern, rule);
+        self.history.push(pattern, Some(rule));
+        self
+    }
+
+    /// Keeps no history for the topics matching `pattern`, whatever later
+    /// [`history`](Self::history) rules say (rules are tried in order).
+    pub fn no_history(mut self, pattern: &str) -> Self {
+        self.history.push(pattern, None);
         self
     }
 

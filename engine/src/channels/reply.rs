@@ -82,4 +82,9 @@ pub enum LeaveReason {
     /// The server took the client off the topic
     /// ([`EngineHandle::unsubscribe`](super::EngineHandle::unsubscribe)).
     Removed,
+    /// The client missed publications of a topic with history (a gap in
+    /// the stream reached this server, or too many arrived while its join
+    /// recovered): the channel errs, and the client joins again and
+    /// recovers.
+    Gap,
 }

@@ -44,6 +44,10 @@ counters! {
     recovery_failed_gone: Counter "history_recovery_failed_gone_total",
     /// Recoveries refused: the history store could not be read.
     recovery_failed_unavailable: Counter "history_recovery_failed_unavailable_total",
+    /// Channels ended with `phx_error` because publications of their topic
+    /// never reached this node or loop (a full mailbox, a broker outage):
+    /// their clients join again and recover.
+    gap_resyncs: Counter "history_gap_resyncs_total",
 }
 
 /// Adds one to a shared counter.

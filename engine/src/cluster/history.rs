@@ -10,16 +10,18 @@
 //!   publication's bus envelope, capped with `XADD … MAXLEN`, expiring
 //!   the rule's TTL after the last publication;
 //! - `herald:history-meta:{topic}`: a hash with the epoch (`e`) and the
-//!   last offset (`s`), kept a day after the last publication: a Redis that
-//!   lost its data (restarted without persistence) has no epoch, the next
-//!   script makes a new one, and clients behind get `recovered: false`.
+//!   last offset (`s`), kept a day (or the rule's TTL, if longer) after the
+//!   last publication: a Redis that lost its data (restarted without
+//!   persistence) has no epoch, the next script makes a new one (and drops
+//!   any stream left without its meta, whose ids would be ahead of the new
+//!   offsets), and clients behind get `recovered: false`.
 //!
 //! # What Redis publishes
 //!
-//! `0xFE`, the offset in decimal, a space, the excluded connection
-//! (`loop.id`, or `-`), a space, then the envelope. The excluded
-//! connection means something only to the node the envelope names as
-//! its origin.
+//! `0xFE`, the offset in decimal, a space, the epoch, a space, the
+//! excluded connection (`loop.id`, or `-`), a space, then the envelope.
+//! The excluded connection means something only to the node the envelope
+//! names as its origin.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -51,13 +53,15 @@ pub(crate) const META_TTL_MS: u64 = 24 * 3600 * 1000;
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
-  redis.call('hset', KEYS[2], 'e', ARGV[5])
+  epoch = ARGV[5]
+  redis.call('del', KEYS[1])
+  redis.call('hset', KEYS[2], 'e', epoch)
 end
 local offset = redis.call('hincrby', KEYS[2], 's', 1)
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], '0-' .. offset, 'd', ARGV[7])
 redis.call('pexpire', KEYS[1], ARGV[3])
 redis.call('pexpire', KEYS[2], ARGV[4])
-redis.call('publish', ARGV[1], '\254' .. offset .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])
+redis.call('publish', ARGV[1], '\254' .. offset .. ' ' .. epoch .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])
 return offset
 ";
 
@@ -69,6 +73,7 @@ pub(crate) const READ_SCRIPT: &str = r"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[3]
+  redis.call('del', KEYS[1])
   redis.call('hset', KEYS[2], 'e', epoch, 's', 0)
   redis.call('pexpire', KEYS[2], ARGV[4])
 end
@@ -122,11 +127,12 @@ pub(crate) fn encode_exclusion(exclude: Option<(usize, ConnId)>) -> String {
     }
 }
 
-/// A publication as Redis published it: its offset, the connection it
-/// excludes, and its envelope.
+/// A publication as Redis published it: its place in the stream, the
+/// connection it excludes, and its envelope.
 #[derive(Debug)]
 pub(crate) struct Published<'a> {
     pub(crate) offset: u64,
+    pub(crate) epoch: &'a str,
     pub(crate) exclude: Option<(usize, ConnId)>,
     pub(crate) envelope: &'a [u8],
 }
@@ -135,8 +141,12 @@ pub(crate) struct Published<'a> {
 pub(crate) fn decode_published(bytes: &[u8]) -> Option<Published<'_>> {
     let rest = bytes.strip_prefix(&[HISTORY_MARK])?;
     let (offset, rest) = split_word(rest)?;
+    let (epoch, rest) = split_word(rest)?;
     let (exclude, envelope) = split_word(rest)?;
     let offset = std::str::from_utf8(offset).ok()?.parse().ok()?;
+    let epoch = std::str::from_utf8(epoch)
+        .ok()
+        .filter(|epoch| !epoch.is_empty())?;
     let exclude = match exclude {
         b"-" => None,
         text => {
@@ -149,14 +159,15 @@ pub(crate) fn decode_published(bytes: &[u8]) -> Option<Published<'_>> {
     };
     Some(Published {
         offset,
+        epoch,
         exclude,
         envelope,
     })
 }
 
-/// The bytes up to the first space (at most 40), and what follows it.
+/// The bytes up to the first space (at most 64), and what follows it.
 fn split_word(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let space = bytes.iter().take(41).position(|&byte| byte == b' ')?;
+    let space = bytes.iter().take(65).position(|&byte| byte == b' ')?;
     Some((&bytes[..space], &bytes[space + 1..]))
 }
 
@@ -359,23 +370,24 @@ mod tests {
     fn published_messages_round_trip_and_garbage_is_refused() {
         let conn = ConnId::new(7, 3);
         let mut bytes = vec![HISTORY_MARK];
-        bytes.extend_from_slice(format!("42 {} ", encode_exclusion(Some((1, conn)))).as_bytes());
+        bytes.extend_from_slice(format!("42 ep {} ", encode_exclusion(Some((1, conn)))).as_bytes());
         bytes.extend_from_slice(b"ENVELOPE");
         let published = decode_published(&bytes).unwrap();
-        assert_eq!(published.offset, 42);
+        assert_eq!((published.offset, published.epoch), (42, "ep"));
         assert_eq!(published.exclude, Some((1, conn)));
         assert_eq!(published.envelope, b"ENVELOPE");
-        let none = [&[HISTORY_MARK][..], b"7 - E"].concat();
+        let none = [&[HISTORY_MARK][..], b"7 ep - E"].concat();
         assert_eq!(decode_published(&none).unwrap().exclude, None);
         for garbage in [
             &b""[..],
             b"\x01 - E",
             b"\xFE",
-            b"\xFEx - E",
-            b"\xFE1 1.x E",
-            b"\xFE-1 - E",
-            b"\xFE99999999999999999999999 - E",
-            b"\xFE1-E",
+            b"\xFEx ep - E",
+            b"\xFE1 ep 1.x E",
+            b"\xFE-1 ep - E",
+            b"\xFE99999999999999999999999 ep - E",
+            b"\xFE1 ep -E",
+            b"\xFE1  - E",
         ] {
             assert!(decode_published(garbage).is_none(), "{garbage:?}");
         }

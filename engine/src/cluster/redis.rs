@@ -94,14 +94,19 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
         set(&counters.connected, 1);
         tracing::info!(%url, failed_attempts, "cluster bus connected to Redis");
         failed_attempts = 0;
-        let scripts = match Scripts::load(&mut publisher.clone()).await {
-            Ok(scripts) => scripts,
-            Err(err) => {
-                tracing::warn!(%url, %err, "cannot load the history scripts into Redis; retrying");
-                if !wait_dropping(&mut receiver, &counters, backoff.next_delay()).await {
-                    return;
-                }
-                continue;
+        // Without scripting (an ACL that allows pub/sub only), the bus
+        // still joins the nodes; only history is unavailable.
+        let mut loader = publisher.clone();
+        let load = tokio::time::timeout(CONNECT_TIMEOUT, Scripts::load(&mut loader));
+        let scripts = match load.await {
+            Ok(Ok(scripts)) => Some(scripts),
+            Ok(Err(err)) => {
+                tracing::warn!(%url, %err, "cannot load the history scripts into Redis: topics with history are unavailable");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%url, "loading the history scripts timed out: topics with history are unavailable");
+                None
             }
         };
         let mut session = Session {
@@ -166,7 +171,9 @@ struct Session<'a> {
     subscribed: HashSet<Box<str>>,
     inbound: &'a Inbound,
     counters: &'a BusCounters,
-    scripts: Scripts,
+    /// `None` when Redis refused them: history publishes are dropped and
+    /// counted, reads answered "unavailable".
+    scripts: Option<Scripts>,
 }
 
 impl Session<'_> {
@@ -213,7 +220,14 @@ impl Session<'_> {
                             return Ended::Lost(err.to_string());
                         }
                     }
-                    tokio::spawn(read_history(self.publisher.clone(), Arc::clone(&self.scripts.read), self.inbound.new_epoch(), read));
+                    match &self.scripts {
+                        Some(scripts) => {
+                            let script = Arc::clone(&scripts.read);
+                            let epoch = self.inbound.new_epoch();
+                            tokio::spawn(read_history(self.publisher.clone(), script, epoch, read));
+                        }
+                        None => read.reply.send(Recovery::unavailable()),
+                    }
                 }
                 message = stream.next() => match message {
                     Some(message) => self.inbound.deliver(message.get_payload_bytes()),
@@ -250,6 +264,17 @@ impl Session<'_> {
     /// Publishes a batch in one pipelined round trip; on failure the whole
     /// batch counts as dropped.
     async fn publish(&mut self, batch: &mut Vec<Outgoing>) -> redis::RedisResult<()> {
+        if self.scripts.is_none() {
+            let before = batch.len();
+            batch.retain(|(subject, _)| !matches!(subject, Subject::History(_)));
+            add(
+                &self.counters.publishes_dropped,
+                (before - batch.len()) as u64,
+            );
+            if batch.is_empty() {
+                return Ok(());
+            }
+        }
         let count = batch.len() as u64;
         let result = match batch.as_slice() {
             [(subject @ (Subject::Topic(_) | Subject::Control), envelope)] => {
@@ -290,15 +315,18 @@ impl Session<'_> {
 impl Session<'_> {
     /// Queues the publish script for one publication with history.
     fn append_history(&self, pipe: &mut redis::Pipeline, target: &HistoryTarget, envelope: &[u8]) {
+        let Some(scripts) = &self.scripts else {
+            return; // filtered out in `publish`
+        };
         pipe.cmd("EVALSHA")
-            .arg(&*self.scripts.publish)
+            .arg(&*scripts.publish)
             .arg(2)
             .arg(stream_key(&target.topic))
             .arg(meta_key(&target.topic))
             .arg(topic_channel(&target.topic))
             .arg(target.size)
             .arg(target.ttl_ms)
-            .arg(META_TTL_MS)
+            .arg(target.meta_ttl_ms)
             .arg(&target.new_epoch)
             .arg(&target.exclude)
             .arg(envelope)

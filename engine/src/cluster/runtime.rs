@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use super::{
     Broker, BusCounters, Content, Envelope, NodeId,
     envelope::{encode_channel, encode_disconnect, encode_frames, encode_sync},
-    history::{Epochs, HISTORY_MARK, decode_published, encode_exclusion},
+    history::{Epochs, HISTORY_MARK, META_TTL_MS, decode_published, encode_exclusion},
 };
 use crate::{
     broadcast::Broadcast,
@@ -55,6 +55,9 @@ pub(crate) struct HistoryTarget {
     pub(crate) topic: Arc<str>,
     pub(crate) size: usize,
     pub(crate) ttl_ms: u64,
+    /// How long the stream's epoch and offset are kept after the last
+    /// publication.
+    pub(crate) meta_ttl_ms: u64,
     /// The excluded connection, as the script carries it.
     pub(crate) exclude: String,
     /// The epoch a stream without one takes.
@@ -159,10 +162,12 @@ impl Bus {
     /// assigns its offset and publishes it to every node, this one too).
     pub(crate) fn publish_history(&self, publish: Publish<'_>) {
         let envelope = encode_channel(self.node, publish.topic, publish.event, &publish.payload);
+        let ttl_ms = u64::try_from(publish.rule.max_age().as_millis()).unwrap_or(u64::MAX);
         let target = HistoryTarget {
             topic: Arc::from(publish.topic),
             size: publish.rule.max_size(),
-            ttl_ms: u64::try_from(publish.rule.max_age().as_millis()).unwrap_or(u64::MAX),
+            ttl_ms,
+            meta_ttl_ms: ttl_ms.max(META_TTL_MS),
             exclude: encode_exclusion(publish.exclude),
             new_epoch: self.epochs.fresh(),
         };
@@ -366,8 +371,8 @@ impl Inbound {
         let Some(entry) = self.server.topic(&topic) else {
             return;
         };
-        let mut broadcast =
-            Broadcast::channel_at(&topic, &event, payload, &entry, published.offset);
+        let position = (Arc::from(published.epoch), published.offset);
+        let mut broadcast = Broadcast::channel_at(&topic, &event, payload, &entry, position);
         if envelope.origin == self.node
             && let Some((loop_index, conn)) = published.exclude
         {

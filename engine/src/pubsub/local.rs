@@ -15,13 +15,20 @@ type Subscribers<T> = IndexMap<ConnId, T, BuildHasherDefault<AHasher>>;
 struct TopicSubscribers<T> {
     subscribers: Subscribers<T>,
     per_encoding: [u32; Encoding::COUNT],
+    /// For a topic with history: the place in its stream of the last
+    /// broadcast this loop delivered since it has had subscribers.
+    stream: Option<StreamPlace>,
 }
+
+/// A place in a topic's stream: its epoch and an offset.
+pub(crate) type StreamPlace = (Arc<str>, u64);
 
 impl<T> Default for TopicSubscribers<T> {
     fn default() -> Self {
         Self {
             subscribers: IndexMap::default(),
             per_encoding: [0; Encoding::COUNT],
+            stream: None,
         }
     }
 }
@@ -95,6 +102,20 @@ impl<T: Subscription> LocalIndex<T> {
             .get(topic)
             .into_iter()
             .flat_map(|entry| entry.subscribers.iter().map(|(id, sub)| (*id, sub)))
+    }
+
+    /// The place of the last broadcast of `topic` delivered here since the
+    /// topic has had subscribers on this loop.
+    pub(crate) fn stream_place(&self, topic: &str) -> Option<&StreamPlace> {
+        self.topics.get(topic)?.stream.as_ref()
+    }
+
+    /// Notes the place of a broadcast of `topic` delivered here (nothing
+    /// without subscribers: the place is forgotten with the last one).
+    pub(crate) fn set_stream_place(&mut self, topic: &str, place: StreamPlace) {
+        if let Some(entry) = self.topics.get_mut(topic) {
+            entry.stream = Some(place);
+        }
     }
 
     /// `id`'s subscription to `topic` on this loop, if it has one.

@@ -205,6 +205,12 @@ impl<T: Subscription> LoopTopics<T> {
         &self.local
     }
 
+    /// The subscribers of each topic on this loop, to note stream places
+    /// (subscriptions change only through this type's methods).
+    pub(crate) fn local_mut(&mut self) -> &mut LocalIndex<T> {
+        &mut self.local
+    }
+
     /// The shared registry.
     pub(crate) fn registry(&self) -> &TopicRegistry {
         &self.registry

@@ -172,6 +172,12 @@ pub(crate) trait Service: Send + Sync + 'static {
 
     /// An application message sent to this connection from any thread.
     fn on_info(&self, _conn: &mut Conn<'_, Self::State>, _message: &AppMessage) {}
+
+    /// Broadcasts of `topic`, a topic with history, skipped offsets on
+    /// their way to this loop (see `worker/streams.rs`); called for each
+    /// of the loop's channel subscriptions of it, before the broadcast
+    /// that showed the gap.
+    fn on_stream_gap(&self, _conn: &mut Conn<'_, Self::State>, _topic: &str) {}
 }
 
 impl<H: Handler> Service for H {

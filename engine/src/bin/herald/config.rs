@@ -708,8 +708,10 @@ impl Config {
                     "channels: history_size is at most {MAX_HISTORY_SIZE}"
                 ));
             }
-            if rule.history_size > 0 && rule.history_ttl_ms == 0 {
-                return invalid("channels: history_ttl_ms must be positive".into());
+            if rule.history_size > 0 && !(1..=MAX_HISTORY_TTL_MS).contains(&rule.history_ttl_ms) {
+                return invalid(format!(
+                    "channels: history_ttl_ms is from 1 to {MAX_HISTORY_TTL_MS} (a year)"
+                ));
             }
         }
         for url in [&self.hooks.connect_url, &self.webhooks.url]
@@ -732,6 +734,9 @@ impl Config {
 
 /// The most publications a rule keeps per topic.
 const MAX_HISTORY_SIZE: usize = 10_000;
+
+/// The longest history a rule keeps: a year.
+const MAX_HISTORY_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// What the default `room:*` rule keeps.
 const DEFAULT_ROOM_HISTORY: usize = 100;

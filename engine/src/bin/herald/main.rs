@@ -194,10 +194,12 @@ fn start_engine(config: &Config, cluster: &Cluster, backend: &Backend) -> std::i
         let webhooks = Arc::clone(webhooks);
         channels = channels.on_topic_event(move |event| webhooks.send(event));
     }
+    // Every rule, with or without history: the first that matches decides.
     for rule in &rules {
-        if let Some(history) = rule.history() {
-            channels = channels.history(&rule.pattern, history);
-        }
+        channels = match rule.history() {
+            Some(history) => channels.history(&rule.pattern, history),
+            None => channels.no_history(&rule.pattern),
+        };
     }
     if let Some(store) = cluster.history_store() {
         channels = channels.history_store(store);

@@ -252,6 +252,23 @@ impl ChannelsHandler {
         self.forget(conn, &join.topic);
     }
 
+    /// Ends a channel whose topic's stream skipped offsets on their way
+    /// here: `phx_error` to a Phoenix client (which joins again and
+    /// recovers the missed ones), `handle_leave` with [`LeaveReason::Gap`],
+    /// and its subscriptions go.
+    fn resync(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
+        let Some(join) = Self::joined(conn, topic) else {
+            return;
+        };
+        count(&self.counters.gap_resyncs);
+        if join.protocol == WireProtocol::PhoenixV2 {
+            let _ = conn.send_frame(phoenix::error(join.join_ref(), &join.topic));
+        }
+        self.run(conn, &join, None, Call::Leave(LeaveReason::Gap));
+        conn.state().stopping = false;
+        self.forget(conn, topic);
+    }
+
     /// Ends a channel after a panic: `phx_error` to a Phoenix client, and
     /// its subscriptions go.
     fn crash(&self, conn: &mut Conn<'_, ChannelConn>, join: &JoinInfo) {
@@ -924,5 +941,9 @@ impl Service for ChannelsHandler {
 
     fn on_info(&self, conn: &mut Conn<'_, ChannelConn>, message: &AppMessage) {
         self.app_info(conn, message);
+    }
+
+    fn on_stream_gap(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
+        self.resync(conn, topic);
     }
 }

@@ -8,23 +8,37 @@
 //! newer one: then the subscription goes back to taking shared frames
 //! without a callback.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
 
 use super::{ChannelConn, ChannelsHandler, resubscribe};
 use crate::{
     broadcast::Broadcast,
     channels::{
-        Reply,
+        LeaveReason, Reply,
         context::JoinInfo,
+        engine::Call,
         history::{
-            History, NotRecovered, Recovery, RecoveryAnswer, RecoveryRead, RecoveryReply,
-            StreamPosition, reply_with_history,
+            History, NotRecovered, Publication, Recovery, RecoveryAnswer, RecoveryRead,
+            RecoveryReply, StreamPosition, reply_with_history,
         },
         stats::count,
     },
-    protocol::phoenix::{self, OwnedRef, Ref, Status},
+    protocol::{
+        WireProtocol,
+        phoenix::{OwnedRef, Ref, Status},
+    },
+    pubsub::TopicEntry,
     reactor::Conn,
 };
+
+/// How long a join waits for a store that answers later; then it is
+/// answered `recovered: false` ("unavailable") and goes on live.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The most live broadcasts held for one recovering join; past it the
 /// join is refused (the client joins again) rather than lose one.
@@ -43,7 +57,8 @@ pub(crate) struct Recovering {
     /// Live broadcasts received before the answer.
     held: Vec<Broadcast>,
     overflowed: bool,
-    /// After the answer: the top offset the read saw.
+    /// After the answer: the epoch and top offset the read saw.
+    epoch: Option<Arc<str>>,
     top: u64,
 }
 
@@ -54,6 +69,10 @@ struct OwedReply {
     response: Reply,
     /// Whether the client asked to recover.
     asked: bool,
+    /// What the join callback pushed, and whether it asked for
+    /// `presence_state`: sent after the reply, when it goes.
+    pushes: Vec<Bytes>,
+    presence_state: bool,
 }
 
 /// How a live broadcast to a recovering subscription goes.
@@ -68,7 +87,7 @@ impl ChannelsHandler {
     /// The history rule of an accepted join, if it recovers (Phoenix only:
     /// Amber has no replies to carry a position).
     pub(super) fn history_rule(&self, join: &JoinInfo) -> Option<History> {
-        (join.protocol == crate::protocol::WireProtocol::PhoenixV2)
+        (join.protocol == WireProtocol::PhoenixV2)
             .then(|| self.history.rule_for(&join.topic))
             .flatten()
     }
@@ -92,6 +111,10 @@ impl ChannelsHandler {
         let state = conn.state();
         state.next_join_id += 1;
         let id = state.next_join_id;
+        // This join's own follow-ups wait with its reply: other joins may
+        // be answered first.
+        let pushes = std::mem::take(&mut state.after_join);
+        let presence_state = std::mem::take(&mut state.presence_state_after_join);
         state.recovering.retain(|entry| entry.topic != topic);
         state.recovering.push(Recovering {
             topic: Arc::clone(&topic),
@@ -101,9 +124,12 @@ impl ChannelsHandler {
                 msg_ref: msg_ref.and_then(OwnedRef::keep),
                 response,
                 asked,
+                pushes,
+                presence_state,
             }),
             held: Vec::new(),
             overflowed: false,
+            epoch: None,
             top: 0,
         });
         // Subscribed before the read: nothing published after it is missed.
@@ -118,8 +144,18 @@ impl ChannelsHandler {
                 id,
             },
         };
-        if let Some(recovery) = self.history.store.backend.recover(read) {
-            self.finish_recovery(conn, &topic, id, recovery);
+        match self.history.store.backend.recover(read) {
+            Some(recovery) => self.finish_recovery(conn, &topic, id, recovery),
+            None => {
+                // Whichever comes first answers; the other finds nothing owed.
+                let deadline = RecoveryAnswer {
+                    topic,
+                    id,
+                    recovery: Mutex::new(Some(Recovery::unavailable())),
+                };
+                let timers = &self.timers;
+                timers.send_after(RECOVERY_DEADLINE, conn.handle(), Arc::new(deadline));
+            }
         }
     }
 
@@ -167,6 +203,11 @@ impl ChannelsHandler {
         }
         let top = recovery.top.as_ref().map(|top| top.offset);
         entry.top = top.unwrap_or(0);
+        entry.epoch = recovery
+            .top
+            .as_ref()
+            .map(|top| Arc::from(top.epoch.as_str()));
+        let epoch = entry.epoch.clone();
         if top.is_none() {
             // Nothing to compare live offsets with: all of them go.
             state.recovering.swap_remove(at);
@@ -195,15 +236,12 @@ impl ChannelsHandler {
             Status::Ok,
             &response,
         );
+        let state = conn.state();
+        state.after_join = owed.pushes;
+        state.presence_state_after_join = owed.presence_state;
         self.after_join(conn, &owed.join);
-        for publication in publications {
-            let frame = phoenix::broadcast_at(
-                topic,
-                &publication.event,
-                &publication.payload,
-                publication.offset,
-            );
-            let _ = conn.send_frame(frame);
+        if let Some(epoch) = epoch {
+            self.send_recovered(conn, &owed.join, &epoch, publications);
         }
         for broadcast in held {
             if let Held::Deliver = self.hold_or_skip(conn, &broadcast) {
@@ -212,21 +250,44 @@ impl ChannelsHandler {
         }
     }
 
-    /// A join refused because its held broadcasts overflowed.
+    /// The missed publications, as broadcasts to this client: through
+    /// its channel's `handle_out` if it intercepts their event, as live
+    /// ones do.
+    fn send_recovered(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        join: &JoinInfo,
+        epoch: &Arc<str>,
+        publications: Vec<Publication>,
+    ) {
+        let phoenix_only = TopicEntry::with_protocol(WireProtocol::PhoenixV2);
+        for publication in publications {
+            let position = (Arc::clone(epoch), publication.offset);
+            let broadcast = Broadcast::channel_at(
+                &join.topic,
+                &publication.event,
+                publication.payload,
+                &phoenix_only,
+                position,
+            );
+            self.deliver_to_client(conn, join, &broadcast);
+        }
+    }
+
+    /// A join refused because its held broadcasts overflowed: the client
+    /// gets an error reply (and joins again, recovering), the channel its
+    /// `handle_leave`.
     fn refuse_recovering(&self, conn: &mut Conn<'_, ChannelConn>, owed: OwedReply) {
-        count(&self.counters.recovery_failed_unavailable);
+        if owed.asked {
+            count(&self.counters.recovery_failed_unavailable);
+        }
         let topic = Arc::clone(&owed.join.topic);
-        self.discard_join(conn, &topic);
         let msg_ref = owed.msg_ref.as_ref().map(OwnedRef::get);
         let refusal = Reply::reason(HELD_OVERFLOW);
-        Self::phoenix_reply(
-            conn,
-            owed.join.join_ref(),
-            msg_ref,
-            &topic,
-            Status::Error,
-            &refusal,
-        );
+        let join_ref = owed.join.join_ref();
+        Self::phoenix_reply(conn, join_ref, msg_ref, &topic, Status::Error, &refusal);
+        self.run(conn, &owed.join, None, Call::Leave(LeaveReason::Gap));
+        conn.state().stopping = false;
         self.forget(conn, &topic);
     }
 
@@ -267,16 +328,17 @@ impl ChannelsHandler {
             }
             return Held::Taken;
         }
-        match broadcast.offset() {
-            Some(offset) if offset <= entry.top => Held::Taken,
-            Some(_) => {
-                let topic = Arc::clone(&entry.topic);
-                state.recovering.swap_remove(at);
-                resubscribe(conn, &topic);
-                Held::Deliver
-            }
-            None => Held::Deliver,
+        let Some(offset) = broadcast.offset() else {
+            return Held::Deliver;
+        };
+        if broadcast.epoch() == entry.epoch.as_deref() && offset <= entry.top {
+            return Held::Taken; // the history had it
         }
+        // Newer, or a stream that started again: live from now on.
+        let topic = Arc::clone(&entry.topic);
+        state.recovering.swap_remove(at);
+        resubscribe(conn, &topic);
+        Held::Deliver
     }
 }
 

@@ -198,11 +198,13 @@ impl MemoryHistory {
     }
 }
 
+/// Forgets the stream published to least recently; streams only ever
+/// read (joined, never published to) go first.
 fn evict_least_recent(shard: &mut Shard) {
     let oldest = shard
         .streams
         .iter()
-        .min_by_key(|(_, stream)| stream.last_publish)
+        .min_by_key(|(_, stream)| (stream.top > 0, stream.last_publish))
         .map(|(topic, _)| topic.clone());
     if let Some(topic) = oldest {
         shard.streams.remove(&topic);
@@ -233,7 +235,7 @@ impl HistoryBackend for MemoryHistory {
                 &publication.event,
                 publication.payload.clone(),
                 &entry,
-                offset,
+                (Arc::clone(&stream.epoch), offset),
             );
             if let Some((loop_index, conn)) = publish.exclude {
                 broadcast = broadcast.excluding(loop_index, conn);

@@ -56,6 +56,9 @@ pub const MAX_RECOVERED: usize = 300;
 /// The most topics an in-process history store keeps by default.
 pub(crate) const DEFAULT_HISTORY_TOPICS: usize = 100_000;
 
+/// The longest a history is kept.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The longest epoch a client may send back.
 const MAX_EPOCH_LEN: usize = 64;
 
@@ -99,9 +102,9 @@ impl History {
         self
     }
 
-    /// Keeps each publication `ttl` (at least 1 ms).
+    /// Keeps each publication `ttl` (at least 1 ms, at most a year).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_millis(1));
+        self.ttl = ttl.clamp(Duration::from_millis(1), MAX_TTL);
         self
     }
 
@@ -449,19 +452,23 @@ impl HistoryStore {
 }
 
 /// Which topics keep history, by pattern; the first rule that matches
-/// wins.
+/// wins (a rule may say "no history").
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HistoryRules {
-    rules: Vec<(TopicPattern, History)>,
+    rules: Vec<(TopicPattern, Option<History>)>,
+    /// Whether any rule keeps history (else no topic is looked up).
+    any: bool,
 }
 
 impl HistoryRules {
-    pub(crate) fn push(&mut self, pattern: &str, rule: History) {
+    pub(crate) fn push(&mut self, pattern: &str, rule: Option<History>) {
+        self.any |= rule.is_some();
         self.rules.push((TopicPattern::new(pattern), rule));
     }
 
+    /// Whether no topic keeps history.
     pub(crate) fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        !self.any
     }
 
     /// The rule for `topic`, if one covers it.
@@ -469,7 +476,7 @@ impl HistoryRules {
         self.rules
             .iter()
             .find(|(pattern, _)| pattern.matches(topic))
-            .map(|&(_, rule)| rule)
+            .and_then(|&(_, rule)| rule)
     }
 }
 

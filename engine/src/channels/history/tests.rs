@@ -200,8 +200,11 @@ fn publish_keys_are_claimed_once_until_they_expire() {
 fn rules_match_by_pattern_first_one_wins() {
     let mut rules = HistoryRules::default();
     assert!(rules.is_empty());
-    rules.push("room:vip", History::new().size(5));
-    rules.push("room:*", History::new().size(50));
+    rules.push("room:private:*", None);
+    assert!(rules.is_empty());
+    rules.push("room:vip", Some(History::new().size(5)));
+    rules.push("room:*", Some(History::new().size(50)));
+    assert!(rules.rule_for("room:private:1").is_none());
     assert_eq!(rules.rule_for("room:vip").unwrap().max_size(), 5);
     assert_eq!(rules.rule_for("room:1").unwrap().max_size(), 50);
     assert!(rules.rule_for("news").is_none());

@@ -244,6 +244,8 @@ impl<S: Service> Worker<S> {
             let mut start = 0;
             while start < turn.len() {
                 let end = run_end(&turn, start, self.ctx.config.max_queued_bytes);
+                // A run ends early where its stream skips offsets.
+                let end = start + self.continue_stream(&turn[start..end]);
                 self.deliver_run(&turn[start..end]);
                 start = end;
             }

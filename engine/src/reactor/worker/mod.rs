@@ -10,6 +10,7 @@
 mod ending;
 mod fanout;
 mod input;
+mod streams;
 
 use std::{
     io::{self, ErrorKind},
