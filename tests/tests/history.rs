@@ -220,7 +220,7 @@ fn publishes_racing_recoveries_are_delivered_exactly_once() {
                 while !stop.load(Ordering::Relaxed) && sent < 20_000 {
                     handle.broadcast("room:race", "msg", &json!({})).unwrap();
                     sent += 1;
-                    if sent % 4 == 0 {
+                    if sent.is_multiple_of(4) {
                         std::thread::sleep(Duration::from_micros(100));
                     }
                 }

@@ -37,7 +37,7 @@
 
 mod envelope;
 #[cfg(any(feature = "redis", feature = "nats"))]
-mod history;
+pub(crate) mod history;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
