@@ -2,6 +2,7 @@
 # What history costs: publishing with history on Redis, and a recovery storm.
 #
 #   bash bench/history.sh [ROUNDS] [SECONDS]
+#   SUBSCRIBERS=100 WINDOW=64 bash bench/history.sh 4 10   (publish-bound)
 #
 # 1. API fan-out on Redis, history off vs on, interleaved (off, on, off,
 #    on, ...): a `redis-server` (CPU 1) and, per round, a fresh standalone
@@ -22,6 +23,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 rounds=${1:-4}
 seconds=${2:-10}
+subscribers=${SUBSCRIBERS:-10000}
+window=${WINDOW:-16}
 bench=${HERALD_BENCH:-target/release/herald-bench}
 herald=${HERALD:-target/release/herald}
 redis_server=$(command -v redis-server || echo /usr/bin/redis-server)
@@ -60,7 +63,7 @@ start_herald() { # $@: extra flags
 stop_herald() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
 path='/socket/websocket?vsn=2.0.0'
-echo "== API fan-out to 10,000 subscribers on Redis: history off vs on (1 loop on CPU 0; redis and load on CPU 1)"
+echo "== API fan-out to $subscribers subscribers, $window in flight, on Redis: history off vs on (1 loop on CPU 0; redis and load on CPU 1)"
 for round in $(seq "$rounds"); do
   label=off; size=0
   [ $((round % 2)) -eq 0 ] && label=on && size=100
@@ -68,17 +71,17 @@ for round in $(seq "$rounds"); do
   start_herald --broker redis --broker-url redis://127.0.0.1:$redis_port/
   before=$(cpu_times)
   report=$(taskset -c 1 "$bench" --addr 127.0.0.1:$port --path "$path" --server-pid $pid --json \
-    fanout --phoenix --api 127.0.0.1:$api --subscribers 10000 --window 16 --seconds "$seconds")
+    fanout --phoenix --api 127.0.0.1:$api --subscribers "$subscribers" --window "$window" --seconds "$seconds")
   after=$(cpu_times)
   appends=$(curl -s 127.0.0.1:$api/metrics | awk '/^herald_history_appends_total/ { print $2 }')
   stop_herald
-  python3 - "$label" "$report" "$(busy "$before" "$after")" "$appends" <<'PY'
+  python3 - "$label" "$report" "$(busy "$before" "$after")" "$appends" "$subscribers" <<'PY'
 import json, sys
-label, busy, appends = sys.argv[1], sys.argv[3], sys.argv[4]
+label, busy, appends, subscribers = sys.argv[1], sys.argv[3], sys.argv[4], int(sys.argv[5])
 figures = json.loads(sys.argv[2])["figures"]
 value = lambda key: figures.get(key, {}).get("value")
 deliveries = value("deliveries")
-print(f"history {label:3}  broadcasts/s {deliveries / 10000:,.1f}  deliveries/s {deliveries:,.0f}  "
+print(f"history {label:3}  broadcasts/s {deliveries / subscribers:,.1f}  deliveries/s {deliveries:,.0f}  "
       f"server {value('server_cpu_per_delivery'):,.0f} ns/delivery  missing_after_drain {value('missing_after_drain')}  "
       f"appends {appends}  client_bound {value('client_bound')}  cores {busy}")
 PY
