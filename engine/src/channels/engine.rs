@@ -659,7 +659,10 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Broadcasts `event` with `payload` to every subscriber of `topic`.
     /// The message is encoded once per wire protocol in use and reaches only
-    /// the loops with subscribers. Returns how many loops it went to.
+    /// the loops with subscribers. Returns how many loops it went to; for a
+    /// topic with history ([`Channels::history`]), 1 once the history store
+    /// took it (it takes its offset there, and a remote store delivers it
+    /// when the broker brings it back), 0 if the store refused it.
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
         topic: &str,
