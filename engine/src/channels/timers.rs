@@ -8,7 +8,10 @@
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -22,6 +25,9 @@ struct Due {
     seq: u64,
     conn: ConnHandle,
     message: AppMessage,
+    /// For an answer: posted only if this is still unset, and never
+    /// refused for a full mailbox.
+    unless: Option<Arc<AtomicBool>>,
 }
 
 impl PartialEq for Due {
@@ -75,6 +81,28 @@ impl Timers {
 
     /// Posts `message` to `conn` after `delay`.
     pub(crate) fn send_after(&self, delay: Duration, conn: ConnHandle, message: AppMessage) {
+        self.schedule(delay, conn, message, None);
+    }
+
+    /// Posts the answer `message` to `conn` after `delay`, never refused
+    /// for a full mailbox, unless `answered` is set by then.
+    pub(crate) fn answer_after(
+        &self,
+        delay: Duration,
+        conn: ConnHandle,
+        message: AppMessage,
+        answered: Arc<AtomicBool>,
+    ) {
+        self.schedule(delay, conn, message, Some(answered));
+    }
+
+    fn schedule(
+        &self,
+        delay: Duration,
+        conn: ConnHandle,
+        message: AppMessage,
+        unless: Option<Arc<AtomicBool>>,
+    ) {
         let mut pending = self.lock();
         pending.next_seq += 1;
         let due = Due {
@@ -82,6 +110,7 @@ impl Timers {
             seq: pending.next_seq,
             conn,
             message,
+            unless,
         };
         pending.heap.push(Reverse(due));
         drop(pending);
@@ -109,7 +138,15 @@ impl Timers {
                     if let Some(Reverse(due)) = pending.heap.pop() {
                         drop(pending);
                         // A connection gone, or a loop too busy: dropped.
-                        let _ = due.conn.send_info(due.message);
+                        match &due.unless {
+                            None => {
+                                let _ = due.conn.send_info(due.message);
+                            }
+                            Some(answered) if !answered.swap(true, Ordering::AcqRel) => {
+                                let _ = due.conn.send_answer(due.message);
+                            }
+                            Some(_) => {}
+                        }
                         pending = self.lock();
                     }
                 }

@@ -52,13 +52,17 @@ pub(crate) const META_TTL_MS: u64 = 24 * 3600 * 1000;
 /// epoch, the excluded connection, the envelope.
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local epoch = redis.call('hget', KEYS[2], 'e')
-if not epoch then
+local offset = 1
+if epoch then
+  offset = tonumber(redis.call('hget', KEYS[2], 's') or '0') + 1
+else
   epoch = ARGV[5]
   redis.call('del', KEYS[1])
-  redis.call('hset', KEYS[2], 'e', epoch)
 end
-local offset = redis.call('hincrby', KEYS[2], 's', 1)
+-- Appended before the offset is taken: a refused XADD (out of memory)
+-- uses up no offset.
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], '0-' .. offset, 'd', ARGV[7])
+redis.call('hset', KEYS[2], 'e', epoch, 's', offset)
 redis.call('pexpire', KEYS[1], ARGV[3])
 redis.call('pexpire', KEYS[2], ARGV[4])
 redis.call('publish', ARGV[1], '\254' .. offset .. ' ' .. epoch .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])

@@ -116,6 +116,7 @@ pub(crate) async fn run(url: String, mut receiver: BusReceiver, inbound: Inbound
             inbound: &inbound,
             counters: &counters,
             scripts,
+            scripts_lost: false,
         };
         let ended = session.serve(&mut receiver, stream).await;
         set(&counters.connected, 0);
@@ -174,6 +175,8 @@ struct Session<'a> {
     /// `None` when Redis refused them: history publishes are dropped and
     /// counted, reads answered "unavailable".
     scripts: Option<Scripts>,
+    /// Whether Redis answered NOSCRIPT (its script cache was flushed).
+    scripts_lost: bool,
 }
 
 impl Session<'_> {
@@ -276,31 +279,80 @@ impl Session<'_> {
             }
         }
         let count = batch.len() as u64;
-        let result = match batch.as_slice() {
-            [(subject @ (Subject::Topic(_) | Subject::Control), envelope)] => {
-                self.publisher
-                    .publish::<_, _, ()>(channel(subject), envelope.as_ref())
-                    .await
-            }
-            _ => {
-                let mut pipe = redis::pipe();
-                for (subject, envelope) in batch.iter() {
-                    match subject {
-                        Subject::History(target) => {
-                            self.append_history(&mut pipe, target, envelope);
-                        }
-                        _ => {
-                            pipe.publish(channel(subject), envelope.as_ref()).ignore();
-                        }
-                    }
+        if let [(subject @ (Subject::Topic(_) | Subject::Control), envelope)] = batch.as_slice() {
+            let result = self
+                .publisher
+                .publish::<_, _, ()>(channel(subject), envelope.as_ref())
+                .await;
+            batch.clear();
+            return self.settle_publishes(count, result.map(|()| 0));
+        }
+        // Each command answers for itself: a script refused (out of
+        // memory, a lost script cache) drops its publication, not the
+        // connection and everything else in the batch.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (subject, envelope) in batch.iter() {
+            match subject {
+                Subject::History(target) => self.append_history(&mut pipe, target, envelope),
+                _ => {
+                    pipe.publish(channel(subject), envelope.as_ref());
                 }
-                pipe.query_async::<()>(&mut self.publisher).await
             }
-        };
+        }
         batch.clear();
-        match result {
-            Ok(()) => {
-                add(&self.counters.publishes, count);
+        let answers = pipe
+            .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut self.publisher)
+            .await;
+        let failed = answers.map(|answers| self.refused_commands(&answers));
+        if let Ok(failed) = &failed
+            && *failed > 0
+            && self.scripts_lost
+        {
+            self.reload_scripts().await;
+        }
+        self.settle_publishes(count, failed)
+    }
+
+    /// Counts the commands Redis refused, logs the first, and notes a lost
+    /// script cache.
+    fn refused_commands(&mut self, answers: &[redis::RedisResult<redis::Value>]) -> u64 {
+        let mut failed = 0;
+        for err in answers.iter().filter_map(|answer| answer.as_ref().err()) {
+            if failed == 0 {
+                tracing::warn!(%err, "Redis refused a publish");
+            }
+            failed += 1;
+            if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                self.scripts_lost = true;
+            }
+        }
+        failed
+    }
+
+    /// Loads the history scripts again (Redis lost its script cache).
+    async fn reload_scripts(&mut self) {
+        let mut loader = self.publisher.clone();
+        match tokio::time::timeout(CONNECT_TIMEOUT, Scripts::load(&mut loader)).await {
+            Ok(Ok(scripts)) => {
+                self.scripts = Some(scripts);
+                self.scripts_lost = false;
+            }
+            _ => tracing::warn!("reloading the history scripts into Redis failed"),
+        }
+    }
+
+    /// Counts a batch's outcome: `Ok(n)` with `n` publications refused one
+    /// by one, or the connection's failure (the whole batch dropped).
+    fn settle_publishes(
+        &self,
+        count: u64,
+        outcome: redis::RedisResult<u64>,
+    ) -> redis::RedisResult<()> {
+        match outcome {
+            Ok(refused) => {
+                add(&self.counters.publishes, count - refused);
+                add(&self.counters.publishes_dropped, refused);
                 Ok(())
             }
             Err(err) => {
@@ -329,8 +381,7 @@ impl Session<'_> {
             .arg(target.meta_ttl_ms)
             .arg(&target.new_epoch)
             .arg(&target.exclude)
-            .arg(envelope)
-            .ignore();
+            .arg(envelope);
     }
 }
 

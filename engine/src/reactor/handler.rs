@@ -174,10 +174,17 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn on_info(&self, _conn: &mut Conn<'_, Self::State>, _message: &AppMessage) {}
 
     /// Broadcasts of `topic`, a topic with history, skipped offsets on
-    /// their way to this loop (see `worker/streams.rs`); called for each
-    /// of the loop's channel subscriptions of it, before the broadcast
-    /// that showed the gap.
-    fn on_stream_gap(&self, _conn: &mut Conn<'_, Self::State>, _topic: &str) {}
+    /// their way to this loop (see `worker/streams.rs`): those of stream
+    /// `epoch` up to `last_missing` never came. Called for each of the
+    /// loop's channel subscriptions of it, before the broadcast that
+    /// showed the gap.
+    fn on_stream_gap(
+        &self,
+        _conn: &mut Conn<'_, Self::State>,
+        _topic: &str,
+        _missing: (&str, u64),
+    ) {
+    }
 }
 
 impl<H: Handler> Service for H {
@@ -485,6 +492,21 @@ impl<S> Conn<'_, S> {
         let registry = self.ctx.topics.registry();
         compress::compress_broadcast(&mut broadcast, registry, self.ctx.config.compression);
         self.ctx.publishes.push(Arc::new(broadcast));
+    }
+
+    /// The place in `topic`'s stream of the last broadcast this loop
+    /// delivered (for a topic with history that has subscribers here).
+    pub(crate) fn stream_place(&self, topic: &str) -> Option<(Arc<str>, u64)> {
+        self.ctx.topics.local().stream_place(topic).cloned()
+    }
+
+    /// Starts this loop's place in `topic`'s stream at `place` if it has
+    /// none (a join's read of the history saw the stream there).
+    pub(crate) fn seed_stream_place(&mut self, topic: &str, place: (Arc<str>, u64)) {
+        let local = self.ctx.topics.local_mut();
+        if local.stream_place(topic).is_none() {
+            local.set_stream_place(topic, place);
+        }
     }
 
     /// This connection as a broadcast names the one it excludes: its

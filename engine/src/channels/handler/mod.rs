@@ -257,7 +257,9 @@ impl ChannelsHandler {
     /// recovers the missed ones), `handle_leave` with [`LeaveReason::Gap`],
     /// and its subscriptions go.
     fn resync(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
-        let Some(join) = Self::joined(conn, topic) else {
+        // Amber clients cannot recover: they go on without what was lost.
+        let Some(join) = Self::joined(conn, topic).filter(|join| self.history_rule(join).is_some())
+        else {
             return;
         };
         count(&self.counters.gap_resyncs);
@@ -943,7 +945,12 @@ impl Service for ChannelsHandler {
         self.app_info(conn, message);
     }
 
-    fn on_stream_gap(&self, conn: &mut Conn<'_, ChannelConn>, topic: &str) {
-        self.resync(conn, topic);
+    fn on_stream_gap(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        topic: &str,
+        (epoch, last_missing): (&str, u64),
+    ) {
+        self.stream_gap(conn, topic, epoch, last_missing);
     }
 }

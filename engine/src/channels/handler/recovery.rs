@@ -60,6 +60,9 @@ pub(crate) struct Recovering {
     /// After the answer: the epoch and top offset the read saw.
     epoch: Option<Arc<str>>,
     top: u64,
+    /// A gap the loop saw before the answer: publications up to this
+    /// place never came.
+    gap: Option<(Arc<str>, u64)>,
 }
 
 #[derive(Debug)]
@@ -131,6 +134,7 @@ impl ChannelsHandler {
             overflowed: false,
             epoch: None,
             top: 0,
+            gap: None,
         });
         // Subscribed before the read: nothing published after it is missed.
         resubscribe(conn, &topic);
@@ -138,23 +142,25 @@ impl ChannelsHandler {
             topic: Arc::clone(&topic),
             rule,
             since,
-            reply: RecoveryReply {
-                conn: conn.handle(),
-                topic: Arc::clone(&topic),
-                id,
-            },
+            reply: RecoveryReply::new(conn.handle(), Arc::clone(&topic), id),
         };
+        let answered = Arc::clone(&read.reply.answered);
         match self.history.store.backend.recover(read) {
             Some(recovery) => self.finish_recovery(conn, &topic, id, recovery),
             None => {
-                // Whichever comes first answers; the other finds nothing owed.
+                // Unless the store answers first (a stuck bus thread).
                 let deadline = RecoveryAnswer {
                     topic,
                     id,
                     recovery: Mutex::new(Some(Recovery::unavailable())),
                 };
                 let timers = &self.timers;
-                timers.send_after(RECOVERY_DEADLINE, conn.handle(), Arc::new(deadline));
+                timers.answer_after(
+                    RECOVERY_DEADLINE,
+                    conn.handle(),
+                    Arc::new(deadline),
+                    answered,
+                );
             }
         }
     }
@@ -197,6 +203,7 @@ impl ChannelsHandler {
             return;
         };
         let held = std::mem::take(&mut entry.held);
+        let gap = entry.gap.take();
         if entry.overflowed {
             state.recovering.swap_remove(at);
             return self.refuse_recovering(conn, owed);
@@ -213,7 +220,11 @@ impl ChannelsHandler {
             state.recovering.swap_remove(at);
             resubscribe(conn, topic);
         }
-        let (publications, failed) = match recovery.outcome {
+        let Recovery {
+            top: recovery_top,
+            outcome,
+        } = recovery;
+        let (publications, failed) = match outcome {
             Ok(publications) => (publications, None),
             Err(reason) => (Vec::new(), Some(reason)),
         };
@@ -222,7 +233,7 @@ impl ChannelsHandler {
         }
         let response = reply_with_history(
             owed.response.as_raw(),
-            recovery.top.as_ref(),
+            recovery_top.as_ref(),
             failed.filter(|_| owed.asked),
             owed.asked,
         )
@@ -244,9 +255,31 @@ impl ChannelsHandler {
             self.send_recovered(conn, &owed.join, &epoch, publications);
         }
         for broadcast in held {
+            if Self::joined(conn, topic).is_none() {
+                break; // a gap among them ended the channel: it rejoins
+            }
             if let Held::Deliver = self.hold_or_skip(conn, &broadcast) {
                 self.deliver_to_client(conn, &owed.join, &broadcast);
             }
+        }
+        // The loop's place starts from the read, if it had none: a gap
+        // right after it is then seen. (Only a place the loop reached
+        // itself says that nothing at or below the read can still come.)
+        let had_place = conn.stream_place(topic).is_some();
+        if let Some(top) = &recovery_top {
+            conn.seed_stream_place(topic, (Arc::from(top.epoch.as_str()), top.offset));
+        }
+        let covered = |(epoch, last): &(Arc<str>, u64)| {
+            recovery_top
+                .as_ref()
+                .is_some_and(|top| top.epoch == **epoch && top.offset >= *last)
+        };
+        if gap.as_ref().is_some_and(|gap| !covered(gap)) && Self::joined(conn, topic).is_some() {
+            self.resync(conn, topic);
+            return;
+        }
+        if had_place {
+            self.end_if_caught_up(conn, topic);
         }
     }
 
@@ -331,17 +364,76 @@ impl ChannelsHandler {
         let Some(offset) = broadcast.offset() else {
             return Held::Deliver;
         };
-        if broadcast.epoch() == entry.epoch.as_deref() && offset <= entry.top {
+        let same_stream = broadcast.epoch() == entry.epoch.as_deref();
+        if same_stream && offset < entry.top {
             return Held::Taken; // the history had it
         }
-        // Newer, or a stream that started again: live from now on.
+        // The read's last (the history had it too), or newer: live from
+        // now on. (Gaps are the loop's to see: this subscription may have
+        // been excluded from some broadcasts.)
         let topic = Arc::clone(&entry.topic);
+        let top = entry.top;
         state.recovering.swap_remove(at);
         resubscribe(conn, &topic);
-        Held::Deliver
+        if same_stream && offset == top {
+            Held::Taken
+        } else {
+            Held::Deliver
+        }
+    }
+
+    /// A gap in `topic`'s stream on this loop (publications up to
+    /// `last_missing` of `epoch` never came): a recovering join whose read
+    /// covers them is fine; one still waiting for its read decides when
+    /// the read comes; any other channel errs, and its client rejoins.
+    pub(super) fn stream_gap(
+        &self,
+        conn: &mut Conn<'_, ChannelConn>,
+        topic: &str,
+        epoch: &str,
+        last_missing: u64,
+    ) {
+        let state = conn.state();
+        if let Some(entry) = state
+            .recovering
+            .iter_mut()
+            .find(|entry| &*entry.topic == topic)
+        {
+            if entry.owed.is_some() {
+                entry.gap = Some((Arc::from(epoch), last_missing));
+                return;
+            }
+            if entry.epoch.as_deref() == Some(epoch) && entry.top >= last_missing {
+                return;
+            }
+        }
+        self.resync(conn, topic);
+    }
+
+    /// Ends the recovery of `topic` at once if this loop has already
+    /// delivered the read's last publication (none at or below it can
+    /// come any more): the subscription then takes shared frames again.
+    fn end_if_caught_up(&self, conn: &mut Conn<'_, ChannelConn>, topic: &Arc<str>) {
+        let place = conn.stream_place(topic);
+        let state = conn.state();
+        let Some(at) = state
+            .recovering
+            .iter()
+            .position(|entry| entry.topic == *topic)
+        else {
+            return;
+        };
+        let entry = &state.recovering[at];
+        let caught_up = entry.owed.is_none()
+            && place.is_some_and(|(epoch, offset)| {
+                Some(&*epoch) == entry.epoch.as_deref() && offset >= entry.top
+            });
+        if caught_up {
+            state.recovering.swap_remove(at);
+            resubscribe(conn, topic);
+        }
     }
 }
-
 /// Whether `topic` is recovering on this connection: its subscription
 /// then takes broadcasts as callbacks.
 pub(super) fn is_recovering(state: &ChannelConn, topic: &str) -> bool {

@@ -248,6 +248,7 @@ impl HistoryBackend for MemoryHistory {
     }
 
     fn recover(&self, read: RecoveryRead) -> Option<Recovery> {
+        read.reply.answered_now();
         let now = Instant::now();
         let mut shard = self.shard(&read.topic);
         let stream = self.stream(&mut shard, &read.topic, read.rule, now);

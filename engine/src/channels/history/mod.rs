@@ -35,7 +35,14 @@
 
 mod memory;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -383,22 +390,53 @@ pub(crate) struct RecoveryRead {
 }
 
 /// Where a recovery answered later goes: the joining connection's loop.
+/// Dropped unanswered (a store that stopped), it answers "unavailable".
 #[derive(Debug)]
 pub(crate) struct RecoveryReply {
-    pub(crate) conn: ConnHandle,
-    pub(crate) topic: Arc<str>,
-    pub(crate) id: u64,
+    conn: ConnHandle,
+    topic: Arc<str>,
+    id: u64,
+    /// Set once answered: the join's deadline then posts nothing.
+    pub(crate) answered: Arc<AtomicBool>,
 }
 
 impl RecoveryReply {
+    pub(crate) fn new(conn: ConnHandle, topic: Arc<str>, id: u64) -> Self {
+        Self {
+            conn,
+            topic,
+            id,
+            answered: Arc::default(),
+        }
+    }
+
     /// Sends the answer to the connection (gone: dropped).
     pub(crate) fn send(self, recovery: Recovery) {
+        self.post(recovery);
+    }
+
+    /// For a store that answers at once (the answer is returned, not
+    /// sent): nothing is posted, not even on drop.
+    pub(crate) fn answered_now(&self) {
+        self.answered.store(true, Ordering::Release);
+    }
+
+    fn post(&self, recovery: Recovery) {
+        if self.answered.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let answer = RecoveryAnswer {
-            topic: self.topic,
+            topic: Arc::clone(&self.topic),
             id: self.id,
             recovery: std::sync::Mutex::new(Some(recovery)),
         };
         let _ = self.conn.send_answer(Arc::new(answer));
+    }
+}
+
+impl Drop for RecoveryReply {
+    fn drop(&mut self) {
+        self.post(Recovery::unavailable());
     }
 }
 

@@ -26,9 +26,13 @@ fn skips_offsets(local: &LocalIndex<Sub>, broadcast: &Broadcast) -> bool {
     let (Some(epoch), Some(offset)) = (broadcast.epoch(), broadcast.offset()) else {
         return false;
     };
+    // A new epoch starts at offset 1 (the store's storage was lost).
     local
         .stream_place(broadcast.topic())
-        .is_some_and(|(last_epoch, last)| **last_epoch == *epoch && offset > last + 1)
+        .is_some_and(|(last_epoch, last)| {
+            let next = if **last_epoch == *epoch { last + 1 } else { 1 };
+            offset > next
+        })
 }
 
 /// Notes `broadcast`'s place as its stream's last on this loop.
@@ -57,16 +61,21 @@ impl<S: Service> Worker<S> {
                 if index > 0 {
                     return index;
                 }
-                self.report_gap(broadcast.topic());
+                self.report_gap(broadcast);
             }
             note_place(self.ctx.topics.local_mut(), broadcast);
         }
         run.len()
     }
 
-    /// Tells every channel subscription of `topic` on this loop that its
-    /// stream skipped offsets.
-    fn report_gap(&mut self, topic: &str) {
+    /// Tells every channel subscription of `broadcast`'s topic on this
+    /// loop that the offsets before it never came.
+    fn report_gap(&mut self, broadcast: &Broadcast) {
+        let topic = broadcast.topic();
+        let (Some(epoch), Some(offset)) = (broadcast.epoch(), broadcast.offset()) else {
+            return;
+        };
+        let missing = (epoch, offset - 1);
         tracing::warn!(
             topic,
             "publications of a topic with history never reached this loop; its clients rejoin to recover"
@@ -80,7 +89,52 @@ impl<S: Service> Worker<S> {
             .map(|(id, _)| id.key())
             .collect();
         for key in joined {
-            self.call(key, |service, conn| service.on_stream_gap(conn, topic));
+            self.call(key, |service, conn| {
+                service.on_stream_gap(conn, topic, missing)
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::{
+        protocol::WireProtocol,
+        pubsub::{ConnId, TopicEntry},
+    };
+
+    fn at(epoch: &str, offset: u64) -> Broadcast {
+        let payload = RawValue::from_string("{}".into()).unwrap();
+        let entry = TopicEntry::with_protocol(WireProtocol::PhoenixV2);
+        Broadcast::channel_at("t", "e", payload, &entry, (Arc::from(epoch), offset))
+    }
+
+    #[test]
+    fn a_stream_skips_offsets_only_after_a_place_this_loop_reached() {
+        let mut local = LocalIndex::default();
+        // No subscribers: no place is kept, nothing is a gap.
+        note_place(&mut local, &at("e1", 4));
+        assert!(!skips_offsets(&local, &at("e1", 9)));
+        local.insert("t", ConnId::new(0, 0), Sub::plain(WireProtocol::PhoenixV2));
+        assert!(!skips_offsets(&local, &at("e1", 9)), "no place yet");
+        note_place(&mut local, &at("e1", 4));
+        assert!(!skips_offsets(&local, &at("e1", 5)));
+        assert!(!skips_offsets(&local, &at("e1", 3)), "late, not missing");
+        assert!(skips_offsets(&local, &at("e1", 6)));
+        // A new epoch starts at 1.
+        assert!(!skips_offsets(&local, &at("e2", 1)));
+        assert!(skips_offsets(&local, &at("e2", 2)));
+        // Places only move forward; broadcasts without one are never gaps.
+        note_place(&mut local, &at("e1", 2));
+        assert!(!skips_offsets(&local, &at("e1", 5)));
+        let raw = Broadcast::raw("t", bytes::Bytes::from_static(b"x"));
+        assert!(!skips_offsets(&local, &raw));
+        // The place goes with the last subscriber.
+        local.remove("t", ConnId::new(0, 0));
+        local.insert("t", ConnId::new(1, 0), Sub::plain(WireProtocol::PhoenixV2));
+        assert!(!skips_offsets(&local, &at("e1", 9)));
     }
 }
