@@ -262,3 +262,40 @@ fn publishes_racing_recoveries_are_delivered_exactly_once() {
     }
     engine.shutdown();
 }
+
+/// Missed publications that would not fit in half the connection's queue
+/// are refused whole (as too many): never a slow-consumer close, which
+/// would repeat on every rejoin.
+#[test]
+fn a_recovery_too_large_for_the_queue_is_refused_not_closed() {
+    let engine = Channels::new()
+        .phoenix(PATH, Endpoint::new(Anyone).channel("room:*", EchoRoom))
+        .history("room:*", History::new().size(1000))
+        .start(builder().max_queued_bytes(64 << 10))
+        .expect("engine starts");
+    let mut first = client(&engine);
+    let (_, reply) = first.join("room:big", json!({}));
+    let epoch = history_of(&reply)["epoch"].as_str().unwrap().to_owned();
+    drop(first);
+    let body = "x".repeat(4000);
+    for n in 0..20 {
+        engine
+            .handle()
+            .broadcast("room:big", "msg", &json!({ "n": n, "body": body }))
+            .unwrap();
+    }
+    let mut again = client(&engine);
+    let recover = json!({ "recover": { "epoch": epoch, "offset": 0 } });
+    let (_, reply) = again.join("room:big", recover);
+    let summary = history_of(&reply);
+    assert_eq!(summary["recovered"], false, "{reply}");
+    assert_eq!(summary["reason"], "too_many", "{reply}");
+    // Still connected, and live from the top.
+    engine
+        .handle()
+        .broadcast("room:big", "msg", &json!({}))
+        .unwrap();
+    let got = drain(&mut again);
+    assert_eq!(got.iter().map(offset_of).collect::<Vec<_>>(), [21]);
+    engine.shutdown();
+}

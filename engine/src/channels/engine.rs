@@ -22,7 +22,10 @@ use super::{
     context::{ChannelInfo, JoinInfo, Removal},
     deferred::{ConnectAnswer, Via},
     handler::{ChannelConn, ChannelsHandler},
-    history::{DEFAULT_HISTORY_TOPICS, Histories, History, HistoryRules, HistoryStore, Publish},
+    history::{
+        DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOPICS, Histories, History, HistoryRules,
+        HistoryStore, Publish,
+    },
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
     timers::Timers,
@@ -281,7 +284,7 @@ impl Channels {
             census_every: CENSUS_EVERY,
             on_topic_event: None,
             history: HistoryRules::default(),
-            history_store: HistoryStore::memory(DEFAULT_HISTORY_TOPICS),
+            history_store: HistoryStore::memory(DEFAULT_HISTORY_TOPICS, DEFAULT_HISTORY_BYTES),
         }
     }
 
@@ -314,7 +317,7 @@ impl Channels {
     }
 
     /// Where history is kept: by default in this process
-    /// ([`HistoryStore::memory`], 100,000 topics at most), which serves a
+    /// ([`HistoryStore::memory`], 100,000 topics and 256 MiB at most), which serves a
     /// single node only; a cluster takes
     /// [`Cluster::history_store`](crate::cluster::Cluster::history_store).
     pub fn history_store(mut self, store: HistoryStore) -> Self {

@@ -70,7 +70,7 @@ return offset
 ";
 
 /// KEYS: stream, meta. ARGV: the client's offset (-1: none), the most
-/// entries to return, a new epoch, meta TTL ms. Returns the epoch, the
+/// entries to return, a new epoch, the TTL in ms of a meta made here. Returns the epoch, the
 /// last offset, and the entries after the client's offset if they can all
 /// be there.
 pub(crate) const READ_SCRIPT: &str = r"

@@ -50,7 +50,10 @@ use std::sync::Arc;
 pub use envelope::{Content, Envelope, EnvelopeError, NodeId, VERSION};
 
 use crate::{
-    channels::{HistoryStore, history::DEFAULT_HISTORY_TOPICS},
+    channels::{
+        HistoryStore,
+        history::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOPICS},
+    },
     metrics::counters,
     reactor::{Relay, ServerBuilder},
 };
@@ -144,7 +147,10 @@ impl Cluster {
     /// the one the subscribers receive.
     pub fn history_store(&self) -> Option<HistoryStore> {
         match &self.broker {
-            Broker::Memory => Some(HistoryStore::memory(DEFAULT_HISTORY_TOPICS)),
+            Broker::Memory => Some(HistoryStore::memory(
+                DEFAULT_HISTORY_TOPICS,
+                DEFAULT_HISTORY_BYTES,
+            )),
             #[cfg(feature = "redis")]
             Broker::Redis { url } => {
                 let bus = Arc::clone(self.bus.as_ref()?);

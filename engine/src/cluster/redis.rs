@@ -15,7 +15,7 @@ use redis::{AsyncCommands as _, aio::PubSubSink};
 
 use super::{
     BusCounters,
-    history::{META_TTL_MS, PUBLISH_SCRIPT, READ_SCRIPT, meta_key, recovery_from, stream_key},
+    history::{PUBLISH_SCRIPT, READ_SCRIPT, meta_key, recovery_from, stream_key},
     runtime::{
         Backoff, BusReceiver, HistoryTarget, Inbound, LAST_PUBLISH, Outgoing, Subject, stopped,
         wait_dropping,
@@ -405,7 +405,10 @@ async fn read_history(
         .arg(since)
         .arg(MAX_RECOVERED)
         .arg(new_epoch)
-        .arg(META_TTL_MS);
+        // A stream nobody published to yet (a join names it) is kept only
+        // as long as its publications would be: joins alone cannot fill
+        // Redis with streams for a day.
+        .arg(u64::try_from(read.rule.max_age().as_millis()).unwrap_or(u64::MAX));
     let answer = tokio::time::timeout(
         READ_TIMEOUT,
         command.query_async::<redis::Value>(&mut connection),

@@ -389,6 +389,12 @@ impl<S> Conn<'_, S> {
         result
     }
 
+    /// The most bytes this connection may have queued (past it the
+    /// slow-consumer policy applies).
+    pub(crate) fn max_queued_bytes(&self) -> usize {
+        self.ctx.config.max_queued_bytes
+    }
+
     /// Whether this connection takes frames compressed (it negotiated
     /// permessage-deflate, and the server compresses).
     pub(crate) fn takes_compressed(&self) -> bool {

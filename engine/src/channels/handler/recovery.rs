@@ -224,6 +224,18 @@ impl ChannelsHandler {
             top: recovery_top,
             outcome,
         } = recovery;
+        // More than half the connection's queue would trip its
+        // slow-consumer policy before the client could read it: refused
+        // whole, as too many, rather than closed or cut.
+        let room = conn.max_queued_bytes() / 2;
+        let outcome = outcome.and_then(|publications| {
+            let bytes: usize = publications.iter().map(Publication::wire_size).sum();
+            if bytes > room {
+                Err(NotRecovered::TooMany)
+            } else {
+                Ok(publications)
+            }
+        });
         let (publications, failed) = match outcome {
             Ok(publications) => (publications, None),
             Err(reason) => (Vec::new(), Some(reason)),

@@ -3,12 +3,17 @@
 //! Streams live in shards, each behind its own mutex. A publication takes
 //! its offset and is delivered to the loops under the shard's lock, so that
 //! every loop receives a topic's publications in offset order, whichever
-//! threads published them. Memory is bounded three ways: each stream keeps
-//! at most its rule's size, publications older than the TTL are dropped,
-//! and the shard forgets the stream published to least recently when it
-//! holds its share of `max_topics` (a stream's epoch and offset outlive
-//! its publications by [`META_TTL`], so an idle topic's clients still
-//! recover "nothing missed").
+//! threads published them.
+//!
+//! Memory is bounded four ways: each stream keeps at most its rule's size;
+//! a stream's publications go once its TTL has passed since the last one
+//! (as Redis expires the stream key); each shard holds at most its share
+//! of `max_bytes` of publications (past it, the oldest of the topic being
+//! published to go first, then the streams published to least recently
+//! lose theirs); and a shard forgets the stream published to least
+//! recently when it holds its share of `max_topics`. A stream's epoch and
+//! offset outlive its publications by [`META_TTL`], so an idle topic's
+//! clients still recover "nothing missed".
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -38,23 +43,39 @@ pub(crate) const META_TTL: Duration = Duration::from_secs(24 * 3600);
 struct Stream {
     epoch: Arc<str>,
     top: u64,
-    kept: VecDeque<(Instant, Publication)>,
+    kept: VecDeque<Publication>,
+    /// What `kept` holds, by [`Publication::wire_size`].
+    bytes: usize,
     last_publish: Instant,
+    rule: History,
 }
 
 impl Stream {
-    /// Drops what the rule no longer keeps at `now`.
-    fn trim(&mut self, rule: History, now: Instant) {
-        while self.kept.len() > rule.max_size() {
-            self.kept.pop_front();
+    /// Drops what the rule no longer keeps at `now`; returns the bytes
+    /// freed.
+    fn trim(&mut self, now: Instant) -> usize {
+        let before = self.bytes;
+        while self.kept.len() > self.rule.max_size() {
+            self.drop_oldest();
         }
-        while self
-            .kept
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) >= rule.max_age())
-        {
-            self.kept.pop_front();
+        if now.duration_since(self.last_publish) >= self.rule.max_age() {
+            self.clear();
         }
+        before - self.bytes
+    }
+
+    fn drop_oldest(&mut self) -> usize {
+        let freed = self.kept.pop_front().map_or(0, |p| p.wire_size());
+        self.bytes -= freed;
+        freed
+    }
+
+    fn clear(&mut self) -> usize {
+        let freed = self.bytes;
+        // A burst's buffer goes back too.
+        self.kept = VecDeque::new();
+        self.bytes = 0;
+        freed
     }
 
     fn position(&self) -> StreamPosition {
@@ -65,15 +86,15 @@ impl Stream {
     }
 
     fn oldest(&self) -> Option<u64> {
-        self.kept.front().map(|(_, publication)| publication.offset)
+        self.kept.front().map(|publication| publication.offset)
     }
 
     /// The kept publications after `offset`, oldest first.
     fn after(&self, offset: u64) -> Vec<Publication> {
         self.kept
             .iter()
-            .filter(|(_, publication)| publication.offset > offset)
-            .map(|(_, publication)| publication.clone())
+            .filter(|publication| publication.offset > offset)
+            .cloned()
             .collect()
     }
 }
@@ -81,8 +102,47 @@ impl Stream {
 #[derive(Debug, Default)]
 struct Shard {
     streams: HashMap<Box<str>, Stream>,
-    /// Each stream's rule, as last published or read with.
-    rules: HashMap<Box<str>, History>,
+    /// The publications all its streams hold, in bytes.
+    bytes: usize,
+}
+
+impl Shard {
+    /// Forgets the stream published to least recently; streams only ever
+    /// read (joined, never published to) go first.
+    fn evict_least_recent(&mut self) {
+        let oldest = self
+            .streams
+            .iter()
+            .min_by_key(|(_, stream)| (stream.top > 0, stream.last_publish))
+            .map(|(topic, _)| topic.clone());
+        if let Some(topic) = oldest
+            && let Some(stream) = self.streams.remove(&topic)
+        {
+            self.bytes -= stream.bytes;
+        }
+    }
+
+    /// Frees publications until the shard holds at most `budget` bytes:
+    /// the oldest of `topic` first (down to its newest), then every
+    /// publication of the streams published to least recently.
+    fn shed(&mut self, topic: &str, budget: usize) {
+        if let Some(stream) = self.streams.get_mut(topic) {
+            while self.bytes > budget && stream.kept.len() > 1 {
+                self.bytes -= stream.drop_oldest();
+            }
+        }
+        while self.bytes > budget {
+            let victim = self
+                .streams
+                .iter_mut()
+                .filter(|(name, stream)| !stream.kept.is_empty() && &***name != topic)
+                .min_by_key(|(_, stream)| stream.last_publish);
+            let Some((_, stream)) = victim else {
+                break;
+            };
+            self.bytes -= stream.clear();
+        }
+    }
 }
 
 /// The most publish keys kept at once; past it the oldest claims go.
@@ -135,6 +195,7 @@ pub(crate) struct MemoryHistory {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
+    bytes_per_shard: usize,
     server: OnceLock<ServerHandle>,
     /// Makes each new epoch distinct.
     epochs: AtomicU64,
@@ -142,20 +203,25 @@ pub(crate) struct MemoryHistory {
 }
 
 impl MemoryHistory {
-    pub(crate) fn new(max_topics: usize) -> Self {
+    pub(crate) fn new(max_topics: usize, max_bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             per_shard: max_topics.div_ceil(SHARDS).max(1),
+            bytes_per_shard: max_bytes.div_ceil(SHARDS).max(1),
             server: OnceLock::new(),
             epochs: AtomicU64::new(0),
             publish_keys: Mutex::default(),
         }
     }
 
+    /// Which shard holds `topic`.
+    pub(super) fn shard_index(&self, topic: &str) -> usize {
+        (self.hasher.hash_one(topic) as usize) % SHARDS
+    }
+
     fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(topic) as usize) % SHARDS;
-        self.shards[index]
+        self.shards[self.shard_index(topic)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -168,8 +234,9 @@ impl MemoryHistory {
         Arc::from(format!("{:08x}", mixed as u32))
     }
 
-    /// The stream of `topic` in `shard`, created (evicting the least
-    /// recently published one if the shard is full) if it has none.
+    /// The stream of `topic` in `shard`, trimmed to `now` under `rule`;
+    /// created (evicting the least recently published one if the shard is
+    /// full) if it has none.
     fn stream<'s>(
         &self,
         shard: &'s mut Shard,
@@ -179,36 +246,23 @@ impl MemoryHistory {
     ) -> &'s mut Stream {
         if !shard.streams.contains_key(topic) {
             if shard.streams.len() >= self.per_shard {
-                evict_least_recent(shard);
+                shard.evict_least_recent();
             }
             let stream = Stream {
                 epoch: self.new_epoch(),
                 top: 0,
                 kept: VecDeque::new(),
+                bytes: 0,
                 last_publish: now,
+                rule,
             };
             shard.streams.insert(Box::from(topic), stream);
         }
-        if shard.rules.get(topic) != Some(&rule) {
-            shard.rules.insert(Box::from(topic), rule);
-        }
-        let stream = shard.streams.get_mut(topic).expect("inserted above");
-        stream.trim(rule, now);
+        let Shard { streams, bytes } = shard;
+        let stream = streams.get_mut(topic).expect("inserted above");
+        stream.rule = rule;
+        *bytes -= stream.trim(now);
         stream
-    }
-}
-
-/// Forgets the stream published to least recently; streams only ever
-/// read (joined, never published to) go first.
-fn evict_least_recent(shard: &mut Shard) {
-    let oldest = shard
-        .streams
-        .iter()
-        .min_by_key(|(_, stream)| (stream.top > 0, stream.last_publish))
-        .map(|(topic, _)| topic.clone());
-    if let Some(topic) = oldest {
-        shard.streams.remove(&topic);
-        shard.rules.remove(&topic);
     }
 }
 
@@ -242,8 +296,12 @@ impl HistoryBackend for MemoryHistory {
             }
             server.broadcast_local(broadcast);
         }
-        stream.kept.push_back((now, publication));
-        stream.trim(publish.rule, now);
+        let size = publication.wire_size();
+        stream.kept.push_back(publication);
+        stream.bytes += size;
+        let freed = stream.trim(now);
+        shard.bytes = shard.bytes + size - freed;
+        shard.shed(publish.topic, self.bytes_per_shard);
         Ok(())
     }
 
@@ -267,27 +325,23 @@ impl HistoryBackend for MemoryHistory {
     ) -> Result<(Option<StreamPosition>, Vec<Publication>), HistoryError> {
         let now = Instant::now();
         let mut shard = self.shard(topic);
-        let rule = shard.rules.get(topic).copied();
-        let Some(stream) = shard.streams.get_mut(topic) else {
+        let Shard { streams, bytes } = &mut *shard;
+        let Some(stream) = streams.get_mut(topic) else {
             return Ok((None, Vec::new()));
         };
-        if let Some(rule) = rule {
-            stream.trim(rule, now);
-        }
+        *bytes -= stream.trim(now);
         let skip = stream.kept.len().saturating_sub(limit);
-        let latest = stream
-            .kept
-            .iter()
-            .skip(skip)
-            .map(|(_, publication)| publication.clone())
-            .collect();
+        let latest = stream.kept.iter().skip(skip).cloned().collect();
         Ok((Some(stream.position()), latest))
     }
 
     fn remove(&self, topic: &str) -> Result<bool, HistoryError> {
         let mut shard = self.shard(topic);
-        shard.rules.remove(topic);
-        Ok(shard.streams.remove(topic).is_some())
+        let removed = shard.streams.remove(topic);
+        if let Some(stream) = &removed {
+            shard.bytes -= stream.bytes;
+        }
+        Ok(removed.is_some())
     }
 
     fn claim(&self, key: &str, ttl: Duration) -> Result<bool, HistoryError> {
@@ -308,17 +362,13 @@ impl HistoryBackend for MemoryHistory {
             let mut shard = shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Shard { streams, rules } = &mut *shard;
-            streams.retain(|topic, stream| {
-                if let Some(&rule) = rules.get(topic) {
-                    stream.trim(rule, now);
-                }
+            let Shard { streams, bytes } = &mut *shard;
+            streams.retain(|_, stream| {
+                *bytes -= stream.trim(now);
                 now.duration_since(stream.last_publish) < META_TTL
             });
-            rules.retain(|topic, _| streams.contains_key(topic));
             if streams.capacity() > 2 * streams.len() + 64 {
                 streams.shrink_to_fit();
-                rules.shrink_to_fit();
             }
         }
     }

@@ -63,6 +63,10 @@ pub const MAX_RECOVERED: usize = 300;
 /// The most topics an in-process history store keeps by default.
 pub(crate) const DEFAULT_HISTORY_TOPICS: usize = 100_000;
 
+/// The most bytes of publications an in-process history store keeps by
+/// default.
+pub(crate) const DEFAULT_HISTORY_BYTES: usize = 256 << 20;
+
 /// The longest a history is kept.
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -147,6 +151,13 @@ pub struct Publication {
     pub payload: Box<RawValue>,
 }
 
+impl Publication {
+    /// About what it takes on the wire and in memory.
+    pub(crate) fn wire_size(&self) -> usize {
+        self.event.len() + self.payload.get().len() + 64
+    }
+}
+
 /// Why a history operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -161,7 +172,8 @@ pub enum HistoryError {
 pub(crate) enum NotRecovered {
     /// The stream's epoch is not the client's.
     Epoch,
-    /// More than [`MAX_RECOVERED`] were missed.
+    /// More than [`MAX_RECOVERED`] were missed, or more bytes than half
+    /// the connection's queue limit.
     TooMany,
     /// Missed publications are gone (size or TTL), or the offset was never
     /// reached.
@@ -270,16 +282,17 @@ pub(crate) fn requested(payload: &RawValue) -> Result<Option<StreamPosition>, &'
     if !payload.get().trim_ascii_start().starts_with('{') {
         return Ok(None); // only an object names fields
     }
-    let Ok(join) = serde_json::from_str::<JoinPayload<'_>>(payload.get()) else {
-        // Not an object (or not one with a well-formed `recover`): a
-        // payload the channel reads as it likes, with no recovery.
-        return Ok(None);
-    };
+    // A valid object fails only with `recover` named twice.
+    let join =
+        serde_json::from_str::<JoinPayload<'_>>(payload.get()).map_err(|_| INVALID_RECOVER)?;
     let Some(recover) = join.recover else {
         return Ok(None);
     };
     if recover.get() == "null" {
         return Ok(None);
+    }
+    if !recover.get().starts_with('{') {
+        return Err(INVALID_RECOVER);
     }
     let position: StreamPosition =
         serde_json::from_str(recover.get()).map_err(|_| INVALID_RECOVER)?;
@@ -456,11 +469,13 @@ pub struct HistoryStore {
 
 impl HistoryStore {
     /// Streams kept in this process: for a single node. At most
-    /// `max_topics` streams are kept; past that, the one published to
-    /// least recently is forgotten (its clients get `recovered: false`).
-    pub fn memory(max_topics: usize) -> Self {
+    /// `max_topics` streams are kept (past that, the one published to
+    /// least recently is forgotten: its clients get `recovered: false`),
+    /// holding at most `max_bytes` of publications (past that, the oldest
+    /// go, those of the topics published to least recently first).
+    pub fn memory(max_topics: usize, max_bytes: usize) -> Self {
         Self {
-            backend: Arc::new(MemoryHistory::new(max_topics)),
+            backend: Arc::new(MemoryHistory::new(max_topics, max_bytes)),
         }
     }
 

@@ -92,6 +92,8 @@ fn recovery_requests_are_read_strictly() {
         r#"{"recover":{"epoch":1,"offset":7}}"#,
         r#"{"recover":{"offset":7}}"#,
         r#"{"recover":true}"#,
+        r#"{"recover":["ep",7]}"#,
+        r#"{"recover":{"epoch":"ep","offset":7},"recover":null}"#,
     ] {
         assert_eq!(asked(bad), Err(INVALID_RECOVER), "{bad}");
     }
@@ -138,7 +140,7 @@ fn publish(store: &MemoryHistory, topic: &str, rule: History) {
 
 #[test]
 fn the_memory_store_keeps_what_the_rule_says_and_forgets_idle_topics() {
-    let store = MemoryHistory::new(16);
+    let store = MemoryHistory::new(16, 1 << 20);
     let rule = History::new().size(3);
     for _ in 0..5 {
         publish(&store, "t", rule);
@@ -152,7 +154,8 @@ fn the_memory_store_keeps_what_the_rule_says_and_forgets_idle_topics() {
     let (_, latest) = store.latest("t", 2).unwrap();
     assert_eq!(latest.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5]);
 
-    // A TTL drops publications but keeps the epoch and offset.
+    // A TTL (after the last publication) drops publications but keeps
+    // the epoch and offset.
     let short = History::new().ttl(Duration::from_millis(1));
     publish(&store, "brief", short);
     std::thread::sleep(Duration::from_millis(5));
@@ -162,7 +165,7 @@ fn the_memory_store_keeps_what_the_rule_says_and_forgets_idle_topics() {
     assert!(latest.is_empty());
 
     // 16 topics at most (one per shard): the least recently published goes.
-    let store = MemoryHistory::new(16);
+    let store = MemoryHistory::new(16, 1 << 20);
     for topic in 0..200 {
         publish(&store, &format!("topic:{topic}"), rule);
     }
@@ -185,8 +188,43 @@ fn the_memory_store_keeps_what_the_rule_says_and_forgets_idle_topics() {
 }
 
 #[test]
+fn the_memory_store_holds_at_most_its_bytes() {
+    // 16 shards of 4 KiB each.
+    let store = MemoryHistory::new(1000, 64 << 10);
+    let rule = History::new().size(1000);
+    fn big(topic: &str, rule: History) -> Publish<'_> {
+        Publish {
+            topic,
+            rule,
+            event: "e",
+            payload: raw(&format!("\"{}\"", "x".repeat(1000))),
+            exclude: None,
+        }
+    }
+    for _ in 0..50 {
+        store.publish(big("one", rule)).unwrap();
+    }
+    let (top, kept) = store.latest("one", 1000).unwrap();
+    assert_eq!(top.unwrap().offset, 50, "offsets go on");
+    assert!(kept.len() <= 4, "{} kept", kept.len());
+    assert_eq!(kept.last().unwrap().offset, 50, "the newest stays");
+    // Another topic of the same shard takes the room of the idle one.
+    let shard_mate = (0..1000)
+        .map(|n| format!("t{n}"))
+        .find(|topic| store.shard_index(topic) == store.shard_index("one"))
+        .unwrap();
+    for _ in 0..4 {
+        store.publish(big(&shard_mate, rule)).unwrap();
+    }
+    let (_, kept) = store.latest("one", 1000).unwrap();
+    assert!(kept.is_empty(), "{} kept", kept.len());
+    let (_, kept) = store.latest(&shard_mate, 1000).unwrap();
+    assert!(!kept.is_empty());
+}
+
+#[test]
 fn publish_keys_are_claimed_once_until_they_expire() {
-    let store = MemoryHistory::new(16);
+    let store = MemoryHistory::new(16, 1 << 20);
     let ttl = Duration::from_millis(20);
     assert!(store.claim("order-1", ttl).unwrap());
     assert!(!store.claim("order-1", ttl).unwrap());
