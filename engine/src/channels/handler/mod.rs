@@ -263,6 +263,10 @@ impl ChannelsHandler {
             return;
         };
         count(&self.counters.gap_resyncs);
+        tracing::info!(
+            topic,
+            "publications never reached this node's loop; the client rejoins to recover them"
+        );
         if join.protocol == WireProtocol::PhoenixV2 {
             let _ = conn.send_frame(phoenix::error(join.join_ref(), &join.topic));
         }
