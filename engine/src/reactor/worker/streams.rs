@@ -79,7 +79,10 @@ impl<S: Service> Worker<S> {
         // Often benign: a join whose read covers the missing offsets (its
         // node was briefly unsubscribed) lets it pass. Channels that must
         // rejoin say so.
-        tracing::debug!(topic, "publications of a topic with history never reached this loop");
+        tracing::debug!(
+            topic,
+            "publications of a topic with history never reached this loop"
+        );
         let joined: Vec<usize> = self
             .ctx
             .topics
