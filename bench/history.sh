@@ -103,6 +103,6 @@ value = lambda key: figures.get(key, {}).get("value")
 print(f"recovered {value('recovered')}/{value('clients')} in {value('all_recovered_after'):,.0f} ms "
       f"(connected after {value('connected_after'):,.0f} ms)  messages {value('messages_recovered')}  "
       f"out_of_order_or_twice {value('out_of_order_or_twice')}  server_cpu {value('server_cpu')} s  "
-      f"rss {value('server_rss_before')} -> peak {value('server_rss_peak')} MiB  cores (whole script) {sys.argv[2]}")
+      f"rss {value('server_rss_before')} -> peak {value('server_rss_peak')} MiB  client_bound {value('client_bound')}  cores {sys.argv[2]}")
 PY
 done

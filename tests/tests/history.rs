@@ -57,11 +57,6 @@ fn publish(engine: &Engine, topic: &str, from: u64, to: u64) {
     }
 }
 
-/// The broadcasts before the next heartbeat reply.
-fn drain(client: &mut Client) -> Vec<Value> {
-    client.sync()
-}
-
 #[test]
 fn a_rejoin_gets_exactly_what_it_missed_in_order_then_live_ones() {
     let engine = start();
@@ -72,7 +67,7 @@ fn a_rejoin_gets_exactly_what_it_missed_in_order_then_live_ones() {
     assert_eq!(summary["recovered"], false);
     let epoch = summary["epoch"].as_str().expect("an epoch").to_owned();
     publish(&engine, "room:1", 1, 3);
-    let seen = drain(&mut first);
+    let seen = first.sync();
     assert_eq!(seen.iter().map(offset_of).collect::<Vec<_>>(), [1, 2, 3]);
     let last = offset_of(&seen[2]);
     // The connection drops; 50 are published meanwhile.
@@ -96,7 +91,7 @@ fn a_rejoin_gets_exactly_what_it_missed_in_order_then_live_ones() {
     assert_eq!(summary["offset"], 53);
     assert_eq!(summary["epoch"], epoch.as_str());
     publish(&engine, "room:1", 54, 54);
-    let got = drain(&mut again);
+    let got = again.sync();
     let offsets: Vec<u64> = got.iter().map(offset_of).collect();
     assert_eq!(offsets, (4..=54).collect::<Vec<_>>());
     let payloads: Vec<u64> = got.iter().map(|m| m[4]["n"].as_u64().unwrap()).collect();
@@ -132,7 +127,7 @@ fn recovery_is_refused_whole_never_partial() {
         assert_eq!(summary["offset"], over_cap + missed_before);
         // Nothing of the history comes; live ones do.
         publish(&engine, "room:2", 0, 0);
-        let got = drain(&mut late);
+        let got = late.sync();
         assert_eq!(got.len(), 1, "{got:?}");
     }
     // Within the cap, from the same epoch: recovered.
@@ -140,7 +135,7 @@ fn recovery_is_refused_whole_never_partial() {
     let position = json!({ "epoch": epoch, "offset": over_cap + 3 - 300 });
     let (_, reply) = near.join("room:2", json!({ "recover": position }));
     assert_eq!(history_of(&reply)["recovered"], true, "{reply}");
-    assert_eq!(drain(&mut near).len(), 300);
+    assert_eq!(near.sync().len(), 300);
     let stats = engine.handle().channel_stats();
     assert_eq!(stats.recovery_failed_too_many, 1);
     assert_eq!(stats.recovery_failed_epoch, 1);
@@ -187,7 +182,7 @@ fn rebroadcasts_on_a_topic_with_history_carry_offsets() {
     }
     let mut got = Vec::new();
     while got.len() < 5 {
-        got.extend(drain(&mut other));
+        got.extend(other.sync());
     }
     assert_eq!(
         got.iter().map(offset_of).collect::<Vec<_>>(),
@@ -254,7 +249,7 @@ fn publishes_racing_recoveries_are_delivered_exactly_once() {
     for (mut joiner, since) in joiners {
         let mut offsets = Vec::new();
         while offsets.last() != Some(&top) {
-            offsets.extend(drain(&mut joiner).iter().map(offset_of));
+            offsets.extend(joiner.sync().iter().map(offset_of));
         }
         let expected: Vec<u64> = (since + 1..=top).collect();
         assert_eq!(offsets.len(), expected.len(), "since {since}, top {top}");
@@ -295,7 +290,7 @@ fn a_recovery_too_large_for_the_queue_is_refused_not_closed() {
         .handle()
         .broadcast("room:big", "msg", &json!({}))
         .unwrap();
-    let got = drain(&mut again);
+    let got = again.sync();
     assert_eq!(got.iter().map(offset_of).collect::<Vec<_>>(), [21]);
     engine.shutdown();
 }

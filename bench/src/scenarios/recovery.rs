@@ -11,14 +11,14 @@
 //! topic (and no presence: this measures recovery, not presence_state).
 
 use std::{
-    io::{self, ErrorKind, Read},
+    io::{self, ErrorKind},
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use herald::wire::{FrameHeader, OpCode};
+use herald::wire::OpCode;
 use herald_bench::{
-    client::{Client, drive_paced},
+    client::{Client, Scratch, Stage, drive_paced},
     http_publisher::HttpPublisher,
     proc_stats::ProcessSample,
     report::Report,
@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 
 use super::{
     connections::{connections_within_fd_limit, open_connections},
-    mib,
+    cpu_figures, mib,
 };
 use crate::cli::options::Options;
 
@@ -54,8 +54,6 @@ struct History {
 /// One client's progress.
 #[derive(Default)]
 struct Progress {
-    /// Bytes read and not yet a whole frame.
-    pending: Vec<u8>,
     history: Option<History>,
     /// The last offset received (none before the reply).
     last_offset: u64,
@@ -116,34 +114,24 @@ fn apply(progress: &mut Progress, text: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads what a client's socket has and applies every whole frame.
-fn read(client: &mut Client, progress: &mut Progress, buf: &mut [u8]) -> io::Result<()> {
-    loop {
-        let n = match client.stream.read(buf) {
-            Ok(0) => return Err(io::Error::other("the server closed a client")),
-            Ok(n) => n,
-            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        let mut bytes = std::mem::take(&mut progress.pending);
-        bytes.extend_from_slice(&buf[..n]);
-        let mut at = 0;
-        while let Some((header, header_len)) = FrameHeader::parse(&bytes[at..])
-            .map_err(|err| io::Error::new(ErrorKind::InvalidData, err))?
-        {
-            let end = at + header_len + header.payload_len as usize;
-            if end > bytes.len() {
-                break;
-            }
-            if header.opcode == OpCode::Text {
-                apply(progress, &bytes[at + header_len..end])?;
-            }
-            at = end;
+/// Reads what a client's socket has (`Client::receive_into`: frames parsed
+/// in place in the thread's scratch buffer) and applies every text frame.
+fn read(
+    client: &mut Client,
+    path: &str,
+    progress: &mut Progress,
+    scratch: &mut Scratch,
+) -> io::Result<()> {
+    let mut outcome = Ok(());
+    client.receive_into(path, scratch, |opcode, payload| {
+        if opcode == OpCode::Text && outcome.is_ok() {
+            outcome = apply(progress, payload);
         }
-        bytes.drain(..at);
-        progress.pending = bytes;
+    })?;
+    if client.stage == Stage::Dead {
+        return Err(io::Error::other("the server closed a client"));
     }
+    outcome
 }
 
 /// Sends `join` on every client and runs until `done` holds for each (or
@@ -161,7 +149,7 @@ fn run_joins(
     for (client, join) in clients.iter_mut().zip(joins) {
         client.send(OpCode::Text, join.as_bytes())?;
     }
-    let mut buf = vec![0u8; 1 << 16];
+    let mut scratch = Scratch::new();
     let mut finished = 0;
     let mut failure = None;
     let mut sampled = Instant::now();
@@ -170,7 +158,7 @@ fn run_joins(
         let now = Instant::now();
         if let Some(token) = token {
             let (client, state) = (&mut clients[token.0], &mut progress[token.0]);
-            if let Err(err) = read(client, state, &mut buf) {
+            if let Err(err) = read(client, &options.path, state, &mut scratch) {
                 failure = Some(err);
                 return false;
             }
@@ -276,25 +264,19 @@ pub(crate) fn recovery_storm(options: &Options, plan: &RecoveryStorm) -> io::Res
         .figure("connected_after", connected_in.as_secs_f64() * 1e3, "ms")
         .figure("messages_recovered", received, "")
         .figure("out_of_order_or_twice", disordered, "");
-    let client_now = ProcessSample::read_self()?;
-    let busy: Vec<String> = client_now
-        .cores
-        .busy_since(&client_before.cores)
-        .iter()
-        .enumerate()
-        .map(|(core, busy)| format!("cpu{core} {:.0}%", busy * 100.0))
-        .collect();
-    report
-        .figure(
-            "client_cpu",
-            client_now.cpu_since(&client_before).as_secs_f64(),
-            "s",
-        )
-        .figure("cores_busy", busy.join(", "), "");
-    if let (Some(now), Some(before)) = (options.server_sample()?, server_before) {
+    let elapsed = started.elapsed();
+    let rss_before = server_before.map(|sample| sample.rss_bytes);
+    cpu_figures(
+        &mut report,
+        options,
+        server_before,
+        &client_before,
+        elapsed,
+        received,
+    )?;
+    if let (Some(before), Some(now)) = (rss_before, options.server_sample()?) {
         report
-            .figure("server_cpu", now.cpu_since(&before).as_secs_f64(), "s")
-            .figure("server_rss_before", mib(before.rss_bytes), "MiB")
+            .figure("server_rss_before", mib(before), "MiB")
             .figure("server_rss_peak", mib(peak_rss.max(now.rss_bytes)), "MiB");
     }
     report.print(options.format());

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{
     JoinLater, Reply,
     handler::{ChannelConn, resubscribe},
-    history::{Histories, History, Publish},
+    history::Histories,
     presence::{PRESENCE_STATE, PresenceError, PresenceTracker},
     timers::Timers,
 };
@@ -261,7 +261,8 @@ impl<A> ChannelContext<'_, '_, A> {
         let topic = Arc::clone(&self.join.topic);
         if let Some(rule) = self.history.rule_for(&topic) {
             let exclude = (!include_self).then(|| self.conn.exclusion());
-            return self.publish_with_history(&topic, rule, event, payload, exclude);
+            self.history.publish(&topic, rule, event, payload, exclude);
+            return;
         }
         let Some(entry) = self.conn.topic(&topic) else {
             return;
@@ -372,34 +373,14 @@ impl<A> ChannelContext<'_, '_, A> {
             return;
         };
         if let Some(rule) = self.history.rule_for(topic) {
-            return self.publish_with_history(topic, rule, event, payload, None);
+            self.history.publish(topic, rule, event, payload, None);
+            return;
         }
         let Some(entry) = self.conn.topic(topic) else {
             return;
         };
         let broadcast = Broadcast::channel(topic, event, payload, &entry);
         self.conn.broadcast(broadcast, true);
-    }
-
-    /// Publishes through the history store, for a topic that keeps
-    /// history: the publication takes its offset there and reaches the
-    /// loops in offset order.
-    fn publish_with_history(
-        &self,
-        topic: &str,
-        rule: History,
-        event: &str,
-        payload: Box<RawValue>,
-        exclude: Option<(usize, crate::pubsub::ConnId)>,
-    ) {
-        let publish = Publish {
-            topic,
-            rule,
-            event,
-            payload,
-            exclude,
-        };
-        self.history.publish(publish);
     }
 
     /// Tracks this connection's presence on this channel's topic under

@@ -24,7 +24,7 @@ use super::{
     handler::{ChannelConn, ChannelsHandler},
     history::{
         DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOPICS, Histories, History, HistoryRules,
-        HistoryStore, Publish,
+        HistoryStore,
     },
     presence::{PRESENCE_DIFF, PresenceTracker},
     stats::{ChannelCounters, ChannelStats},
@@ -674,7 +674,8 @@ impl EngineHandle {
     ) -> Result<usize, serde_json::Error> {
         if let Some(rule) = self.history.rule_for(topic) {
             let payload = serde_json::value::to_raw_value(payload)?;
-            return Ok(self.publish_with_history(topic, rule, event, payload));
+            let published = self.history.publish(topic, rule, event, payload, None);
+            return Ok(usize::from(published));
         }
         // Other nodes re-encode the message itself: no frame for them.
         let Some(entry) = self.encoding_entry(topic, TopicEntry::default()) else {
@@ -683,26 +684,6 @@ impl EngineHandle {
         let payload = serde_json::value::to_raw_value(payload)?;
         let broadcast = Broadcast::channel(topic, event, payload, &entry);
         Ok(self.server.broadcast(broadcast))
-    }
-
-    /// Publishes through the history store: the publication takes its
-    /// offset there. Returns 1 if the store took it (its loops are not
-    /// counted: a remote store delivers when the broker brings it back).
-    fn publish_with_history(
-        &self,
-        topic: &str,
-        rule: History,
-        event: &str,
-        payload: Box<RawValue>,
-    ) -> usize {
-        let publish = Publish {
-            topic,
-            rule,
-            event,
-            payload,
-            exclude: None,
-        };
-        usize::from(self.history.publish(publish))
     }
 
     /// The history store, to read a topic's latest publications or remove

@@ -542,10 +542,25 @@ pub(crate) struct Histories {
 }
 
 impl Histories {
-    /// Publishes through the store (the publication takes its offset
-    /// there); logs and returns `false` if it could not.
-    pub(crate) fn publish(&self, publish: Publish<'_>) -> bool {
-        let topic = publish.topic;
+    /// Publishes `event` to `topic`, which keeps history under `rule`,
+    /// through the store: the publication takes its offset there and
+    /// reaches the loops in offset order. Logs and returns `false` if the
+    /// store refused it.
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        rule: History,
+        event: &str,
+        payload: Box<RawValue>,
+        exclude: Option<(usize, ConnId)>,
+    ) -> bool {
+        let publish = Publish {
+            topic,
+            rule,
+            event,
+            payload,
+            exclude,
+        };
         match self.store.backend.publish(publish) {
             Ok(()) => {
                 count(&self.counters.history_appends);
